@@ -1,0 +1,1 @@
+//! placeholder while the runtime crate is written
