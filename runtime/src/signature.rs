@@ -22,9 +22,11 @@ use crate::onnx::{
 
 /// The most inputs, and separately the most outputs, a graph may declare.
 ///
-/// Design: a hostile-input bound, as in the other `Limits` of the protocol. Real
-/// models have a handful of each; a signature with more than this would bloat every
-/// manifest that carries it. Decoding itself is bounded by the size of the bytes.
+/// Design: a hostile-input bound like those of
+/// [`flotilla_protocol::limits::Limits`], kept here as a const because only this
+/// module reads ONNX. Real models have a handful of each; a signature with more would
+/// bloat every manifest that carries it. Decoding itself is bounded by the size of
+/// the bytes.
 pub const MAX_SIGNATURE_VALUES: usize = 100_000;
 
 /// Decodes `model_bytes` as an ONNX `ModelProto` and returns its graph's signature.
@@ -165,7 +167,9 @@ fn shape(shape: &TensorShapeProto) -> Vec<Dim> {
         .dim
         .iter()
         .map(|d| match &d.value {
-            Some(dimension::Value::DimValue(v)) => u64::try_from(*v).map_or(Dim::Unknown, Dim::Fixed),
+            Some(dimension::Value::DimValue(v)) => {
+                u64::try_from(*v).map_or(Dim::Unknown, Dim::Fixed)
+            }
             Some(dimension::Value::DimParam(p)) if !p.is_empty() => Dim::Symbolic(p.clone()),
             Some(dimension::Value::DimParam(_)) | None => Dim::Unknown,
         })
@@ -264,7 +268,10 @@ mod tests {
             dim(dimension::Value::DimParam(String::new())),
             Dimension::default(),
         ];
-        let bytes = model_with(vec![tensor_value("x", DataType::Int64 as i32, Some(dims))], vec![]);
+        let bytes = model_with(
+            vec![tensor_value("x", DataType::Int64 as i32, Some(dims))],
+            vec![],
+        );
         let sig = model_signature(&bytes).unwrap();
         assert_eq!(sig.inputs[0].elem_type, ElementType::Int64);
         assert_eq!(
@@ -284,7 +291,11 @@ mod tests {
     fn missing_shape_is_unknown_rank_and_empty_shape_is_a_scalar() {
         let bytes = model_with(
             vec![tensor_value("no_shape", DataType::Bool as i32, None)],
-            vec![tensor_value("scalar", DataType::Double as i32, Some(vec![]))],
+            vec![tensor_value(
+                "scalar",
+                DataType::Double as i32,
+                Some(vec![]),
+            )],
         );
         let sig = model_signature(&bytes).unwrap();
         assert_eq!(sig.inputs[0].shape, None);
