@@ -10,7 +10,9 @@ use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::manifest::*;
 use flotilla_protocol::time::UtcTime;
 use flotilla_protocol::tuf::repo::{publish, Expiries, OnlineKeys, Publication};
-use flotilla_protocol::tuf::{Envelope, Fetch, PublicKey, Role, Root, SigningKey, TargetFile, Targets};
+use flotilla_protocol::tuf::{
+    Envelope, Fetch, PublicKey, Role, Root, SigningKey, TargetFile, Targets,
+};
 
 pub const NOW: UtcTime = UtcTime(1_900_000_000);
 pub const YEAR: i64 = 365 * 86_400;
@@ -21,7 +23,12 @@ pub fn key() -> SigningKey {
 }
 
 pub fn online() -> OnlineKeys {
-    OnlineKeys { targets: key(), snapshot: key(), timestamp: key(), director: key() }
+    OnlineKeys {
+        targets: key(),
+        snapshot: key(),
+        timestamp: key(),
+        director: key(),
+    }
 }
 
 /// A root body authorising `root_keys` (threshold `k`) and `online`.
@@ -91,7 +98,13 @@ pub fn manifest_for(name: &str, version: u64, data: &[u8]) -> BundleManifest {
             path: "model.onnx".into(),
             size: data.len() as u64,
             sha256: Sha256Digest::of(data),
-            chunks: chunks.iter().map(|c| ChunkRef { digest: c.digest, size: c.len }).collect(),
+            chunks: chunks
+                .iter()
+                .map(|c| ChunkRef {
+                    digest: c.digest,
+                    size: c.len,
+                })
+                .collect(),
         }],
         chunking: ChunkingParams::default(),
         signature: ModelSignature::default(),
@@ -128,21 +141,39 @@ impl Fixture {
         let manifest = manifest_for("fraud", 1, &data);
         let manifest_bytes = manifest.encode();
         let mut targets = Targets::new(1, NOW.plus_secs(YEAR));
-        targets
-            .targets
-            .insert(manifest.target_path(), TargetFile::describing(&manifest_bytes, None));
+        targets.targets.insert(
+            manifest.target_path(),
+            TargetFile::describing(&manifest_bytes, None),
+        );
         let publication = publish(&targets, 1, NOW, Expiries::default(), &online).unwrap();
-        Self { root_keys, online, root_v1, data, manifest, manifest_bytes, targets, publication }
+        Self {
+            root_keys,
+            online,
+            root_v1,
+            data,
+            manifest,
+            manifest_bytes,
+            targets,
+            publication,
+        }
     }
 
     pub fn repo(&self) -> MemRepo {
-        let mut r = MemRepo { roots: [(1, self.root_v1.clone())].into(), ..MemRepo::default() };
+        let mut r = MemRepo {
+            roots: [(1, self.root_v1.clone())].into(),
+            ..MemRepo::default()
+        };
         r.publish(&self.publication);
         r
     }
 
     /// The bundle bytes, with `chunk_data` able to alter chunk `i`'s bytes.
-    pub fn bundle_with(&self, md: &MemRepo, manifest: &[u8], mut chunk_data: impl FnMut(usize, &mut Vec<u8>)) -> Vec<u8> {
+    pub fn bundle_with(
+        &self,
+        md: &MemRepo,
+        manifest: &[u8],
+        mut chunk_data: impl FnMut(usize, &mut Vec<u8>),
+    ) -> Vec<u8> {
         let mut w = BundleWriter::new(Vec::new());
         for (v, raw) in &md.roots {
             w.root(*v, raw).unwrap();

@@ -5,9 +5,14 @@ mod common;
 
 use common::*;
 use flotilla_protocol::bundle::{verify_bundle, BundleError, VerifiedBundle};
-use flotilla_protocol::director::{verify_director, DeploymentAssignment, DirectorDocument, DirectorError, EndpointAssignment};
+use flotilla_protocol::director::{
+    verify_director, DeploymentAssignment, DirectorDocument, DirectorError, EndpointAssignment,
+};
 use flotilla_protocol::tuf::repo::{publish, Expiries};
-use flotilla_protocol::tuf::{Envelope, MetaFile, Role, SigningKey, Snapshot, TargetFile, Targets, Timestamp, TrustedSet, TufError, Updater};
+use flotilla_protocol::tuf::{
+    Envelope, MetaFile, Role, SigningKey, Snapshot, TargetFile, Targets, Timestamp, TrustedSet,
+    TufError, Updater,
+};
 use flotilla_protocol::Limits;
 
 const MODEL_LEN: usize = 3 << 20;
@@ -24,7 +29,12 @@ fn tuf_err(r: Result<VerifiedBundle, BundleError>) -> TufError {
 }
 
 /// Re-signs a metadata document after `edit` changes its body.
-fn resign(raw: &[u8], role: Role, keys: &[&SigningKey], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+fn resign(
+    raw: &[u8],
+    role: Role,
+    keys: &[&SigningKey],
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> Vec<u8> {
     let mut env = Envelope::parse(role, raw, u64::MAX).unwrap();
     edit(&mut env.signed);
     sign(&env.signed, keys)
@@ -34,10 +44,16 @@ fn resign(raw: &[u8], role: Role, keys: &[&SigningKey], edit: impl FnOnce(&mut s
 fn an_untampered_bundle_verifies() {
     let fx = Fixture::new(MODEL_LEN);
     let mut seen = 0usize;
-    let v = verify_bundle(&fx.bundle()[..], &fx.root_v1, NOW, &Limits::default(), |_, b| {
-        seen += b.len();
-        Ok(())
-    })
+    let v = verify_bundle(
+        &fx.bundle()[..],
+        &fx.root_v1,
+        NOW,
+        &Limits::default(),
+        |_, b| {
+            seen += b.len();
+            Ok(())
+        },
+    )
     .unwrap();
     assert_eq!(v.manifest, fx.manifest);
     assert_eq!(v.bytes, MODEL_LEN as u64);
@@ -54,7 +70,12 @@ fn flipped_byte_in_a_chunk_is_rejected() {
         }
     });
     match verify(&fx, &bundle) {
-        Err(BundleError::ChunkDigest { file, index: 1, expected, .. }) => {
+        Err(BundleError::ChunkDigest {
+            file,
+            index: 1,
+            expected,
+            ..
+        }) => {
             assert_eq!(file, "model.onnx");
             assert_eq!(expected, fx.manifest.files[0].chunks[1].digest);
         }
@@ -70,7 +91,11 @@ fn flipped_byte_anywhere_in_the_archive_is_rejected() {
     for pos in (0..clean.len() - 1024).step_by(clean.len() / 37) {
         let mut bad = clean.clone();
         bad[pos] ^= 0x20;
-        assert!(verify(&fx, &bad).is_err(), "flip at {pos} of {} accepted", clean.len());
+        assert!(
+            verify(&fx, &bad).is_err(),
+            "flip at {pos} of {} accepted",
+            clean.len()
+        );
     }
 }
 
@@ -82,7 +107,11 @@ fn flipped_byte_in_the_manifest_is_rejected() {
     m[last] ^= 1;
     let bundle = fx.bundle_with(&fx.repo(), &m, |_, _| {});
     match tuf_err(verify(&fx, &bundle)) {
-        TufError::HashMismatch { what, expected, actual } => {
+        TufError::HashMismatch {
+            what,
+            expected,
+            actual,
+        } => {
             assert!(what.contains("models/fraud/1/manifest.cbor"), "{what}");
             assert_ne!(expected, actual);
         }
@@ -93,12 +122,24 @@ fn flipped_byte_in_the_manifest_is_rejected() {
 /// Points fresh snapshot and timestamp (genuine keys, next versions) at
 /// `targets_raw`, so that a test changes exactly one thing about targets.
 fn rechain(fx: &Fixture, repo: &mut MemRepo, targets_raw: Vec<u8>, targets_version: u64) {
-    let snap = resign(repo.snapshot.as_ref().unwrap(), Role::Snapshot, &[&fx.online.snapshot], |s| {
-        s["meta"]["targets.json"] = serde_json::to_value(MetaFile::describing(targets_version, &targets_raw)).unwrap();
-    });
-    let ts = resign(repo.timestamp.as_ref().unwrap(), Role::Timestamp, &[&fx.online.timestamp], |t| {
-        t["meta"]["snapshot.json"] = serde_json::to_value(MetaFile::describing(1, &snap)).unwrap();
-    });
+    let snap = resign(
+        repo.snapshot.as_ref().unwrap(),
+        Role::Snapshot,
+        &[&fx.online.snapshot],
+        |s| {
+            s["meta"]["targets.json"] =
+                serde_json::to_value(MetaFile::describing(targets_version, &targets_raw)).unwrap();
+        },
+    );
+    let ts = resign(
+        repo.timestamp.as_ref().unwrap(),
+        Role::Timestamp,
+        &[&fx.online.timestamp],
+        |t| {
+            t["meta"]["snapshot.json"] =
+                serde_json::to_value(MetaFile::describing(1, &snap)).unwrap();
+        },
+    );
     repo.targets = Some(targets_raw);
     repo.snapshot = Some(snap);
     repo.timestamp = Some(ts);
@@ -114,7 +155,14 @@ fn flipped_byte_in_a_signature_is_rejected() {
     env.signatures[0].sig = hex::encode(sig);
     rechain(&fx, &mut repo, serde_json::to_vec(&env).unwrap(), 1);
     let bundle = fx.bundle_with(&repo, &fx.manifest_bytes, |_, _| {});
-    assert_eq!(tuf_err(verify(&fx, &bundle)), TufError::Threshold { role: Role::Targets, valid: 0, threshold: 1 });
+    assert_eq!(
+        tuf_err(verify(&fx, &bundle)),
+        TufError::Threshold {
+            role: Role::Targets,
+            valid: 0,
+            threshold: 1
+        }
+    );
 }
 
 #[test]
@@ -123,16 +171,35 @@ fn targets_signed_by_a_key_root_does_not_name_are_rejected() {
     let mut repo = fx.repo();
     rechain(&fx, &mut repo, sign(&fx.targets, &[&key()]), 1);
     let bundle = fx.bundle_with(&repo, &fx.manifest_bytes, |_, _| {});
-    assert_eq!(tuf_err(verify(&fx, &bundle)), TufError::Threshold { role: Role::Targets, valid: 0, threshold: 1 });
+    assert_eq!(
+        tuf_err(verify(&fx, &bundle)),
+        TufError::Threshold {
+            role: Role::Targets,
+            valid: 0,
+            threshold: 1
+        }
+    );
 }
 
 #[test]
 fn targets_signed_by_another_roles_key_are_rejected() {
     let fx = Fixture::new(MODEL_LEN);
     let mut repo = fx.repo();
-    rechain(&fx, &mut repo, sign(&fx.targets, &[&fx.online.timestamp, &fx.online.director]), 1);
+    rechain(
+        &fx,
+        &mut repo,
+        sign(&fx.targets, &[&fx.online.timestamp, &fx.online.director]),
+        1,
+    );
     let bundle = fx.bundle_with(&repo, &fx.manifest_bytes, |_, _| {});
-    assert_eq!(tuf_err(verify(&fx, &bundle)), TufError::Threshold { role: Role::Targets, valid: 0, threshold: 1 });
+    assert_eq!(
+        tuf_err(verify(&fx, &bundle)),
+        TufError::Threshold {
+            role: Role::Targets,
+            valid: 0,
+            threshold: 1
+        }
+    );
 }
 
 #[test]
@@ -142,11 +209,24 @@ fn a_whole_chain_signed_by_strangers_is_rejected_at_the_timestamp() {
     let mut repo = fx.repo();
     repo.publish(&p);
     let bundle = fx.bundle_with(&repo, &fx.manifest_bytes, |_, _| {});
-    assert_eq!(tuf_err(verify(&fx, &bundle)), TufError::Threshold { role: Role::Timestamp, valid: 0, threshold: 1 });
+    assert_eq!(
+        tuf_err(verify(&fx, &bundle)),
+        TufError::Threshold {
+            role: Role::Timestamp,
+            valid: 0,
+            threshold: 1
+        }
+    );
 }
 
 /// Root v2 (threshold 2 of 3) signed by the given old keys and new keys.
-fn rotate(fx: &Fixture, version: u64, new_keys: &[&SigningKey], k: u64, signers: &[&SigningKey]) -> Vec<u8> {
+fn rotate(
+    fx: &Fixture,
+    version: u64,
+    new_keys: &[&SigningKey],
+    k: u64,
+    signers: &[&SigningKey],
+) -> Vec<u8> {
     sign(&root_body(version, new_keys, k, &fx.online), signers)
 }
 
@@ -161,7 +241,14 @@ fn a_new_root_below_the_old_threshold_is_rejected() {
     repo.roots.insert(2, v2);
     let trusted = TrustedSet::from_trusted_root(&fx.root_v1, &Limits::default()).unwrap();
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert_eq!(err, TufError::Threshold { role: Role::Root, valid: 1, threshold: 2 });
+    assert_eq!(
+        err,
+        TufError::Threshold {
+            role: Role::Root,
+            valid: 1,
+            threshold: 2
+        }
+    );
 }
 
 #[test]
@@ -173,7 +260,14 @@ fn one_key_signing_twice_counts_once() {
     repo.roots.insert(2, v2);
     let trusted = TrustedSet::from_trusted_root(&fx.root_v1, &Limits::default()).unwrap();
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert_eq!(err, TufError::Threshold { role: Role::Root, valid: 1, threshold: 2 });
+    assert_eq!(
+        err,
+        TufError::Threshold {
+            role: Role::Root,
+            valid: 1,
+            threshold: 2
+        }
+    );
 }
 
 #[test]
@@ -197,9 +291,19 @@ fn an_expired_timestamp_is_rejected() {
     let fx = Fixture::new(MODEL_LEN);
     let bundle = fx.bundle();
     let later = NOW.plus_secs(Expiries::default().timestamp_secs + 1);
-    let err = verify_bundle(&bundle[..], &fx.root_v1, later, &Limits::default(), |_, _| Ok(())).unwrap_err();
+    let err = verify_bundle(
+        &bundle[..],
+        &fx.root_v1,
+        later,
+        &Limits::default(),
+        |_, _| Ok(()),
+    )
+    .unwrap_err();
     match err {
-        BundleError::Tuf(TufError::Expired { role: Role::Timestamp, .. }) => {}
+        BundleError::Tuf(TufError::Expired {
+            role: Role::Timestamp,
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -209,8 +313,16 @@ fn an_expired_root_is_rejected_after_the_root_update() {
     let fx = Fixture::new(1000);
     let bundle = fx.bundle();
     let later = NOW.plus_secs(YEAR + 1);
-    match verify_bundle(&bundle[..], &fx.root_v1, later, &Limits::default(), |_, _| Ok(())) {
-        Err(BundleError::Tuf(TufError::Expired { role: Role::Root, .. })) => {}
+    match verify_bundle(
+        &bundle[..],
+        &fx.root_v1,
+        later,
+        &Limits::default(),
+        |_, _| Ok(()),
+    ) {
+        Err(BundleError::Tuf(TufError::Expired {
+            role: Role::Root, ..
+        })) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -223,7 +335,10 @@ fn trusting_v2(fx: &Fixture) -> (TrustedSet, Targets) {
     let mut repo = fx.repo();
     repo.publish(&p2);
     let trusted = TrustedSet::from_trusted_root(&fx.root_v1, &Limits::default()).unwrap();
-    (Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap(), t2)
+    (
+        Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap(),
+        t2,
+    )
 }
 
 #[test]
@@ -232,7 +347,14 @@ fn rollback_of_timestamp_is_rejected() {
     let (trusted, _) = trusting_v2(&fx);
     let repo = fx.repo(); // version 1 everywhere
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert_eq!(err, TufError::Rollback { role: Role::Timestamp, trusted: 2, offered: 1 });
+    assert_eq!(
+        err,
+        TufError::Rollback {
+            role: Role::Timestamp,
+            trusted: 2,
+            offered: 1
+        }
+    );
 }
 
 #[test]
@@ -243,9 +365,21 @@ fn rollback_of_snapshot_is_rejected() {
     let old = publish(&fx.targets, 1, NOW, Expiries::default(), &fx.online).unwrap();
     let mut repo = fx.repo();
     repo.publish(&old);
-    repo.timestamp = Some(resign(&old.timestamp, Role::Timestamp, &[&fx.online.timestamp], |t| t["version"] = 3.into()));
+    repo.timestamp = Some(resign(
+        &old.timestamp,
+        Role::Timestamp,
+        &[&fx.online.timestamp],
+        |t| t["version"] = 3.into(),
+    ));
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert_eq!(err, TufError::Rollback { role: Role::Snapshot, trusted: 2, offered: 1 });
+    assert_eq!(
+        err,
+        TufError::Rollback {
+            role: Role::Snapshot,
+            trusted: 2,
+            offered: 1
+        }
+    );
 }
 
 #[test]
@@ -257,7 +391,14 @@ fn rollback_of_targets_is_rejected() {
     let mut repo = fx.repo();
     repo.publish(&p);
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert_eq!(err, TufError::Rollback { role: Role::Targets, trusted: 2, offered: 1 });
+    assert_eq!(
+        err,
+        TufError::Rollback {
+            role: Role::Targets,
+            trusted: 2,
+            offered: 1
+        }
+    );
 }
 
 #[test]
@@ -273,7 +414,14 @@ fn rollback_of_root_is_rejected() {
     // Offered as 3.root.json: a validly signed but older root.
     repo.roots.insert(3, fx.root_v1.clone());
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert_eq!(err, TufError::VersionMismatch { role: Role::Root, expected: 3, found: 1 });
+    assert_eq!(
+        err,
+        TufError::VersionMismatch {
+            role: Role::Root,
+            expected: 3,
+            found: 1
+        }
+    );
 }
 
 #[test]
@@ -287,8 +435,16 @@ fn rollback_of_director_is_rejected() {
     )
     .unwrap();
     let raw = sign(&director(&fx, "dev-1", 4, 100), &[&fx.online.director]);
-    let err = verify_director(&raw, &trusted, "dev-1", Some(5), NOW, &Limits::default()).unwrap_err();
-    assert_eq!(err, DirectorError::Tuf(TufError::Rollback { role: Role::Director, trusted: 5, offered: 4 }));
+    let err =
+        verify_director(&raw, &trusted, "dev-1", Some(5), NOW, &Limits::default()).unwrap_err();
+    assert_eq!(
+        err,
+        DirectorError::Tuf(TufError::Rollback {
+            role: Role::Director,
+            trusted: 5,
+            offered: 4
+        })
+    );
 }
 
 fn director(fx: &Fixture, device: &str, version: u64, weight: u32) -> DirectorDocument {
@@ -323,23 +479,43 @@ fn director_documents_bind_device_signer_weights_and_signed_targets() {
     .unwrap();
     let l = Limits::default();
     let good = sign(&director(&fx, "dev-1", 1, 100), &[&fx.online.director]);
-    assert_eq!(verify_director(&good, &trusted, "dev-1", None, NOW, &l).unwrap().version, 1);
-    assert!(matches!(verify_director(&good, &trusted, "dev-2", None, NOW, &l), Err(DirectorError::WrongDevice { .. })));
+    assert_eq!(
+        verify_director(&good, &trusted, "dev-1", None, NOW, &l)
+            .unwrap()
+            .version,
+        1
+    );
+    assert!(matches!(
+        verify_director(&good, &trusted, "dev-2", None, NOW, &l),
+        Err(DirectorError::WrongDevice { .. })
+    ));
     let by_targets_key = sign(&director(&fx, "dev-1", 1, 100), &[&fx.online.targets]);
     assert!(matches!(
         verify_director(&by_targets_key, &trusted, "dev-1", None, NOW, &l),
-        Err(DirectorError::Tuf(TufError::Threshold { role: Role::Director, .. }))
+        Err(DirectorError::Tuf(TufError::Threshold {
+            role: Role::Director,
+            ..
+        }))
     ));
     let bad_weights = sign(&director(&fx, "dev-1", 1, 90), &[&fx.online.director]);
-    assert!(matches!(verify_director(&bad_weights, &trusted, "dev-1", None, NOW, &l), Err(DirectorError::BadEndpoint { .. })));
+    assert!(matches!(
+        verify_director(&bad_weights, &trusted, "dev-1", None, NOW, &l),
+        Err(DirectorError::BadEndpoint { .. })
+    ));
     let mut unsigned = director(&fx, "dev-1", 1, 100);
     unsigned.endpoints[0].deployments[0].sha256 = "ab".repeat(32);
     let unsigned = sign(&unsigned, &[&fx.online.director]);
-    assert!(matches!(verify_director(&unsigned, &trusted, "dev-1", None, NOW, &l), Err(DirectorError::UnsignedTarget { .. })));
+    assert!(matches!(
+        verify_director(&unsigned, &trusted, "dev-1", None, NOW, &l),
+        Err(DirectorError::UnsignedTarget { .. })
+    ));
     let later = NOW.plus_secs(86_401);
     assert!(matches!(
         verify_director(&good, &trusted, "dev-1", None, later, &l),
-        Err(DirectorError::Tuf(TufError::Expired { role: Role::Director, .. }))
+        Err(DirectorError::Tuf(TufError::Expired {
+            role: Role::Director,
+            ..
+        }))
     ));
 }
 
@@ -373,7 +549,14 @@ fn a_root_signed_only_by_its_own_new_keys_is_rejected() {
     repo.roots.insert(2, v2);
     repo.roots.insert(3, v3);
     let bundle = fx.bundle_with(&repo, &fx.manifest_bytes, |_, _| {});
-    assert_eq!(tuf_err(verify(&fx, &bundle)), TufError::Threshold { role: Role::Root, valid: 0, threshold: 2 });
+    assert_eq!(
+        tuf_err(verify(&fx, &bundle)),
+        TufError::Threshold {
+            role: Role::Root,
+            valid: 0,
+            threshold: 2
+        }
+    );
 }
 
 #[test]
@@ -391,8 +574,18 @@ fn rotating_timestamp_keys_discards_the_trusted_timestamp() {
     let mut t3 = fx.targets.clone();
     t3.version = 3;
     let targets_raw = sign(&t3, &[&fx.online.targets]);
-    let snap = sign(&Snapshot::new(1, NOW.plus_secs(YEAR), MetaFile::describing(3, &targets_raw)), &[&ns]);
-    let ts = sign(&Timestamp::new(1, NOW.plus_secs(YEAR), MetaFile::describing(1, &snap)), &[&nt]);
+    let snap = sign(
+        &Snapshot::new(
+            1,
+            NOW.plus_secs(YEAR),
+            MetaFile::describing(3, &targets_raw),
+        ),
+        &[&ns],
+    );
+    let ts = sign(
+        &Timestamp::new(1, NOW.plus_secs(YEAR), MetaFile::describing(1, &snap)),
+        &[&nt],
+    );
     let mut repo = fx.repo();
     repo.roots.insert(2, sign(&body, &k1));
     repo.targets = Some(targets_raw);
@@ -437,7 +630,16 @@ fn metadata_served_as_another_role_is_rejected() {
     let trusted = TrustedSet::from_trusted_root(&fx.root_v1, &Limits::default()).unwrap();
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
     // The snapshot key is not a timestamp key, and its _type says snapshot.
-    assert!(matches!(err, TufError::Threshold { role: Role::Timestamp, .. } | TufError::WrongType { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TufError::Threshold {
+                role: Role::Timestamp,
+                ..
+            } | TufError::WrongType { .. }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -449,7 +651,16 @@ fn endless_data_is_cut_off_at_the_limit() {
     repo.timestamp = Some(huge);
     let trusted = TrustedSet::from_trusted_root(&fx.root_v1, &Limits::default()).unwrap();
     let err = Updater::run(trusted, NOW, Limits::default(), |f| repo.fetch(f)).unwrap_err();
-    assert!(matches!(err, TufError::TooLarge { role: Role::Timestamp, .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            TufError::TooLarge {
+                role: Role::Timestamp,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,0 +1,26 @@
+//! Flotilla's hub: it holds the model registry, packages model versions into
+//! signed bundles, and (in later work) serves the fleet over QUIC and REST.
+//!
+//! Today it provides the signing side of the trust chain and the `flotilla`
+//! operator CLI. It does not verify bundles the way an agent must (that logic is
+//! in `flotilla-protocol`, which the CLI calls), and it never needs root's
+//! private keys except in `keys` commands run offline.
+//!
+//! # Layout
+//! - [`keystore`]: the keys directory: offline root keys, online role keys, the
+//!   root chain and the latest published metadata.
+//! - [`packer`]: model file → manifest → signed bundle file.
+//! - [`cli`]: the `flotilla` command line.
+
+pub mod cli;
+pub mod keystore;
+pub mod packer;
+
+/// The current time from the system clock, as the protocol crate takes it.
+pub fn now() -> flotilla_protocol::time::UtcTime {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    flotilla_protocol::time::UtcTime(secs)
+}
