@@ -345,15 +345,9 @@ pub(super) fn run(cmd: BundleCommand, output: Output) -> Result<(), CliError> {
                 &Limits::default(),
                 |_, _| Ok(()),
             )
-            .map_err(|e| match e {
-                BundleError::Io(io)
-                    if io.kind() != std::io::ErrorKind::UnexpectedEof
-                        && io.kind() != std::io::ErrorKind::InvalidData =>
-                {
-                    CliError::input(format!("{}: {io}", a.bundle.display()))
-                }
-                other => CliError::untrusted(format!("{}: {other}", a.bundle.display())),
-            })?;
+            // The file opened, so a failure from here on is the bundle's
+            // content (tar framing included): untrusted, not an input error.
+            .map_err(|e: BundleError| CliError::untrusted(format!("{}: {e}", a.bundle.display())))?;
             let r = VerifyReport {
                 bundle: a.bundle,
                 verified: true,
