@@ -28,9 +28,20 @@ struct Fleet {
 
 impl Fleet {
     fn new() -> Self {
-        let f = Self { dir: tempfile::tempdir().unwrap() };
+        let f = Self {
+            dir: tempfile::tempdir().unwrap(),
+        };
         let keys = f.keys();
-        let o = flotilla(&["keys", "init", "--dir", p(&keys), "--threshold", "2", "--keys", "3"]);
+        let o = flotilla(&[
+            "keys",
+            "init",
+            "--dir",
+            p(&keys),
+            "--threshold",
+            "2",
+            "--keys",
+            "3",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         f
     }
@@ -53,8 +64,23 @@ impl Fleet {
         let out = self.dir.path().join(format!("m-{version}.bundle"));
         let v = version.to_string();
         let o = flotilla(&[
-            "--output", "json", "bundle", "pack", p(model), "--name", "fraud", "--version", &v, "--keys",
-            p(&self.keys()), "-o", p(&out), "--reason", "test", "--tag", "stage=prod",
+            "--output",
+            "json",
+            "bundle",
+            "pack",
+            p(model),
+            "--name",
+            "fraud",
+            "--version",
+            &v,
+            "--keys",
+            p(&self.keys()),
+            "-o",
+            p(&out),
+            "--reason",
+            "test",
+            "--tag",
+            "stage=prod",
         ]);
         (o, out)
     }
@@ -78,25 +104,43 @@ fn keys_init_writes_private_keys_with_mode_0600() {
     assert_eq!(private, 3 + 4, "3 root keys and 4 online keys");
     let again = flotilla(&["keys", "init", "--dir", p(&f.keys())]);
     assert_eq!(again.status.code(), Some(3));
-    assert!(stderr(&again).contains("refusing to overwrite"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
 }
 
 #[test]
 fn a_packed_bundle_verifies_and_reports_its_signature() {
     let f = Fleet::new();
-    let model = f.model("fraud.onnx", &flotilla_runtime::generate::mlp(&[64, 256, 256, 10], 1));
+    let model = f.model(
+        "fraud.onnx",
+        &flotilla_runtime::generate::mlp(&[64, 256, 256, 10], 1),
+    );
     let (o, bundle) = f.pack(&model, 1);
     assert!(o.status.success(), "{}", stderr(&o));
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(report["target"], "models/fraud/1/manifest.cbor");
     assert_eq!(report["signature"]["inputs"][0]["name"], "input");
 
-    let o = flotilla(&["--output", "json", "bundle", "verify", p(&bundle), "--root", p(&f.root())]);
+    let o = flotilla(&[
+        "--output",
+        "json",
+        "bundle",
+        "verify",
+        p(&bundle),
+        "--root",
+        p(&f.root()),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["verified"], true);
     assert_eq!(v["version"], 1);
-    assert_eq!(v["bytes"].as_u64().unwrap(), std::fs::metadata(&model).unwrap().len());
+    assert_eq!(
+        v["bytes"].as_u64().unwrap(),
+        std::fs::metadata(&model).unwrap().len()
+    );
 
     let o = flotilla(&["bundle", "inspect", p(&bundle)]);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -107,7 +151,10 @@ fn a_packed_bundle_verifies_and_reports_its_signature() {
 #[test]
 fn verify_names_the_failing_chunk_and_exits_1() {
     let f = Fleet::new();
-    let model = f.model("fraud.onnx", &flotilla_runtime::generate::mlp(&[512, 1024, 10], 2));
+    let model = f.model(
+        "fraud.onnx",
+        &flotilla_runtime::generate::mlp(&[512, 1024, 10], 2),
+    );
     let (o, bundle) = f.pack(&model, 1);
     assert!(o.status.success(), "{}", stderr(&o));
     let mut bytes = std::fs::read(&bundle).unwrap();
@@ -118,7 +165,10 @@ fn verify_names_the_failing_chunk_and_exits_1() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains("fraud.onnx: chunk") && err.contains("sha256 mismatch: expected"), "{err}");
+    assert!(
+        err.contains("fraud.onnx: chunk") && err.contains("sha256 mismatch: expected"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -129,7 +179,11 @@ fn verify_against_another_fleets_root_names_the_role_and_exits_1() {
     let (_, bundle) = f.pack(&model, 1);
     let o = flotilla(&["bundle", "verify", p(&bundle), "--root", p(&other.root())]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("timestamp metadata: signature threshold not met"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("timestamp metadata: signature threshold not met"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -140,7 +194,11 @@ fn a_version_cannot_be_signed_twice_with_different_content() {
     assert!(f.pack(&a, 1).0.status.success());
     let (o, _) = f.pack(&b, 1);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("already signed with different content"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("already signed with different content"),
+        "{}",
+        stderr(&o)
+    );
     // A new version of the same model publishes fine; both bundles verify.
     let (o, second) = f.pack(&b, 2);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -153,7 +211,11 @@ fn bad_inputs_get_a_clear_line_and_a_meaningful_exit_code() {
     let not_onnx = f.model("junk.onnx", b"\xff\xff\xffnot a model");
     let (o, _) = f.pack(&not_onnx, 1);
     assert_eq!(o.status.code(), Some(3));
-    assert!(stderr(&o).contains("not a usable ONNX model"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a usable ONNX model"),
+        "{}",
+        stderr(&o)
+    );
 
     let missing = f.dir.path().join("nope.bundle");
     let o = f.verify(&missing);
@@ -164,7 +226,16 @@ fn bad_inputs_get_a_clear_line_and_a_meaningful_exit_code() {
     let o = f.verify(&garbage);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 
-    let o = flotilla(&["keys", "init", "--dir", p(&f.dir.path().join("k2")), "--threshold", "3", "--keys", "2"]);
+    let o = flotilla(&[
+        "keys",
+        "init",
+        "--dir",
+        p(&f.dir.path().join("k2")),
+        "--threshold",
+        "3",
+        "--keys",
+        "2",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let o = flotilla(&["bundle", "pack"]);
     assert_eq!(o.status.code(), Some(2));
@@ -179,5 +250,8 @@ fn the_demo_runs_the_whole_path() {
     let shared = r["v2_chunks_shared_with_v1"].as_u64().unwrap();
     let total = r["v2"]["unique_chunks"].as_u64().unwrap();
     assert!(shared * 10 >= total * 9, "{shared} of {total}");
-    assert!(r["tampered_bundle_rejected_with"].as_str().unwrap().contains("mismatch"));
+    assert!(r["tampered_bundle_rejected_with"]
+        .as_str()
+        .unwrap()
+        .contains("mismatch"));
 }

@@ -31,9 +31,16 @@ fn changing_one_middle_layer_reuses_at_least_90_percent_of_chunks() {
     assert_ne!(v1, v2);
     let (shared, total, shared_bytes, total_bytes) = reuse(&v1, &v2);
     eprintln!("middle layer: {shared}/{total} chunks, {shared_bytes}/{total_bytes} bytes shared");
-    assert!(shared * 10 >= total * 9, "{shared} of {total} chunks shared");
+    assert!(
+        shared * 10 >= total * 9,
+        "{shared} of {total} chunks shared"
+    );
     // The bytes to fetch are about the changed tensor (1 MiB) plus chunk edges.
-    assert!(total_bytes - shared_bytes <= 4 << 20, "{} bytes to fetch", total_bytes - shared_bytes);
+    assert!(
+        total_bytes - shared_bytes <= 4 << 20,
+        "{} bytes to fetch",
+        total_bytes - shared_bytes
+    );
 }
 
 #[test]
@@ -43,7 +50,10 @@ fn changing_the_output_layer_reuses_at_least_90_percent_of_chunks() {
     let v2 = with_replaced_initializer(&v1, last, 5).unwrap();
     let (shared, total, ..) = reuse(&v1, &v2);
     eprintln!("output layer: {shared}/{total} chunks shared");
-    assert!(shared * 10 >= total * 9, "{shared} of {total} chunks shared");
+    assert!(
+        shared * 10 >= total * 9,
+        "{shared} of {total} chunks shared"
+    );
 }
 
 #[test]
@@ -54,5 +64,8 @@ fn unrelated_models_share_no_chunks() {
     layers.push(10);
     let b = mlp(&layers, 12);
     let (shared, total, ..) = reuse(&a, &b);
-    assert!(shared <= 1, "{shared} of {total} chunks shared between unrelated models");
+    assert!(
+        shared <= 1,
+        "{shared} of {total} chunks shared between unrelated models"
+    );
 }

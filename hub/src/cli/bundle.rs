@@ -347,7 +347,9 @@ pub(super) fn run(cmd: BundleCommand, output: Output) -> Result<(), CliError> {
             )
             // The file opened, so a failure from here on is the bundle's
             // content (tar framing included): untrusted, not an input error.
-            .map_err(|e: BundleError| CliError::untrusted(format!("{}: {e}", a.bundle.display())))?;
+            .map_err(|e: BundleError| {
+                CliError::untrusted(format!("{}: {e}", a.bundle.display()))
+            })?;
             let r = VerifyReport {
                 bundle: a.bundle,
                 verified: true,
