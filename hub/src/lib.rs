@@ -12,9 +12,18 @@
 //! - [`packer`]: model file → manifest → signed bundle file.
 //! - [`cli`]: the `flotilla` command line.
 
+pub mod api;
+pub mod audit;
+pub mod blobs;
 pub mod cli;
+pub mod config;
+pub mod events;
 pub mod keystore;
 pub mod packer;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod tokens;
 
 /// The current time from the system clock, as the protocol crate takes it.
 pub fn now() -> flotilla_protocol::time::UtcTime {

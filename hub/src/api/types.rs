@@ -1,0 +1,286 @@
+//! The hub's REST API bodies (`/api/v1`): the one definition shared by the
+//! server handlers, the `flotilla` CLI client and the OpenAPI document.
+//!
+//! Requests reject unknown fields, so a typo in a script is a 400, not a silently
+//! ignored option.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Roles of API tokens, from least to most powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything, changes nothing.
+    Viewer,
+    /// Registers, tags, archives and deletes models.
+    Operator,
+    /// Everything, including tokens.
+    Admin,
+}
+
+/// `POST /api/v1/uploads`: start a resumable upload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUpload {
+    /// File name (no directories); becomes the file's path in the bundle.
+    pub file_name: String,
+    /// Total size in bytes.
+    pub size: u64,
+}
+
+/// An upload's state. Send the next bytes with `PATCH /api/v1/uploads/{id}` and
+/// header `Upload-Offset: {offset}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UploadState {
+    /// Upload id.
+    pub id: String,
+    /// File name.
+    pub file_name: String,
+    /// Bytes received so far: where the next PATCH must start.
+    pub offset: u64,
+    /// Total size.
+    pub size: u64,
+}
+
+/// Provenance of a version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LineageBody {
+    /// Training run or pipeline.
+    #[serde(default)]
+    pub source_run: Option<String>,
+    /// Digest of the training dataset.
+    #[serde(default)]
+    pub dataset_digest: Option<String>,
+    /// Version this one derives from.
+    #[serde(default)]
+    pub parent_version: Option<u64>,
+}
+
+/// `POST /api/v1/models/{name}/versions`: register the next version of a model
+/// from a completed upload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterVersion {
+    /// Id of the completed upload holding the ONNX file.
+    pub upload: String,
+    /// Id of a completed upload holding a reference dataset (CSV with a header
+    /// row); it becomes the drift baseline.
+    #[serde(default)]
+    pub dataset_upload: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// `key=value` tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Named numbers (accuracy, auc, …).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// Provenance.
+    #[serde(default)]
+    pub lineage: LineageBody,
+    /// Why this version is registered (recorded in the audit log).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// One tensor of a model's signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TensorView {
+    /// Tensor name.
+    pub name: String,
+    /// Element type (`float32`, `int64`, …).
+    pub datatype: String,
+    /// Shape; symbolic dims by name, unknown as `?`; absent if the rank is unknown.
+    pub shape: Option<Vec<String>>,
+}
+
+/// Lifecycle state of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionStatus {
+    /// Usable in deployments.
+    Active,
+    /// Kept for the record; not deployable.
+    Archived,
+}
+
+/// A registered model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VersionView {
+    /// Model name.
+    pub name: String,
+    /// Version number.
+    pub version: u64,
+    /// Lifecycle state.
+    pub status: VersionStatus,
+    /// Free text.
+    pub description: String,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// Metrics.
+    pub metrics: BTreeMap<String, f64>,
+    /// Provenance.
+    pub lineage: LineageBody,
+    /// Who registered it.
+    pub created_by: String,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339, UTC).
+    pub created_at: String,
+    /// Model file name.
+    pub file_name: String,
+    /// Model file size.
+    pub size: u64,
+    /// Model file SHA-256 (computed by the hub).
+    pub sha256: String,
+    /// Chunks in the model file.
+    pub chunks: u64,
+    /// Chunks already stored for earlier versions when this one was registered.
+    pub chunks_reused: u64,
+    /// TUF target path of the signed manifest.
+    pub target: String,
+    /// SHA-256 of the signed manifest.
+    pub manifest_sha256: String,
+    /// Model inputs.
+    pub inputs: Vec<TensorView>,
+    /// Model outputs.
+    pub outputs: Vec<TensorView>,
+    /// Whether a drift baseline was computed from a reference dataset.
+    pub has_drift_baseline: bool,
+    /// Deployments that reference this version (it cannot be deleted meanwhile).
+    pub referenced_by: Vec<String>,
+}
+
+/// A model: a name and its versions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ModelView {
+    /// Model name.
+    pub name: String,
+    /// Highest version number ever assigned.
+    pub latest_version: u64,
+    /// Versions that still exist.
+    pub versions: u64,
+    /// When the first version was registered.
+    pub created_at: String,
+}
+
+/// A page of results; pass `next_cursor` as `cursor` for the next page.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Cursor of the next page, absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `PATCH /api/v1/models/{name}/versions/{version}/tags`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTags {
+    /// Tags to set.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Tag keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Why (recorded in the audit log).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A state change with a reason, for archive and delete.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonBody {
+    /// Why (recorded in the audit log).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// One entry of the hash-chained audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    /// Sequence number, from 1, without gaps.
+    pub seq: u64,
+    /// When (RFC 3339, UTC).
+    pub time: String,
+    /// Token name of who did it.
+    pub actor: String,
+    /// What (`model.register`, `token.create`, …).
+    pub action: String,
+    /// On what (`model/fraud/3`).
+    pub object: String,
+    /// Why, as given.
+    pub reason: String,
+    /// Hash (hex SHA-256) of the previous entry; 64 zeros for the first.
+    pub prev_hash: String,
+    /// Hash (hex SHA-256) of this entry's other fields.
+    pub hash: String,
+}
+
+/// Result of checking the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    /// True when every entry's hash and link hold.
+    pub ok: bool,
+    /// Entries checked.
+    pub entries: u64,
+    /// First sequence number that fails, if any.
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong with it.
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// A unique name for the token's holder (shows as actor in the audit log).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// A token; `token` is present only in the answer to its creation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenView {
+    /// Holder name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When created.
+    pub created_at: String,
+    /// The secret, shown once.
+    pub token: Option<String>,
+}
+
+/// `GET /api/v1/whoami`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    /// Token name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// RFC 9457 problem details, the body of every error answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status.
+    pub status: u16,
+    /// What happened and what to do, for a person.
+    pub detail: String,
+    /// The request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+}

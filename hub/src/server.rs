@@ -1,0 +1,154 @@
+//! Starting and stopping the hub: data directory, keys, store, first admin
+//! token, the API listener, graceful shutdown.
+//!
+//! Zero-configuration start: on a first start without keys the hub creates
+//! them (warning that production root keys belong offline) and writes an admin
+//! token to `DATA/admin-token` (0600). It prints each address it bound as one
+//! line on stdout, so scripts and tests can use port 0.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::api::{self, types::Role, AppState};
+use crate::audit::AuditDraft;
+use crate::blobs::{FsChunks, UploadFiles};
+use crate::config::HubConfig;
+use crate::events::EventBus;
+use crate::keystore;
+use crate::registry::{Registry, RegistryLimits};
+use crate::store::{RedbStore, RegistryStore, TokenRecord};
+
+/// A hub ready to serve: its listener is bound.
+#[derive(Debug)]
+pub struct Hub {
+    /// The address the API listens on.
+    pub api_addr: SocketAddr,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    /// The registry (for in-process users such as tests and later services).
+    pub registry: Arc<Registry>,
+}
+
+/// Prepares the data directory, keys, store and listener.
+pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", config.data_dir.display()))?;
+    if !config.keys_dir.join("root.json").exists() {
+        keystore::init(&config.keys_dir, 1, 1, crate::now())?;
+        eprintln!(
+            "WARNING: created new signing keys in {} for a first start. Fine for trying Flotilla; in production create \
+             them with `flotilla keys init` on an offline machine and give the hub only online/ and root.json.",
+            config.keys_dir.display()
+        );
+    }
+    let keys = keystore::load_online(&config.keys_dir)?;
+    let roots = keystore::root_chain(&config.keys_dir)?;
+
+    let store: Arc<dyn RegistryStore> =
+        Arc::new(RedbStore::open(&config.data_dir.join("hub.redb"))?);
+    let chunks = Arc::new(FsChunks::open(&config.data_dir.join("chunks"))?);
+    let uploads = UploadFiles::open(&config.data_dir.join("uploads"))?;
+    bootstrap_admin(store.as_ref(), config)?;
+
+    let registry = Arc::new(Registry::new(
+        store,
+        chunks,
+        uploads,
+        keys,
+        EventBus::default(),
+        RegistryLimits {
+            max_upload_bytes: config.max_upload_bytes,
+            max_pending_uploads: config.max_pending_uploads,
+        },
+    ));
+    let state = AppState {
+        registry: registry.clone(),
+        roots: Arc::new(roots),
+        max_patch_bytes: config.max_patch_bytes,
+    };
+    let router = api::router(state, config.max_json_bytes);
+    let listener = tokio::net::TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", config.api_listen))?;
+    let api_addr = listener.local_addr()?;
+    Ok(Hub {
+        api_addr,
+        listener,
+        router,
+        registry,
+    })
+}
+
+/// Creates the first admin token when no token exists.
+fn bootstrap_admin(store: &dyn RegistryStore, config: &HubConfig) -> anyhow::Result<()> {
+    if !store.tokens()?.is_empty() {
+        return Ok(());
+    }
+    let token =
+        crate::tokens::generate().map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+    let now = crate::now().to_string();
+    store.create_token(
+        &crate::tokens::hash(&token),
+        TokenRecord {
+            name: "admin".into(),
+            role: Role::Admin,
+            created_at: now.clone(),
+        },
+        AuditDraft::new(
+            "hub",
+            "token.create",
+            "token/admin",
+            "first start: initial admin token",
+        ),
+        &now,
+    )?;
+    let path = config.data_dir.join("admin-token");
+    keystore::write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    eprintln!(
+        "created the initial admin token in {} (mode 0600)",
+        path.display()
+    );
+    Ok(())
+}
+
+impl Hub {
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        println!("flotilla-hub: API listening on http://{}", self.api_addr);
+        let _ = std::io::stdout().flush();
+        tracing::info!(addr = %self.api_addr, "API listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("hub stopped");
+        Ok(())
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

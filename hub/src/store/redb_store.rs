@@ -1,0 +1,538 @@
+//! [`RegistryStore`] on redb: one database file in the hub's data directory.
+//!
+//! Records are CBOR with a schema version (`Record`). Every mutation is one
+//! write transaction that also appends its chained audit entry, so a crash at
+//! any instant leaves either both or neither.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    BuildRegistration, RegistryStore, Republish, StoreError, TokenRecord, TrustState, UploadRecord,
+};
+use crate::api::types::{AuditEntry, ModelView, VersionView};
+use crate::audit::AuditDraft;
+use flotilla_protocol::tuf::repo::Publication;
+
+const MODELS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("models");
+const VERSIONS: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("versions");
+const MANIFESTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("manifests");
+const CHUNK_REFS: TableDefinition<'_, &[u8], u64> = TableDefinition::new("chunk_refs");
+/// The audit log: sequence number → CBOR [`AuditEntry`].
+pub const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
+const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
+const UPLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("uploads");
+const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust");
+
+/// On-disk schema version of every record.
+const RECORD_SCHEMA: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Record<T> {
+    schema: u32,
+    body: T,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelRecord {
+    name: String,
+    latest_version: u64,
+    created_at: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct TrustRecord {
+    state: TrustState,
+    targets: Vec<u8>,
+    snapshot: Vec<u8>,
+    timestamp: Vec<u8>,
+}
+
+fn be(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+/// Encodes a record as CBOR.
+pub fn encode<T: Serialize>(body: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::new();
+    ciborium::into_writer(
+        &Record {
+            schema: RECORD_SCHEMA,
+            body,
+        },
+        &mut out,
+    )
+    .map_err(be)?;
+    Ok(out)
+}
+
+/// Decodes a CBOR record, checking its schema version.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    let r: Record<T> = ciborium::from_reader(bytes)
+        .map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))?;
+    if r.schema != RECORD_SCHEMA {
+        return Err(StoreError::Backend(format!(
+            "record schema {} is not supported",
+            r.schema
+        )));
+    }
+    Ok(r.body)
+}
+
+/// The redb store.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database at `path` and makes sure every table exists.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let tx = db.begin_write().map_err(be)?;
+        {
+            tx.open_table(MODELS).map_err(be)?;
+            tx.open_table(VERSIONS).map_err(be)?;
+            tx.open_table(MANIFESTS).map_err(be)?;
+            tx.open_table(CHUNK_REFS).map_err(be)?;
+            tx.open_table(AUDIT).map_err(be)?;
+            tx.open_table(TOKENS).map_err(be)?;
+            tx.open_table(UPLOADS).map_err(be)?;
+            tx.open_table(TRUST).map_err(be)?;
+        }
+        tx.commit().map_err(be)?;
+        Ok(Self { db })
+    }
+
+    fn versions_in(
+        t: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+        name: &str,
+    ) -> Result<Vec<VersionView>, StoreError> {
+        let mut out = Vec::new();
+        for item in t.range((name, 0)..=(name, u64::MAX)).map_err(be)? {
+            let (_, v) = item.map_err(be)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn model_view(rec: ModelRecord, versions: &[VersionView]) -> ModelView {
+        ModelView {
+            name: rec.name,
+            latest_version: rec.latest_version,
+            versions: versions.len() as u64,
+            created_at: rec.created_at,
+        }
+    }
+}
+
+/// Appends `audit` to the chain inside `tx`.
+fn chain_audit(
+    tx: &redb::WriteTransaction,
+    audit: AuditDraft,
+    now: &str,
+) -> Result<AuditEntry, StoreError> {
+    let mut t = tx.open_table(AUDIT).map_err(be)?;
+    let last: Option<AuditEntry> = match t.last().map_err(be)? {
+        Some((_, v)) => Some(decode(v.value())?),
+        None => None,
+    };
+    let entry = audit.chain(last.as_ref(), now.to_string());
+    t.insert(entry.seq, encode(&entry)?.as_slice())
+        .map_err(be)?;
+    Ok(entry)
+}
+
+fn write_trust(
+    tx: &redb::WriteTransaction,
+    state: &TrustState,
+    p: &Publication,
+) -> Result<(), StoreError> {
+    let rec = TrustRecord {
+        state: state.clone(),
+        targets: p.targets.clone(),
+        snapshot: p.snapshot.clone(),
+        timestamp: p.timestamp.clone(),
+    };
+    tx.open_table(TRUST)
+        .map_err(be)?
+        .insert("current", encode(&rec)?.as_slice())
+        .map_err(be)?;
+    Ok(())
+}
+
+fn read_trust(tx: &redb::WriteTransaction) -> Result<Option<TrustState>, StoreError> {
+    let t = tx.open_table(TRUST).map_err(be)?;
+    let v = t.get("current").map_err(be)?;
+    v.map(|v| decode::<TrustRecord>(v.value()).map(|r| r.state))
+        .transpose()
+}
+
+impl RegistryStore for RedbStore {
+    fn register(
+        &self,
+        name: &str,
+        build: &mut BuildRegistration<'_>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<(VersionView, AuditEntry), StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let mut model: ModelRecord = {
+            let t = tx.open_table(MODELS).map_err(be)?;
+            let v = t.get(name).map_err(be)?;
+            match v {
+                Some(v) => decode(v.value())?,
+                None => ModelRecord {
+                    name: name.into(),
+                    latest_version: 0,
+                    created_at: now.into(),
+                },
+            }
+        };
+        let next = model.latest_version + 1;
+        let trust = read_trust(&tx)?;
+        let reg = build(next, trust.as_ref())?;
+        model.latest_version = next;
+        tx.open_table(MODELS)
+            .map_err(be)?
+            .insert(name, encode(&model)?.as_slice())
+            .map_err(be)?;
+        tx.open_table(VERSIONS)
+            .map_err(be)?
+            .insert((name, next), encode(&reg.view)?.as_slice())
+            .map_err(be)?;
+        tx.open_table(MANIFESTS)
+            .map_err(be)?
+            .insert(reg.view.target.as_str(), reg.manifest.as_slice())
+            .map_err(be)?;
+        {
+            let mut refs = tx.open_table(CHUNK_REFS).map_err(be)?;
+            for d in &reg.chunks {
+                let n = refs.get(d.as_slice()).map_err(be)?.map_or(0, |v| v.value());
+                refs.insert(d.as_slice(), n + 1).map_err(be)?;
+            }
+        }
+        write_trust(&tx, &reg.trust, &reg.publication)?;
+        let entry = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok((reg.view, entry))
+    }
+
+    fn update_version(
+        &self,
+        name: &str,
+        version: u64,
+        f: &mut dyn FnMut(&mut VersionView) -> Result<(), StoreError>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<(VersionView, AuditEntry), StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let mut view: VersionView = {
+            let t = tx.open_table(VERSIONS).map_err(be)?;
+            let v = t.get((name, version)).map_err(be)?;
+            match v {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "model {name} version {version}"
+                    )))
+                }
+            }
+        };
+        f(&mut view)?;
+        tx.open_table(VERSIONS)
+            .map_err(be)?
+            .insert((name, version), encode(&view)?.as_slice())
+            .map_err(be)?;
+        let entry = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok((view, entry))
+    }
+
+    fn delete_version(
+        &self,
+        name: &str,
+        version: u64,
+        republish: &mut Republish<'_>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<(Vec<[u8; 32]>, AuditEntry), StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let view: VersionView = {
+            let t = tx.open_table(VERSIONS).map_err(be)?;
+            let v = t.get((name, version)).map_err(be)?;
+            match v {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(StoreError::NotFound(format!(
+                        "model {name} version {version}"
+                    )))
+                }
+            }
+        };
+        if !view.referenced_by.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "model {name} version {version} is used by deployment(s) {}; move them to another version first",
+                view.referenced_by.join(", ")
+            )));
+        }
+        let manifest = tx
+            .open_table(MANIFESTS)
+            .map_err(be)?
+            .remove(view.target.as_str())
+            .map_err(be)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        tx.open_table(VERSIONS)
+            .map_err(be)?
+            .remove((name, version))
+            .map_err(be)?;
+        let mut freed = Vec::new();
+        if let Ok(m) =
+            flotilla_protocol::manifest::BundleManifest::decode(&manifest, &Default::default())
+        {
+            let mut refs = tx.open_table(CHUNK_REFS).map_err(be)?;
+            for c in m.unique_chunks() {
+                let key = c.digest.0;
+                let n = refs
+                    .get(key.as_slice())
+                    .map_err(be)?
+                    .map_or(0, |v| v.value());
+                if n <= 1 {
+                    refs.remove(key.as_slice()).map_err(be)?;
+                    freed.push(key);
+                } else {
+                    refs.insert(key.as_slice(), n - 1).map_err(be)?;
+                }
+            }
+        }
+        if let Some(state) = read_trust(&tx)? {
+            let (state, publication) = republish(&state, &view.target)?;
+            write_trust(&tx, &state, &publication)?;
+        }
+        let entry = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok((freed, entry))
+    }
+
+    fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let models = tx.open_table(MODELS).map_err(be)?;
+        let Some(rec) = models.get(name).map_err(be)? else {
+            return Ok(None);
+        };
+        let rec: ModelRecord = decode(rec.value())?;
+        let versions = Self::versions_in(&tx.open_table(VERSIONS).map_err(be)?, name)?;
+        Ok(Some(Self::model_view(rec, &versions)))
+    }
+
+    fn models(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        keep: &dyn Fn(&ModelView, &[VersionView]) -> bool,
+    ) -> Result<Vec<ModelView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let models = tx.open_table(MODELS).map_err(be)?;
+        let versions = tx.open_table(VERSIONS).map_err(be)?;
+        let mut out = Vec::new();
+        let range = match after {
+            Some(a) => {
+                models.range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded))
+            }
+            None => models.range::<&str>(..),
+        }
+        .map_err(be)?;
+        for item in range {
+            let (_, v) = item.map_err(be)?;
+            let rec: ModelRecord = decode(v.value())?;
+            let vs = Self::versions_in(&versions, &rec.name)?;
+            let view = Self::model_view(rec, &vs);
+            if keep(&view, &vs) {
+                out.push(view);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn versions(&self, name: &str) -> Result<Vec<VersionView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        Self::versions_in(&tx.open_table(VERSIONS).map_err(be)?, name)
+    }
+
+    fn version(&self, name: &str, version: u64) -> Result<Option<VersionView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(VERSIONS).map_err(be)?;
+        let v = t.get((name, version)).map_err(be)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn manifest(&self, target: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(MANIFESTS).map_err(be)?;
+        let v = t.get(target).map_err(be)?;
+        Ok(v.map(|v| v.value().to_vec()))
+    }
+
+    fn trust(&self) -> Result<Option<(TrustState, Publication)>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(TRUST).map_err(be)?;
+        let v = t.get("current").map_err(be)?;
+        Ok(match v {
+            Some(v) => {
+                let r: TrustRecord = decode(v.value())?;
+                Some((
+                    r.state,
+                    Publication {
+                        targets: r.targets,
+                        snapshot: r.snapshot,
+                        timestamp: r.timestamp,
+                    },
+                ))
+            }
+            None => None,
+        })
+    }
+
+    fn append_audit(&self, audit: AuditDraft, now: &str) -> Result<AuditEntry, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let e = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(e)
+    }
+
+    fn audit_after(&self, since: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(AUDIT).map_err(be)?;
+        let mut out = Vec::new();
+        for item in t.range(since.saturating_add(1)..).map_err(be)? {
+            let (_, v) = item.map_err(be)?;
+            out.push(decode(v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn audit_all(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit_after(0, usize::MAX)
+    }
+
+    fn create_token(
+        &self,
+        hash: &str,
+        record: TokenRecord,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<AuditEntry, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = tx.open_table(TOKENS).map_err(be)?;
+            for item in t.iter().map_err(be)? {
+                let (_, v) = item.map_err(be)?;
+                let existing: TokenRecord = decode(v.value())?;
+                if existing.name == record.name {
+                    return Err(StoreError::Conflict(format!(
+                        "a token named {} already exists",
+                        record.name
+                    )));
+                }
+            }
+            t.insert(hash, encode(&record)?.as_slice()).map_err(be)?;
+        }
+        let e = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(e)
+    }
+
+    fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(TOKENS).map_err(be)?;
+        let v = t.get(hash).map_err(be)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(TOKENS).map_err(be)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(be)? {
+            out.push(decode(item.map_err(be)?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn delete_token(
+        &self,
+        name: &str,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<AuditEntry, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        {
+            let mut t = tx.open_table(TOKENS).map_err(be)?;
+            let mut found = None;
+            for item in t.iter().map_err(be)? {
+                let (k, v) = item.map_err(be)?;
+                let rec: TokenRecord = decode(v.value())?;
+                if rec.name == name {
+                    found = Some(k.value().to_string());
+                }
+            }
+            let Some(hash) = found else {
+                return Err(StoreError::NotFound(format!("token {name}")));
+            };
+            t.remove(hash.as_str()).map_err(be)?;
+        }
+        let e = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(e)
+    }
+
+    fn put_upload(&self, record: &UploadRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        tx.open_table(UPLOADS)
+            .map_err(be)?
+            .insert(record.id.as_str(), encode(record)?.as_slice())
+            .map_err(be)?;
+        tx.commit().map_err(be)
+    }
+
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(UPLOADS).map_err(be)?;
+        let v = t.get(id).map_err(be)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn delete_upload(&self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        tx.open_table(UPLOADS).map_err(be)?.remove(id).map_err(be)?;
+        tx.commit().map_err(be)
+    }
+
+    fn uploads(&self) -> Result<Vec<UploadRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(UPLOADS).map_err(be)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(be)? {
+            out.push(decode(item.map_err(be)?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn chunk_refs(&self, digest: &[u8; 32]) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(CHUNK_REFS).map_err(be)?;
+        let v = t.get(digest.as_slice()).map_err(be)?;
+        Ok(v.map_or(0, |v| v.value()))
+    }
+}

@@ -1,0 +1,361 @@
+//! [`Model`]: an ONNX model loaded and planned for execution.
+//!
+//! `Model::load` decodes the bytes, checks the opset imports and the boundary types,
+//! and plans the main graph once (see [`crate::plan`]). `Model::run` takes `&self`
+//! and keeps all per-run state on its own stack, so one `Model` serves many threads
+//! at once (`Model` is `Send + Sync`).
+//!
+//! This module does not read model files from disk except external tensor data
+//! named by the model, and does not verify where the bytes came from.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::error::{ModelError, RunError};
+use crate::exec;
+use crate::onnx::{tensor_shape_proto::dimension, type_proto, ModelProto, ValueInfoProto};
+use crate::plan::{self, Plan, PlanContext};
+use crate::signature::decode_model;
+use crate::tensor::{ElemType, Tensor};
+use crate::value::Value;
+
+/// Oldest default-domain opset accepted.
+pub const MIN_OPSET: i64 = 1;
+/// Newest default-domain opset accepted.
+pub const MAX_OPSET: i64 = 24;
+
+/// What kind of value a graph input or output carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ValueKind {
+    /// A dense tensor.
+    Tensor,
+    /// A sequence of tensors.
+    Sequence,
+    /// An optional tensor or sequence.
+    Optional,
+}
+
+/// One dimension of a declared shape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DimSpec {
+    /// A fixed size.
+    Fixed(usize),
+    /// A named size, bound at run time.
+    Symbolic(String),
+    /// Unknown (unset or `-1`).
+    Unknown,
+}
+
+/// A graph input or output as the graph declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueSpec {
+    /// The value's name.
+    pub name: String,
+    /// Tensor, sequence or optional.
+    pub kind: ValueKind,
+    /// Element type (of the tensor, or of the sequence's tensors), when declared.
+    pub elem: Option<ElemType>,
+    /// Declared shape of a tensor value; `None` when the rank is unknown.
+    pub shape: Option<Vec<DimSpec>>,
+}
+
+/// A loaded, planned ONNX model.
+#[derive(Debug)]
+pub struct Model {
+    plan: Plan,
+    inputs: Vec<ValueSpec>,
+    outputs: Vec<ValueSpec>,
+    opset: i64,
+}
+
+impl Model {
+    /// Loads a model from its bytes; external tensor data is read relative to
+    /// `base_dir` (usually the model file's directory).
+    ///
+    /// # Errors
+    ///
+    /// [`ModelError::Decode`] for bytes that are not ONNX, [`ModelError::NoGraph`],
+    /// [`ModelError::UnsupportedOpset`], [`ModelError::UnsupportedOperator`],
+    /// [`ModelError::UnsupportedElementType`] for a boundary value or initializer of
+    /// a type the executor does not hold, and [`ModelError::Malformed`] for graphs
+    /// that are not well formed.
+    pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Self, ModelError> {
+        let model = decode_model(bytes)?;
+        Self::from_proto(&model, base_dir)
+    }
+
+    /// Loads a model already decoded.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::load`], less decoding.
+    pub fn from_proto(model: &ModelProto, base_dir: Option<&Path>) -> Result<Self, ModelError> {
+        let graph = model.graph.as_ref().ok_or(ModelError::NoGraph)?;
+        let mut opsets = HashMap::new();
+        for imp in &model.opset_import {
+            let domain = match imp.domain() {
+                "ai.onnx" => "",
+                d => d,
+            };
+            opsets.insert(domain.to_owned(), imp.version());
+        }
+        // IR version 1-2 models may omit the import; they mean opset 1.
+        let opset = *opsets.entry(String::new()).or_insert(MIN_OPSET);
+        if !(MIN_OPSET..=MAX_OPSET).contains(&opset) {
+            return Err(ModelError::UnsupportedOpset {
+                opset,
+                min: MIN_OPSET,
+                max: MAX_OPSET,
+            });
+        }
+        let initializers: std::collections::HashSet<&str> =
+            graph.initializer.iter().map(|t| t.name()).collect();
+        let inputs = graph
+            .input
+            .iter()
+            .filter(|v| !initializers.contains(v.name()))
+            .map(value_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = graph
+            .output
+            .iter()
+            .map(value_spec)
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = plan::build(
+            graph,
+            &PlanContext {
+                opsets: &opsets,
+                base_dir,
+            },
+        )?;
+        Ok(Self {
+            plan,
+            inputs,
+            outputs,
+            opset,
+        })
+    }
+
+    /// The graph inputs the caller supplies (initializers excluded), in order.
+    pub fn inputs(&self) -> &[ValueSpec] {
+        &self.inputs
+    }
+
+    /// The graph outputs, in order.
+    pub fn outputs(&self) -> &[ValueSpec] {
+        &self.outputs
+    }
+
+    /// The default-domain opset the model imports.
+    pub fn opset(&self) -> i64 {
+        self.opset
+    }
+
+    /// How many nodes run per call after planning (folded and dead nodes removed).
+    pub fn planned_nodes(&self) -> usize {
+        self.plan.steps.len()
+    }
+
+    /// The operator types that run per call, in execution order.
+    pub fn planned_op_types(&self) -> impl Iterator<Item = &str> {
+        self.plan.steps.iter().map(|s| s.op_type.as_str())
+    }
+
+    /// Runs the model on tensor inputs, keyed by input name.
+    ///
+    /// # Errors
+    ///
+    /// [`RunError::MissingInput`], [`RunError::UnknownInput`], [`RunError::InputType`],
+    /// [`RunError::InputShape`] for inputs that do not match the graph, and
+    /// [`RunError::Node`] when a node fails. Sequence outputs are an
+    /// [`RunError::InputKind`]-like error: use [`Model::run_values`] for those.
+    pub fn run(
+        &self,
+        inputs: HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, RunError> {
+        let values = inputs
+            .into_iter()
+            .map(|(k, v)| (k, Value::Tensor(v)))
+            .collect();
+        let outs = self.run_values(values)?;
+        outs.into_iter()
+            .map(|(name, v)| match v {
+                Value::Tensor(t) => Ok((name, t)),
+                _ => Err(RunError::InputKind {
+                    name,
+                    expected: "tensor",
+                }),
+            })
+            .collect()
+    }
+
+    /// Runs the model on values of any kind; returns the outputs in graph order.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::run`].
+    pub fn run_values(
+        &self,
+        mut inputs: HashMap<String, Value>,
+    ) -> Result<Vec<(String, Value)>, RunError> {
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            let v = inputs
+                .remove(&spec.name)
+                .ok_or_else(|| RunError::MissingInput {
+                    name: spec.name.clone(),
+                })?;
+            check_input(spec, &v)?;
+            ordered.push(v);
+        }
+        if let Some(name) = inputs.into_keys().next() {
+            return Err(RunError::UnknownInput { name });
+        }
+        let outs = exec::run(&self.plan, ordered)?;
+        Ok(self
+            .plan
+            .outputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(outs)
+            .collect())
+    }
+}
+
+fn check_input(spec: &ValueSpec, v: &Value) -> Result<(), RunError> {
+    let t = match (spec.kind, v) {
+        (ValueKind::Tensor, Value::Tensor(t)) => t,
+        (ValueKind::Tensor, _) => {
+            return Err(RunError::InputKind {
+                name: spec.name.clone(),
+                expected: "tensor",
+            })
+        }
+        _ => return Ok(()),
+    };
+    if let Some(elem) = spec.elem {
+        if elem != t.elem_type() {
+            return Err(RunError::InputType {
+                name: spec.name.clone(),
+                expected: elem.to_string(),
+                actual: t.elem_type().to_string(),
+            });
+        }
+    }
+    if let Some(shape) = &spec.shape {
+        let ok = shape.len() == t.rank()
+            && shape.iter().zip(t.shape()).all(|(d, &n)| match d {
+                DimSpec::Fixed(f) => *f == n,
+                _ => true,
+            });
+        if !ok {
+            let expected = shape
+                .iter()
+                .map(|d| match d {
+                    DimSpec::Fixed(f) => f.to_string(),
+                    DimSpec::Symbolic(s) => s.clone(),
+                    DimSpec::Unknown => "?".to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(RunError::InputShape {
+                name: spec.name.clone(),
+                expected: format!("[{expected}]"),
+                actual: t.shape().to_vec(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn value_spec(v: &ValueInfoProto) -> Result<ValueSpec, ModelError> {
+    let name = v.name().to_owned();
+    let ty = v.r#type.as_ref().and_then(|t| t.value.as_ref());
+    let elem_of = |code: i32, name: &str| {
+        ElemType::from_onnx(code).ok_or_else(|| ModelError::UnsupportedElementType {
+            tensor: name.to_owned(),
+            code,
+        })
+    };
+    let spec = match ty {
+        // Off-spec: a value without a type is accepted as a tensor of any type.
+        None => ValueSpec {
+            name,
+            kind: ValueKind::Tensor,
+            elem: None,
+            shape: None,
+        },
+        Some(type_proto::Value::TensorType(t)) => ValueSpec {
+            elem: Some(elem_of(t.elem_type(), &name)?),
+            shape: t.shape.as_ref().map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match &d.value {
+                        Some(dimension::Value::DimValue(n)) if *n >= 0 => {
+                            usize::try_from(*n).map_or(DimSpec::Unknown, DimSpec::Fixed)
+                        }
+                        Some(dimension::Value::DimParam(p)) if !p.is_empty() => {
+                            DimSpec::Symbolic(p.clone())
+                        }
+                        _ => DimSpec::Unknown,
+                    })
+                    .collect()
+            }),
+            name,
+            kind: ValueKind::Tensor,
+        },
+        Some(type_proto::Value::SequenceType(s)) => {
+            let elem = match s.elem_type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::TensorType(t)) => Some(elem_of(t.elem_type(), &name)?),
+                _ => None,
+            };
+            ValueSpec {
+                name,
+                kind: ValueKind::Sequence,
+                elem,
+                shape: None,
+            }
+        }
+        Some(type_proto::Value::OptionalType(_)) => ValueSpec {
+            name,
+            kind: ValueKind::Optional,
+            elem: None,
+            shape: None,
+        },
+        Some(type_proto::Value::MapType(_)) => {
+            return Err(ModelError::NonTensorValue { name, kind: "map" })
+        }
+        Some(type_proto::Value::SparseTensorType(_)) => {
+            return Err(ModelError::NonTensorValue {
+                name,
+                kind: "sparse tensor",
+            })
+        }
+        Some(type_proto::Value::OpaqueType(_)) => {
+            return Err(ModelError::NonTensorValue {
+                name,
+                kind: "opaque",
+            })
+        }
+    };
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn model_can_be_shared_between_threads() {
+        assert_send_sync::<Model>();
+    }
+
+    #[test]
+    fn garbage_bytes_are_a_decode_error() {
+        let err = Model::load(&[0xff, 0x01, 0x02], None).unwrap_err();
+        assert!(matches!(err, ModelError::Decode { .. }), "{err}");
+    }
+}

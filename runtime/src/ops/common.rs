@@ -1,0 +1,217 @@
+//! Helpers shared by the kernel families: axis normalisation, broadcasting, host
+//! copies, and tensor construction in a given element type.
+//!
+//! Nothing here is an operator; [`lookup`] finds none.
+
+use candle_core::{DType, Device};
+
+use crate::ops::{Kernel, OpError};
+use crate::tensor::{ElemType, Tensor};
+
+/// No operator lives here.
+pub(super) fn lookup(_op: &str) -> Option<Kernel> {
+    None
+}
+
+/// `axis` (possibly negative) as an index into `rank` dims.
+pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize, OpError> {
+    axis_in(axis, rank)
+}
+
+/// `axis` as an insertion point among `rank + 1` positions (Unsqueeze, Concat-like).
+pub(crate) fn axis_incl(axis: i64, rank: usize) -> Result<usize, OpError> {
+    axis_in(axis, rank + 1)
+}
+
+/// `axis` normalised against `rank` positions exactly.
+pub(crate) fn axis_in(axis: i64, rank: usize) -> Result<usize, OpError> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r {
+        return Err(OpError::new(format!(
+            "axis {axis} out of range for rank {rank}"
+        )));
+    }
+    Ok(a as usize)
+}
+
+/// The numpy broadcast of two shapes.
+pub(crate) fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, OpError> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return Err(OpError::new(format!(
+                "shapes {a:?} and {b:?} do not broadcast"
+            )));
+        };
+    }
+    Ok(out)
+}
+
+/// The broadcast of many shapes.
+pub(crate) fn broadcast_all(shapes: &[&[usize]]) -> Result<Vec<usize>, OpError> {
+    let mut out: Vec<usize> = Vec::new();
+    for s in shapes {
+        out = broadcast_shape(&out, s)?;
+    }
+    Ok(out)
+}
+
+/// Broadcasts a candle tensor to `shape` (no copy) and makes it contiguous.
+pub(crate) fn expand_to(
+    t: &candle_core::Tensor,
+    shape: &[usize],
+) -> Result<candle_core::Tensor, OpError> {
+    if t.dims() == shape {
+        return Ok(t.clone());
+    }
+    Ok(t.broadcast_as(shape)?.contiguous()?)
+}
+
+/// Row-major strides of `shape`.
+pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// The element count of `shape`.
+pub(crate) fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// A tensor's values as i64, for shape-like inputs.
+pub(crate) fn ints(t: &Tensor) -> Result<Vec<i64>, OpError> {
+    Ok(t.to_i64_vec()?)
+}
+
+/// A scalar (or one-element) tensor as f64.
+pub(crate) fn scalar_f64(t: &Tensor) -> Result<f64, OpError> {
+    let v = t.to_f64_vec()?;
+    v.first()
+        .copied()
+        .ok_or_else(|| OpError::new("expected a scalar, got an empty tensor"))
+}
+
+/// A scalar (or one-element) tensor as i64.
+pub(crate) fn scalar_i64(t: &Tensor) -> Result<i64, OpError> {
+    let v = t.to_i64_vec()?;
+    v.first()
+        .copied()
+        .ok_or_else(|| OpError::new("expected a scalar, got an empty tensor"))
+}
+
+/// Maps every element through `f` in f64, keeping the element type.
+pub(crate) fn map_f64(t: &Tensor, f: impl Fn(f64) -> f64) -> Result<Tensor, OpError> {
+    let v: Vec<f64> = t.to_f64_vec()?.into_iter().map(f).collect();
+    Ok(Tensor::from_f64_as(t.elem_type(), t.shape(), v)?)
+}
+
+/// Maps every element through `f` in i64, keeping the element type.
+pub(crate) fn map_i64(t: &Tensor, f: impl Fn(i64) -> i64) -> Result<Tensor, OpError> {
+    let v: Vec<i64> = t.to_i64_vec()?.into_iter().map(f).collect();
+    Ok(Tensor::from_i64_as(t.elem_type(), t.shape(), v)?)
+}
+
+/// A tensor of `elem` from f64 values.
+pub(crate) fn from_f64(elem: ElemType, shape: &[usize], v: Vec<f64>) -> Result<Tensor, OpError> {
+    Ok(Tensor::from_f64_as(elem, shape, v)?)
+}
+
+/// A tensor of `elem` from i64 values.
+pub(crate) fn from_i64(elem: ElemType, shape: &[usize], v: Vec<i64>) -> Result<Tensor, OpError> {
+    Ok(Tensor::from_i64_as(elem, shape, v)?)
+}
+
+/// An int64 tensor.
+pub(crate) fn i64_tensor(shape: &[usize], v: Vec<i64>) -> Result<Tensor, OpError> {
+    Ok(Tensor::from_i64(shape, v)?)
+}
+
+/// A bool tensor.
+pub(crate) fn bool_tensor(shape: &[usize], v: Vec<bool>) -> Result<Tensor, OpError> {
+    Ok(Tensor::from_bools(shape, v)?)
+}
+
+/// Wraps a candle result with the same element type as `like`.
+pub(crate) fn like(like: &Tensor, data: candle_core::Tensor) -> Result<Tensor, OpError> {
+    Ok(like.with_data(data)?)
+}
+
+/// A candle tensor on the CPU.
+pub(crate) fn cpu() -> &'static Device {
+    &Device::Cpu
+}
+
+/// True for the dtypes candle's float kernels cover.
+pub(crate) fn is_float_dtype(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
+}
+
+/// Requires a float tensor.
+pub(crate) fn need_float(t: &Tensor, what: &str) -> Result<(), OpError> {
+    if t.elem_type().is_float() {
+        Ok(())
+    } else {
+        Err(OpError::new(format!(
+            "{what} needs a float tensor, got {}",
+            t.elem_type()
+        )))
+    }
+}
+
+/// Calls `f` on the tensor in f32 (f16/bf16/f64 converted there and back).
+pub(crate) fn via_f32(
+    t: &Tensor,
+    f: impl FnOnce(&candle_core::Tensor) -> Result<candle_core::Tensor, OpError>,
+) -> Result<Tensor, OpError> {
+    let c = t.candle();
+    if c.dtype() == DType::F32 || c.dtype() == DType::F64 {
+        return like(t, f(c)?);
+    }
+    let r = f(&c.to_dtype(DType::F32)?)?;
+    like(t, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negative_axis_counts_from_the_end() {
+        assert_eq!(axis(-1, 3).unwrap(), 2);
+        assert_eq!(axis(-3, 3).unwrap(), 0);
+        assert!(axis(3, 3).is_err());
+        assert!(axis(-4, 3).is_err());
+    }
+
+    #[test]
+    fn shapes_broadcast_numpy_style() {
+        assert_eq!(broadcast_shape(&[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
+        assert_eq!(broadcast_shape(&[], &[5]).unwrap(), vec![5]);
+        assert!(broadcast_shape(&[2], &[3]).is_err());
+    }
+
+    #[test]
+    fn strides_are_row_major() {
+        assert_eq!(strides(&[2, 3, 4]), vec![12, 4, 1]);
+        assert_eq!(strides(&[]), Vec::<usize>::new());
+    }
+}
