@@ -87,7 +87,15 @@ impl HubConfig {
         flags: &Flags,
     ) -> Result<Self, ConfigError> {
         let raw: RawConfig = match toml_text {
-            Some(t) => toml::from_str(t).map_err(|e| ConfigError(e.message().to_string()))?,
+            Some(t) => toml::from_str(t).map_err(|e| {
+                let line = e
+                    .span()
+                    .map_or(0, |s| t[..s.start.min(t.len())].matches('\n').count() + 1);
+                ConfigError(format!(
+                    "line {line}: {}",
+                    e.message().split_whitespace().collect::<Vec<_>>().join(" ")
+                ))
+            })?,
             None => RawConfig::default(),
         };
         let data_dir = flags

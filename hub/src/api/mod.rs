@@ -59,7 +59,7 @@ async fn blocking<T: Send + 'static>(
     paths(
         uploads::create, uploads::get, uploads::append, uploads::delete,
         models::register, models::list, models::show, models::versions, models::version,
-        models::tags, models::archive, models::delete, models::file,
+        models::tags, models::archive, models::delete, models::file, models::manifest,
         audit::list, audit::verify,
         tokens::whoami, tokens::create, tokens::list, tokens::revoke,
         trust::document, health,
@@ -144,6 +144,10 @@ pub fn router(state: AppState, max_json_bytes: usize) -> Router {
         .route(
             "/api/v1/models/{name}/versions/{version}/file",
             get(models::file),
+        )
+        .route(
+            "/api/v1/models/{name}/versions/{version}/manifest",
+            get(models::manifest),
         )
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))

@@ -275,3 +275,27 @@ pub(super) async fn file(
     ];
     Ok((headers, Body::from_stream(stream)).into_response())
 }
+
+/// The signed bundle manifest (CBOR) of a version: a TUF target listed in
+/// `/api/v1/trust/targets.json`.
+#[utoipa::path(get, path = "/api/v1/models/{name}/versions/{version}/manifest", params(("name" = String, Path), ("version" = u64, Path)),
+    responses((status = 200, content_type = "application/cbor", body = Vec<u8>), (status = 404, body = Problem)))]
+pub(super) async fn manifest(
+    State(s): State<AppState>,
+    _c: Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let v = parse_version(&version)?;
+    let r = s.registry.clone();
+    let bytes = blocking(move || {
+        let view = r.version(&name, v)?;
+        r.store().manifest(&view.target)?.ok_or_else(|| {
+            crate::registry::RegistryError::Internal(format!(
+                "manifest of {} is missing",
+                view.target
+            ))
+        })
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/cbor")], bytes).into_response())
+}

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 
 use super::client::HubClient;
 use super::credentials::{self, HubFlags};
+use super::text::table;
 use super::{emit, exit, CliError, Output, Report};
 use crate::api::types::{AuditEntry, AuditVerification, Page};
 
@@ -48,13 +49,22 @@ impl Report for Page<AuditEntry> {
         if self.items.is_empty() {
             return "no audit entries".into();
         }
-        let mut s = String::from("SEQ  TIME  ACTOR  ACTION  OBJECT  REASON");
-        for e in &self.items {
-            s += &format!(
-                "\n{}  {}  {}  {}  {}  {}",
-                e.seq, e.time, e.actor, e.action, e.object, e.reason
-            );
-        }
+        let mut s = table(
+            &["SEQ", "TIME", "ACTOR", "ACTION", "OBJECT", "REASON"],
+            self.items
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.seq.to_string(),
+                        e.time.clone(),
+                        e.actor.clone(),
+                        e.action.clone(),
+                        e.object.clone(),
+                        e.reason.clone(),
+                    ]
+                })
+                .collect(),
+        );
         if let (Some(_), Some(last)) = (&self.next_cursor, self.items.last()) {
             s += &format!("\n(more: --since {}, or --all)", last.seq);
         }

@@ -17,6 +17,7 @@ mod keys;
 mod login;
 mod model;
 mod progress;
+mod text;
 mod token;
 mod upload;
 

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::client::{segment, HubClient};
 use super::credentials::{self, HubFlags};
 use super::model::syntax;
+use super::text::table;
 use super::{emit, CliError, Output, Report};
 use crate::api::types::{CreateToken, Role, TokenView};
 
@@ -19,6 +20,9 @@ Examples:
   flotilla token create dashboard --role viewer --output json | jq -r .token")]
     Create(CreateArgs),
     /// List tokens: holder names, roles, creation times (never secrets).
+    #[command(after_help = "\
+Example:
+  flotilla token list --output json")]
     List,
     /// Revoke a token by holder name; it stops working at once.
     #[command(after_help = "\

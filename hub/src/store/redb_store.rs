@@ -536,3 +536,125 @@ impl RegistryStore for RedbStore {
         Ok(v.map_or(0, |v| v.value()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::types::{LineageBody, VersionStatus};
+    use crate::store::Registration;
+    use flotilla_protocol::tuf::Targets;
+
+    fn view(name: &str, version: u64, referenced_by: Vec<String>) -> VersionView {
+        VersionView {
+            name: name.into(),
+            version,
+            status: VersionStatus::Active,
+            description: String::new(),
+            tags: Default::default(),
+            metrics: Default::default(),
+            lineage: LineageBody::default(),
+            created_by: "t".into(),
+            reason: String::new(),
+            created_at: String::new(),
+            file_name: "m.onnx".into(),
+            size: 0,
+            sha256: String::new(),
+            chunks: 0,
+            chunks_reused: 0,
+            target: format!("models/{name}/{version}/manifest.cbor"),
+            manifest_sha256: String::new(),
+            inputs: vec![],
+            outputs: vec![],
+            has_drift_baseline: false,
+            referenced_by,
+        }
+    }
+
+    fn registration(v: VersionView) -> Registration {
+        let t = Targets::new(1, flotilla_protocol::time::UtcTime(0));
+        Registration {
+            view: v,
+            manifest: Vec::new(),
+            trust: TrustState {
+                targets: t,
+                publication_version: 1,
+            },
+            publication: Publication {
+                targets: vec![],
+                snapshot: vec![],
+                timestamp: vec![],
+            },
+            chunks: vec![[7u8; 32]],
+        }
+    }
+
+    #[test]
+    fn a_version_a_deployment_references_cannot_be_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("t.redb")).unwrap();
+        let mut build = |v: u64, _: Option<&TrustState>| {
+            Ok(registration(view("fraud", v, vec!["checkout/blue".into()])))
+        };
+        s.register(
+            "fraud",
+            &mut build,
+            AuditDraft::new("a", "model.register", "model/fraud", ""),
+            "t",
+        )
+        .unwrap();
+        let mut republish = |st: &TrustState, _: &str| {
+            Ok((
+                st.clone(),
+                Publication {
+                    targets: vec![],
+                    snapshot: vec![],
+                    timestamp: vec![],
+                },
+            ))
+        };
+        let err = s
+            .delete_version(
+                "fraud",
+                1,
+                &mut republish,
+                AuditDraft::new("a", "model.version.delete", "model/fraud/1", ""),
+                "t",
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Conflict(m) if m.contains("checkout/blue")),
+            "{err}"
+        );
+        assert!(
+            s.version("fraud", 1).unwrap().is_some(),
+            "the refused delete changed nothing"
+        );
+        assert_eq!(s.chunk_refs(&[7u8; 32]).unwrap(), 1);
+        assert_eq!(
+            s.audit_all().unwrap().len(),
+            1,
+            "a refused mutation leaves no audit entry"
+        );
+    }
+
+    #[test]
+    fn a_failed_build_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(&dir.path().join("t.redb")).unwrap();
+        let mut build = |_: u64, _: Option<&TrustState>| Err(StoreError::Rejected("no".into()));
+        assert!(s
+            .register("m", &mut build, AuditDraft::new("a", "x", "y", ""), "t")
+            .is_err());
+        assert!(s.model("m").unwrap().is_none());
+        assert!(s.audit_all().unwrap().is_empty());
+        let mut ok = |v: u64, _: Option<&TrustState>| Ok(registration(view("m", v, vec![])));
+        let (v, e) = s
+            .register("m", &mut ok, AuditDraft::new("a", "x", "y", ""), "t")
+            .unwrap();
+        assert_eq!(
+            (v.version, e.seq),
+            (1, 1),
+            "the failed attempt used no version number"
+        );
+    }
+}

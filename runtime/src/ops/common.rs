@@ -190,6 +190,61 @@ pub(crate) fn via_f32(
     like(t, r)
 }
 
+/// A tensor of `out_shape` whose element `k` is element `idx[k]` of `t` flattened
+/// (row-major). Works for every element type: values are moved, not converted.
+pub(crate) fn take(t: &Tensor, out_shape: &[usize], idx: Vec<i64>) -> Result<Tensor, OpError> {
+    let n = idx.len();
+    if n != numel(out_shape) {
+        return Err(OpError::new(
+            "internal: index count does not match the shape",
+        ));
+    }
+    let flat = t.candle().flatten_all()?;
+    let len = flat.elem_count() as i64;
+    if idx.iter().any(|&i| i < 0 || i >= len) {
+        return Err(OpError::new("index out of range"));
+    }
+    if n == 0 {
+        let empty = flat.narrow(0, 0, 0)?.reshape(out_shape)?;
+        return like(t, empty);
+    }
+    let ids = candle_core::Tensor::from_vec(idx, n, cpu())?;
+    like(t, flat.index_select(&ids, 0)?.reshape(out_shape)?)
+}
+
+/// Calls `f` with every coordinate of `shape` in row-major order.
+pub(crate) fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
+    if shape.contains(&0) {
+        return;
+    }
+    let mut idx = vec![0usize; shape.len()];
+    loop {
+        f(&idx);
+        let mut d = shape.len();
+        loop {
+            if d == 0 {
+                return;
+            }
+            d -= 1;
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+}
+
+/// A tensor of `elem` and `shape` filled with `value`.
+pub(crate) fn full(elem: ElemType, shape: &[usize], value: f64) -> Result<Tensor, OpError> {
+    let n = numel(shape);
+    if elem.is_float() {
+        from_f64(elem, shape, vec![value; n])
+    } else {
+        from_i64(elem, shape, vec![value as i64; n])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +262,16 @@ mod tests {
         assert_eq!(broadcast_shape(&[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
         assert_eq!(broadcast_shape(&[], &[5]).unwrap(), vec![5]);
         assert!(broadcast_shape(&[2], &[3]).is_err());
+    }
+
+    #[test]
+    fn for_each_index_visits_row_major() {
+        let mut seen = Vec::new();
+        for_each_index(&[2, 2], |i| seen.push(i.to_vec()));
+        assert_eq!(seen, vec![vec![0, 0], vec![0, 1], vec![1, 0], vec![1, 1]]);
+        let mut count = 0;
+        for_each_index(&[], |_| count += 1);
+        assert_eq!(count, 1);
     }
 
     #[test]

@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use super::super::client::HubClient;
 use super::super::progress::Progress;
+use super::super::text::human_bytes;
 use super::super::{emit, exit, CliError, Output, Report};
 use super::syntax::VersionRef;
-use super::view::human_bytes;
 use crate::api::types::VersionView;
 
 #[derive(Debug, Args)]

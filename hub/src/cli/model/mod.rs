@@ -144,3 +144,83 @@ pub(crate) fn run(cmd: ModelCommand, output: Output, flags: &HubFlags) -> Result
         ModelCommand::Download(a) => download::run(&client, a, output),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::super::Cli;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_model_command_parses_its_documented_form() {
+        for args in [
+            &[
+                "model", "register", "m.onnx", "--name", "fraud", "--tag", "a=b", "--metric",
+                "auc=0.9", "--reason", "r",
+            ][..],
+            &[
+                "model",
+                "list",
+                "--tag",
+                "stage=prod",
+                "--metric",
+                "auc>=0.9",
+                "--all",
+            ],
+            &["model", "show", "fraud"],
+            &["model", "show", "fraud:3"],
+            &[
+                "model", "versions", "fraud", "--limit", "5", "--cursor", "c",
+            ],
+            &["model", "tag", "fraud:3", "a=b", "c=d", "--reason", "r"],
+            &["model", "untag", "fraud:3", "a", "--reason", "r"],
+            &["model", "archive", "fraud:3", "--reason", "r"],
+            &["model", "delete", "fraud:3", "--reason", "r"],
+            &["model", "download", "fraud:3", "-o", "f.onnx"],
+            &[
+                "--hub",
+                "http://h:1",
+                "--token",
+                "t",
+                "audit",
+                "list",
+                "--since",
+                "4",
+            ],
+            &["audit", "verify", "--output", "json"],
+            &["token", "create", "ci", "--role", "operator"],
+            &["login", "--token-stdin"],
+        ] {
+            let argv = std::iter::once("flotilla").chain(args.iter().copied());
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("{args:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_syntax_is_a_usage_error_before_any_request() {
+        for args in [
+            &["model", "tag", "fraud", "a=b", "--reason", "r"][..],
+            &["model", "tag", "fraud:3", "a", "--reason", "r"],
+            &["model", "list", "--metric", "auc>>0.9"],
+            &[
+                "model", "register", "m.onnx", "--name", "a/b", "--reason", "r",
+            ],
+            &[
+                "model", "register", "m.onnx", "--name", "fraud", "--metric", "auc=x", "--reason",
+                "r",
+            ],
+            &["model", "archive", "fraud:3"],
+            &["model", "list", "--all", "--cursor", "c"],
+        ] {
+            let argv = std::iter::once("flotilla").chain(args.iter().copied());
+            assert!(Cli::try_parse_from(argv).is_err(), "{args:?}");
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A real `flotilla-hub` process on an ephemeral loopback port in a temp dir,
+//! and a small HTTP client for the tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct HubProcess {
+    pub child: Child,
+    pub url: String,
+    pub data: PathBuf,
+    pub admin: String,
+}
+
+impl HubProcess {
+    pub fn start(data: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
+            .args(["serve", "--data-dir"])
+            .arg(data)
+            .args(["--api-listen", "127.0.0.1:0"])
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("hub starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("hub prints its address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        let admin = std::fs::read_to_string(data.join("admin-token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        Self {
+            child,
+            url,
+            data: data.to_path_buf(),
+            admin,
+        }
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn client(&self, token: &str) -> Client {
+        Client {
+            base: self.url.clone(),
+            token: token.to_string(),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(120))
+                .build(),
+        }
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Client {
+    pub base: String,
+    pub token: String,
+    pub agent: ureq::Agent,
+}
+
+/// Status and JSON body (problem details on errors).
+pub type Answer = (u16, serde_json::Value);
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> Answer {
+    match r {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.into_string().unwrap_or_default();
+            (
+                status,
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+            )
+        }
+        Err(ureq::Error::Status(status, resp)) => {
+            assert_eq!(
+                resp.header("content-type"),
+                Some("application/problem+json"),
+                "errors are problem details"
+            );
+            (status, resp.into_json().unwrap_or(serde_json::Value::Null))
+        }
+        Err(e) => panic!("transport error: {e}"),
+    }
+}
+
+impl Client {
+    fn req(&self, method: &str, path: &str) -> ureq::Request {
+        self.agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
+
+    pub fn get(&self, path: &str) -> Answer {
+        answer(self.req("GET", path).call())
+    }
+
+    pub fn send(&self, method: &str, path: &str, body: serde_json::Value) -> Answer {
+        answer(self.req(method, path).send_json(body))
+    }
+
+    pub fn send_raw(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Answer {
+        answer(
+            self.req(method, path)
+                .set("Content-Type", content_type)
+                .send_bytes(body),
+        )
+    }
+
+    pub fn bytes(&self, path: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(
+            &mut self
+                .req("GET", path)
+                .call()
+                .expect("download")
+                .into_reader(),
+            &mut out,
+        )
+        .unwrap();
+        out
+    }
+
+    pub fn patch(&self, id: &str, offset: u64, data: &[u8]) -> Answer {
+        answer(
+            self.req("PATCH", &format!("/api/v1/uploads/{id}"))
+                .set("Upload-Offset", &offset.to_string())
+                .set("Content-Type", "application/octet-stream")
+                .send_bytes(data),
+        )
+    }
+
+    /// Uploads `data` as `file_name` in 4 MiB pieces; returns the upload id.
+    pub fn upload(&self, file_name: &str, data: &[u8]) -> String {
+        let (s, b) = self.send(
+            "POST",
+            "/api/v1/uploads",
+            serde_json::json!({"file_name": file_name, "size": data.len()}),
+        );
+        assert_eq!(s, 201, "{b}");
+        let id = b["id"].as_str().unwrap().to_string();
+        let mut off = 0usize;
+        for piece in data.chunks(4 << 20) {
+            let (s, b) = self.patch(&id, off as u64, piece);
+            assert_eq!(s, 200, "{b}");
+            off += piece.len();
+            assert_eq!(b["offset"], off as u64);
+        }
+        id
+    }
+
+    pub fn register(&self, name: &str, body: serde_json::Value) -> Answer {
+        self.send("POST", &format!("/api/v1/models/{name}/versions"), body)
+    }
+}
+
+pub fn model(seed: u64) -> Vec<u8> {
+    flotilla_runtime::generate::mlp(&[256, 512, 512, 10], seed)
+}
