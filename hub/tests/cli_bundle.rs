@@ -1,5 +1,7 @@
 //! The `flotilla` binary end to end: keys, pack, inspect, verify, with exit codes
 //! and one-line failure messages, as an operator or a script sees them.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -29,7 +31,7 @@ struct Fleet {
 impl Fleet {
     fn new() -> Self {
         let f = Self {
-            dir: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir().expect("temp dir"),
         };
         let keys = f.keys();
         let o = flotilla(&[
@@ -56,7 +58,7 @@ impl Fleet {
 
     fn model(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let path = self.dir.path().join(name);
-        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(&path, bytes).expect("write model");
         path
     }
 

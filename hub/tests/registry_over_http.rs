@@ -1,5 +1,7 @@
 //! The hub's registry over real HTTP: a `flotilla-hub` process per test on an
 //! ephemeral port, driven as scripts and the CLI drive it.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 

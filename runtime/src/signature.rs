@@ -16,7 +16,7 @@ use prost::Message;
 
 use crate::error::ModelError;
 use crate::onnx::{
-    tensor_proto::DataType, tensor_shape_proto::dimension, type_proto, GraphProto, ModelProto,
+    tensor_proto::DataType, tensor_shape_proto::dimension, type_proto, ModelProto,
     TensorShapeProto, ValueInfoProto,
 };
 
@@ -45,23 +45,14 @@ pub const MAX_SIGNATURE_VALUES: usize = 100_000;
 /// value [`ModelError::MissingType`], [`ModelError::NonTensorValue`] or
 /// [`ModelError::UnsupportedElementType`].
 pub fn model_signature(model_bytes: &[u8]) -> Result<ModelSignature, ModelError> {
-    let model = decode_model(model_bytes)?;
-    let graph = model.graph.as_ref().ok_or(ModelError::NoGraph)?;
-    graph_signature(graph)
-}
-
-/// Decodes `model_bytes` as an ONNX `ModelProto`.
-pub(crate) fn decode_model(model_bytes: &[u8]) -> Result<ModelProto, ModelError> {
-    ModelProto::decode(model_bytes).map_err(|e| ModelError::Decode {
+    // Design: decode a slim view of the model that declares only the fields the
+    // signature needs. prost skips every other field without allocating, so the
+    // weights (often almost all of the bytes) are never copied: peak memory
+    // stays at the size of `model_bytes` instead of twice it.
+    let model = SlimModel::decode(model_bytes).map_err(|e| ModelError::Decode {
         message: e.to_string(),
-    })
-}
-
-/// The signature of one graph; see [`model_signature`].
-fn graph_signature(graph: &GraphProto) -> Result<ModelSignature, ModelError> {
-    check_count("inputs", graph.input.len())?;
-    check_count("outputs", graph.output.len())?;
-
+    })?;
+    let graph = model.graph.as_ref().ok_or(ModelError::NoGraph)?;
     let initializers: HashSet<&str> = graph
         .initializer
         .iter()
@@ -73,15 +64,64 @@ fn graph_signature(graph: &GraphProto) -> Result<ModelSignature, ModelError> {
                 .filter_map(|s| s.values.as_ref()?.name.as_deref()),
         )
         .collect();
+    boundary_signature(&graph.input, &graph.output, &initializers)
+}
 
-    let inputs = graph
-        .input
+/// `ModelProto` with only its graph (field numbers from onnx.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlimModel {
+    #[prost(message, optional, tag = "7")]
+    graph: Option<SlimGraph>,
+}
+
+/// `GraphProto` with only its boundary and the names of its initializers.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlimGraph {
+    #[prost(message, repeated, tag = "5")]
+    initializer: Vec<SlimTensor>,
+    #[prost(message, repeated, tag = "11")]
+    input: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "12")]
+    output: Vec<ValueInfoProto>,
+    #[prost(message, repeated, tag = "15")]
+    sparse_initializer: Vec<SlimSparseTensor>,
+}
+
+/// `TensorProto` with only its name: its data fields are skipped, not copied.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlimTensor {
+    #[prost(string, optional, tag = "8")]
+    name: Option<String>,
+}
+
+/// `SparseTensorProto` with only its values' name.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SlimSparseTensor {
+    #[prost(message, optional, tag = "1")]
+    values: Option<SlimTensor>,
+}
+
+/// Decodes `model_bytes` as an ONNX `ModelProto`.
+pub(crate) fn decode_model(model_bytes: &[u8]) -> Result<ModelProto, ModelError> {
+    ModelProto::decode(model_bytes).map_err(|e| ModelError::Decode {
+        message: e.to_string(),
+    })
+}
+
+/// The signature of a graph boundary; see [`model_signature`].
+fn boundary_signature(
+    input: &[ValueInfoProto],
+    output: &[ValueInfoProto],
+    initializers: &HashSet<&str>,
+) -> Result<ModelSignature, ModelError> {
+    check_count("inputs", input.len())?;
+    check_count("outputs", output.len())?;
+    let inputs = input
         .iter()
         .filter(|v| !initializers.contains(v.name()))
         .map(tensor_spec)
         .collect::<Result<Vec<_>, _>>()?;
-    let outputs = graph
-        .output
+    let outputs = output
         .iter()
         .map(tensor_spec)
         .collect::<Result<Vec<_>, _>>()?;

@@ -1,6 +1,8 @@
 //! Content-defined chunking pays off across model versions: a new version of an
 //! ONNX model that changes one tensor shares almost all chunks with the old one,
 //! so an agent fetches only a small part of it.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 

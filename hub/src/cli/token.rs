@@ -104,23 +104,19 @@ impl Report for Tokens {
         if self.0.is_empty() {
             return "no tokens".into();
         }
-        let w = self
-            .0
-            .iter()
-            .map(|t| t.name.len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        let mut s = format!("{:<w$}  {:<8}  CREATED", "NAME", "ROLE");
-        for t in &self.0 {
-            s += &format!(
-                "\n{:<w$}  {:<8}  {}",
-                t.name,
-                role_name(t.role),
-                t.created_at
-            );
-        }
-        s
+        table(
+            &["NAME", "ROLE", "CREATED"],
+            self.0
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.name.clone(),
+                        role_name(t.role).to_string(),
+                        t.created_at.clone(),
+                    ]
+                })
+                .collect(),
+        )
     }
 }
 

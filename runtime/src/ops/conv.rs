@@ -1,9 +1,331 @@
-//! conv kernels (to come).
+//! Convolutions: `Conv` (any number of spatial dims, strides, pads, dilations,
+//! groups, `auto_pad`), `ConvTranspose`, `ConvInteger`.
+//!
+//! Design: im2col on the host into one matrix per (batch item, group), then one
+//! candle matmul with the group's weights, so every geometry goes through the same
+//! fast GEMM. Faster special cases (direct 3x3, depthwise, NHWC) are for the speed
+//! work of issue 5 and are not here yet.
 
-use crate::ops::Kernel;
+use candle_core::{DType, Device};
+
+use crate::ops::common::{for_each_index, like, numel, scalar_i64};
+use crate::ops::window::Window;
+use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::tensor::{ElemType, Tensor};
 
 /// The kernel for `op`, if this family has it.
 pub(super) fn lookup(op: &str) -> Option<Kernel> {
-    let _ = op;
-    None
+    let k: Kernel = match op {
+        "Conv" => conv,
+        "ConvTranspose" => conv_transpose,
+        "ConvInteger" => conv_integer,
+        _ => return None,
+    };
+    Some(k)
+}
+
+fn group_count(n: &NodeInfo) -> Result<usize, OpError> {
+    let g = n.attrs.int("group", 1)?;
+    usize::try_from(g)
+        .ok()
+        .filter(|&g| g > 0)
+        .ok_or_else(|| OpError::new(format!("invalid group {g}")))
+}
+
+/// For every (spatial output position, kernel position) of one spatial axis the
+/// input coordinate, or `None` when it falls in the padding.
+fn axis_map(w: &Window, d: usize, input: usize) -> Vec<Option<usize>> {
+    let (o, k) = (w.out[d], w.kernel[d]);
+    let mut m = Vec::with_capacity(o * k);
+    for oi in 0..o {
+        for ki in 0..k {
+            let p = (oi * w.strides[d] + ki * w.dilations[d]) as i64 - w.pad_begin[d] as i64;
+            m.push((p >= 0 && (p as usize) < input).then_some(p as usize));
+        }
+    }
+    m
+}
+
+/// im2col of one (batch item, group) slice `x` of shape [c, spatial...] into
+/// [c * prod(kernel), prod(out)].
+fn im2col(
+    x: &[f32],
+    c: usize,
+    spatial: &[usize],
+    w: &Window,
+    maps: &[Vec<Option<usize>>],
+) -> Vec<f32> {
+    let ksz = numel(&w.kernel);
+    let osz = numel(&w.out);
+    let isz = numel(spatial);
+    let mut cols = vec![0f32; c * ksz * osz];
+    let in_strides = crate::ops::common::strides(spatial);
+    let kd = w.kernel.len();
+    let mut kk = 0;
+    for_each_index(&w.kernel, |kidx| {
+        let mut o = 0;
+        for_each_index(&w.out, |oidx| {
+            let mut off = 0;
+            let mut inside = true;
+            for d in 0..kd {
+                match maps[d][oidx[d] * w.kernel[d] + kidx[d]] {
+                    Some(p) => off += p * in_strides[d],
+                    None => {
+                        inside = false;
+                        break;
+                    }
+                }
+            }
+            if inside {
+                for ci in 0..c {
+                    cols[(ci * ksz + kk) * osz + o] = x[ci * isz + off];
+                }
+            }
+            o += 1;
+        });
+        kk += 1;
+    });
+    cols
+}
+
+/// Converts to f32 values (the im2col path computes in f32).
+fn f32_values(t: &Tensor) -> Result<Vec<f32>, OpError> {
+    Ok(t.to_f32_vec()?)
+}
+
+fn conv(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
+    let (x, w) = (i.tensor(0)?, i.tensor(1)?);
+    let y = conv_f32(n, x, w, i.opt(2)?)?;
+    one(Tensor::from_candle(x.elem_type(), y)?)
+}
+
+fn conv_f32(
+    n: &NodeInfo,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+) -> Result<candle_core::Tensor, OpError> {
+    if x.rank() < 3 || w.rank() != x.rank() {
+        return Err(OpError::new(format!(
+            "Conv of X {:?} with W {:?}",
+            x.shape(),
+            w.shape()
+        )));
+    }
+    let g = group_count(n)?;
+    let (nb, c) = (x.shape()[0], x.shape()[1]);
+    let spatial = &x.shape()[2..];
+    let m = w.shape()[0];
+    let cg = w.shape()[1];
+    if cg * g != c || m % g != 0 {
+        return Err(OpError::new(format!(
+            "channels: X has {c}, W {:?}, group {g}",
+            w.shape()
+        )));
+    }
+    let kernel = match n.attrs.ints("kernel_shape")? {
+        Some(k) => k.iter().map(|&v| v.max(0) as usize).collect(),
+        None => w.shape()[2..].to_vec(),
+    };
+    if kernel != w.shape()[2..] {
+        return Err(OpError::new("kernel_shape does not match W"));
+    }
+    let win = Window::new(n, spatial, kernel, false)?;
+    let maps: Vec<_> = (0..spatial.len())
+        .map(|d| axis_map(&win, d, spatial[d]))
+        .collect();
+    let xv = f32_values(x)?;
+    let ksz = numel(&win.kernel);
+    let osz = numel(&win.out);
+    let isz = numel(spatial);
+    let mg = m / g;
+    let wt = w
+        .candle()
+        .to_dtype(DType::F32)?
+        .reshape((g, mg, cg * ksz))?;
+    let mut outs = Vec::with_capacity(nb * g);
+    for b in 0..nb {
+        for gi in 0..g {
+            let start = (b * c + gi * cg) * isz;
+            let slice = xv
+                .get(start..start + cg * isz)
+                .ok_or_else(|| OpError::new("input too short"))?;
+            let cols = im2col(slice, cg, spatial, &win, &maps);
+            let cols = candle_core::Tensor::from_vec(cols, (cg * ksz, osz), &Device::Cpu)?;
+            outs.push(wt.get(gi)?.matmul(&cols)?);
+        }
+    }
+    let mut shape = vec![nb, m];
+    shape.extend(&win.out);
+    let mut y = if outs.is_empty() {
+        candle_core::Tensor::zeros(&*shape, DType::F32, &Device::Cpu)?
+    } else {
+        candle_core::Tensor::cat(&outs, 0)?.reshape(&*shape)?
+    };
+    if let Some(bias) = bias {
+        let mut bshape = vec![1, m];
+        bshape.extend(std::iter::repeat_n(1, spatial.len()));
+        let bc = bias.candle().to_dtype(DType::F32)?.reshape(bshape)?;
+        y = y.broadcast_add(&bc)?;
+    }
+    Ok(y)
+}
+
+fn conv_integer(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
+    let (x, w) = (i.tensor(0)?, i.tensor(1)?);
+    let zx = i.opt(2)?.map(scalar_i64).transpose()?.unwrap_or(0) as f64;
+    let zw = i.opt(3)?.map(scalar_i64).transpose()?.unwrap_or(0) as f64;
+    let xs = Tensor::from_candle(ElemType::F32, (x.candle().to_dtype(DType::F32)? - zx)?)?;
+    let ws = Tensor::from_candle(ElemType::F32, (w.candle().to_dtype(DType::F32)? - zw)?)?;
+    // Padding must read as the zero point, i.e. 0 after the shift: im2col pads with 0.
+    let y = conv_f32(n, &xs, &ws, None)?;
+    one(Tensor::from_candle(ElemType::I32, y.round()?)?)
+}
+
+fn conv_transpose(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
+    let (x, w) = (i.tensor(0)?, i.tensor(1)?);
+    if x.rank() < 3 || w.rank() != x.rank() {
+        return Err(OpError::new(
+            "ConvTranspose needs X and W of equal rank >= 3",
+        ));
+    }
+    let g = group_count(n)?;
+    let (nb, c) = (x.shape()[0], x.shape()[1]);
+    let spatial = x.shape()[2..].to_vec();
+    let k = spatial.len();
+    if w.shape()[0] != c || c % g != 0 {
+        return Err(OpError::new("W's first dim must equal X's channels"));
+    }
+    let cg = c / g;
+    let mg = w.shape()[1];
+    let m = mg * g;
+    let kernel: Vec<usize> = w.shape()[2..].to_vec();
+    let get = |name: &str, default: usize, len: usize| -> Result<Vec<usize>, OpError> {
+        match n.attrs.ints(name)? {
+            Some(v) if v.len() == len => Ok(v.iter().map(|&x| x.max(0) as usize).collect()),
+            Some(v) if !v.is_empty() => Err(OpError::new(format!("{name} has the wrong length"))),
+            _ => Ok(vec![default; len]),
+        }
+    };
+    let strides = get("strides", 1, k)?;
+    let dil = get("dilations", 1, k)?;
+    let out_pad = get("output_padding", 0, k)?;
+    let auto_pad = n.attrs.string("auto_pad", "NOTSET")?;
+    let out_shape_attr = n.attrs.ints("output_shape")?.map(<[i64]>::to_vec);
+    let mut pb = vec![0usize; k];
+    let mut out = vec![0usize; k];
+    let explicit = get("pads", 0, 2 * k)?;
+    for d in 0..k {
+        let eff = (kernel[d] - 1) * dil[d] + 1;
+        let full = strides[d] * (spatial[d].max(1) - 1) + out_pad[d] + eff;
+        let target = match &out_shape_attr {
+            Some(os) => Some(
+                *os.get(os.len().wrapping_sub(k) + d)
+                    .ok_or_else(|| OpError::new("output_shape too short"))?
+                    as usize,
+            ),
+            None if auto_pad.starts_with("SAME") => Some(spatial[d] * strides[d]),
+            None => None,
+        };
+        match target {
+            Some(t) => {
+                let total = full.saturating_sub(t);
+                pb[d] = if auto_pad == "SAME_UPPER" {
+                    total / 2
+                } else {
+                    total - total / 2
+                };
+                out[d] = t;
+            }
+            None => {
+                pb[d] = explicit[d];
+                out[d] = full
+                    .checked_sub(explicit[d] + explicit[d + k])
+                    .ok_or_else(|| OpError::new("pads larger than the output"))?;
+            }
+        }
+    }
+    let ksz = numel(&kernel);
+    let isz = numel(&spatial);
+    let osz = numel(&out);
+    let xv = x.candle().to_dtype(DType::F32)?.reshape((nb, g, cg, isz))?;
+    let wv = w
+        .candle()
+        .to_dtype(DType::F32)?
+        .reshape((g, cg, mg * ksz))?;
+    let mut y = vec![0f32; nb * m * osz];
+    let out_strides = crate::ops::common::strides(&out);
+    for b in 0..nb {
+        for gi in 0..g {
+            // [mg*ksz, isz] = W_g^T [mg*ksz, cg] x X_g [cg, isz]
+            let cols = wv
+                .get(gi)?
+                .t()?
+                .contiguous()?
+                .matmul(&xv.get(b)?.get(gi)?.contiguous()?)?;
+            let cols = cols.flatten_all()?.to_vec1::<f32>()?;
+            let mut in_pos = 0;
+            for_each_index(&spatial, |iidx| {
+                let mut kk = 0;
+                for_each_index(&kernel, |kidx| {
+                    let mut off = 0usize;
+                    let mut inside = true;
+                    for d in 0..k {
+                        let p = (iidx[d] * strides[d] + kidx[d] * dil[d]) as i64 - pb[d] as i64;
+                        if p < 0 || p as usize >= out[d] {
+                            inside = false;
+                            break;
+                        }
+                        off += p as usize * out_strides[d];
+                    }
+                    if inside {
+                        for mi in 0..mg {
+                            let o = (b * m + gi * mg + mi) * osz + off;
+                            y[o] += cols[(mi * ksz + kk) * isz + in_pos];
+                        }
+                    }
+                    kk += 1;
+                });
+                in_pos += 1;
+            });
+        }
+    }
+    let mut shape = vec![nb, m];
+    shape.extend(&out);
+    let mut yt = candle_core::Tensor::from_vec(y, &*shape, &Device::Cpu)?;
+    if let Some(bias) = i.opt(2)? {
+        let mut bshape = vec![1, m];
+        bshape.extend(std::iter::repeat_n(1, k));
+        yt = yt.broadcast_add(&bias.candle().to_dtype(DType::F32)?.reshape(bshape)?)?;
+    }
+    one(like(x, yt)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::attrs::Attrs;
+    use crate::value::Value;
+
+    #[test]
+    fn conv_with_default_attributes_is_a_valid_correlation() {
+        let x = Tensor::from_f32(&[1, 1, 3, 3], (1..=9).map(|v| v as f32).collect()).unwrap();
+        let w = Tensor::from_f32(&[1, 1, 2, 2], vec![1., 0., 0., 1.]).unwrap();
+        let vals = [Value::Tensor(x), Value::Tensor(w)];
+        let info = NodeInfo {
+            attrs: Attrs::default(),
+            opset: 11,
+            outputs: 1,
+        };
+        let out = conv(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        let t = out[0].as_tensor().unwrap();
+        assert_eq!(t.shape(), &[1, 1, 2, 2]);
+        assert_eq!(t.to_f32_vec().unwrap(), vec![6., 8., 12., 14.]);
+    }
 }

@@ -1,9 +1,257 @@
-//! matmul kernels (to come).
+//! Matrix products: `MatMul` (numpy semantics: 1-D promotion, batch broadcasting),
+//! `Gemm`, `MatMulInteger`.
+//!
+//! Float products run on candle's matmul (the `gemm` crate on CPU); integer products
+//! on the host in i64.
 
-use crate::ops::Kernel;
+use candle_core::DType;
+
+use crate::ops::common::{broadcast_shape, expand_to, from_i64, like, numel, scalar_i64};
+use crate::ops::shape::reshaped;
+use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::tensor::{ElemType, Tensor};
 
 /// The kernel for `op`, if this family has it.
 pub(super) fn lookup(op: &str) -> Option<Kernel> {
-    let _ = op;
-    None
+    let k: Kernel = match op {
+        "MatMul" => matmul,
+        "Gemm" => gemm,
+        "MatMulInteger" => matmul_integer,
+        _ => return None,
+    };
+    Some(k)
+}
+
+/// Shapes of a numpy matmul: batch dims, m, k, n, and the output shape.
+struct Dims {
+    batch: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    out: Vec<usize>,
+}
+
+fn dims(a: &[usize], b: &[usize]) -> Result<Dims, OpError> {
+    if a.is_empty() || b.is_empty() {
+        return Err(OpError::new("MatMul of a scalar"));
+    }
+    let a2: Vec<usize> = if a.len() == 1 {
+        vec![1, a[0]]
+    } else {
+        a.to_vec()
+    };
+    let b2: Vec<usize> = if b.len() == 1 {
+        vec![b[0], 1]
+    } else {
+        b.to_vec()
+    };
+    let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    if k != k2 {
+        return Err(OpError::new(format!(
+            "MatMul of {a:?} and {b:?}: inner dims differ"
+        )));
+    }
+    let batch = broadcast_shape(&a2[..a2.len() - 2], &b2[..b2.len() - 2])?;
+    let mut out = batch.clone();
+    if a.len() > 1 {
+        out.push(m);
+    }
+    if b.len() > 1 {
+        out.push(n);
+    }
+    Ok(Dims {
+        batch,
+        m,
+        k,
+        n,
+        out,
+    })
+}
+
+/// A float matmul with numpy semantics on candle tensors of one dtype.
+pub(crate) fn matmul_float(
+    a: &candle_core::Tensor,
+    b: &candle_core::Tensor,
+) -> Result<candle_core::Tensor, OpError> {
+    let d = dims(a.dims(), b.dims())?;
+    let bsz = numel(&d.batch);
+    let mut a_full = d.batch.clone();
+    a_full.extend([d.m, d.k]);
+    let mut b_full = d.batch.clone();
+    b_full.extend([d.k, d.n]);
+    let a3 = expand_to(
+        &a.reshape(if a.rank() == 1 {
+            vec![1, d.k]
+        } else {
+            a.dims().to_vec()
+        })?,
+        &a_full,
+    )?
+    .reshape((bsz, d.m, d.k))?;
+    // A weight shared by the whole batch multiplies as one [B*M, K] x [K, N].
+    let r = if b.rank() <= 2 && bsz > 0 {
+        let b2 = b.reshape((d.k, d.n))?.contiguous()?;
+        a3.reshape((bsz * d.m, d.k))?.matmul(&b2)?
+    } else {
+        let b3 = expand_to(
+            &b.reshape(if b.rank() == 1 {
+                vec![d.k, 1]
+            } else {
+                b.dims().to_vec()
+            })?,
+            &b_full,
+        )?
+        .reshape((bsz, d.k, d.n))?;
+        a3.contiguous()?.matmul(&b3.contiguous()?)?
+    };
+    Ok(r.reshape(d.out)?)
+}
+
+fn matmul(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
+    let (a, b) = (i.tensor(0)?, i.tensor(1)?);
+    if a.elem_type().is_float() {
+        let c = if a.candle().dtype() == DType::F16 || a.candle().dtype() == DType::BF16 {
+            matmul_float(
+                &a.candle().to_dtype(DType::F32)?,
+                &b.candle().to_dtype(DType::F32)?,
+            )?
+        } else {
+            matmul_float(a.candle(), b.candle())?
+        };
+        return one(like(a, c)?);
+    }
+    one(matmul_int(a, b, 0, 0, a.elem_type())?)
+}
+
+fn matmul_int(a: &Tensor, b: &Tensor, za: i64, zb: i64, out: ElemType) -> Result<Tensor, OpError> {
+    let d = dims(a.shape(), b.shape())?;
+    let mut a_full = d.batch.clone();
+    a_full.extend([d.m, d.k]);
+    let mut b_full = d.batch.clone();
+    b_full.extend([d.k, d.n]);
+    let a_shape = if a.rank() == 1 {
+        vec![1, d.k]
+    } else {
+        a.shape().to_vec()
+    };
+    let b_shape = if b.rank() == 1 {
+        vec![d.k, 1]
+    } else {
+        b.shape().to_vec()
+    };
+    let av = reshaped(a, &a_shape)?;
+    let av = av
+        .with_data(expand_to(av.candle(), &a_full)?)?
+        .to_i64_vec()?;
+    let bv = reshaped(b, &b_shape)?;
+    let bv = bv
+        .with_data(expand_to(bv.candle(), &b_full)?)?
+        .to_i64_vec()?;
+    let bsz = numel(&d.batch);
+    let mut r = vec![0i64; bsz * d.m * d.n];
+    for bi in 0..bsz {
+        for m in 0..d.m {
+            for kk in 0..d.k {
+                let x = av[(bi * d.m + m) * d.k + kk] - za;
+                for n in 0..d.n {
+                    r[(bi * d.m + m) * d.n + n] += x * (bv[(bi * d.k + kk) * d.n + n] - zb);
+                }
+            }
+        }
+    }
+    from_i64(out, &d.out, r)
+}
+
+fn matmul_integer(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
+    let (a, b) = (i.tensor(0)?, i.tensor(1)?);
+    let za = i.opt(2)?.map(scalar_i64).transpose()?.unwrap_or(0);
+    let zb = i.opt(3)?.map(scalar_i64).transpose()?.unwrap_or(0);
+    one(matmul_int(a, b, za, zb, ElemType::I32)?)
+}
+
+fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
+    let (a, b) = (i.tensor(0)?, i.tensor(1)?);
+    let alpha = f64::from(n.attrs.float("alpha", 1.0)?);
+    let beta = f64::from(n.attrs.float("beta", 1.0)?);
+    let ta = n.attrs.int("transA", 0)? != 0;
+    let tb = n.attrs.int("transB", 0)? != 0;
+    if a.rank() != 2 || b.rank() != 2 {
+        return Err(OpError::new("Gemm needs 2-D A and B"));
+    }
+    let to_f = |t: &Tensor| -> Result<candle_core::Tensor, OpError> {
+        Ok(match t.candle().dtype() {
+            DType::F32 | DType::F64 => t.candle().clone(),
+            _ => t.candle().to_dtype(DType::F32)?,
+        })
+    };
+    let mut ac = to_f(a)?;
+    let mut bc = to_f(b)?;
+    if ta {
+        ac = ac.t()?;
+    }
+    if tb {
+        bc = bc.t()?;
+    }
+    let mut y = ac.contiguous()?.matmul(&bc.contiguous()?)?;
+    if alpha != 1.0 {
+        y = (y * alpha)?;
+    }
+    if let Some(c) = i.opt(2)? {
+        if beta != 0.0 {
+            let mut cc = to_f(c)?;
+            if beta != 1.0 {
+                cc = (cc * beta)?;
+            }
+            y = y.broadcast_add(&cc)?;
+        }
+    }
+    one(like(a, y)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            attrs: Default::default(),
+            opset: 13,
+            outputs: 1,
+        }
+    }
+
+    #[test]
+    fn matmul_of_vector_and_matrix_drops_the_promoted_dim() {
+        let a = Tensor::from_f32(&[2], vec![1., 2.]).unwrap();
+        let b = Tensor::from_f32(&[2, 3], vec![1., 2., 3., 4., 5., 6.]).unwrap();
+        let vals = [Value::Tensor(a), Value::Tensor(b)];
+        let out = matmul(
+            &info(),
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        let t = out[0].as_tensor().unwrap();
+        assert_eq!(t.shape(), &[3]);
+        assert_eq!(t.to_f32_vec().unwrap(), vec![9., 12., 15.]);
+    }
+
+    #[test]
+    fn gemm_defaults_to_alpha_beta_one_without_transpose() {
+        let a = Tensor::from_f32(&[1, 2], vec![1., 2.]).unwrap();
+        let b = Tensor::from_f32(&[2, 1], vec![3., 4.]).unwrap();
+        let c = Tensor::from_f32(&[1], vec![10.]).unwrap();
+        let vals = [Value::Tensor(a), Value::Tensor(b), Value::Tensor(c)];
+        let out = gemm(
+            &info(),
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        assert_eq!(out[0].as_tensor().unwrap().to_f32_vec().unwrap(), vec![21.]);
+    }
 }

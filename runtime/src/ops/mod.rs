@@ -12,6 +12,7 @@
 
 mod attrs;
 mod common;
+mod constant;
 mod conv;
 mod elementwise;
 mod gather;
@@ -22,8 +23,10 @@ mod pool;
 mod reduce;
 mod rnn;
 mod shape;
+mod slicing;
 mod softmax;
 mod unary;
+mod window;
 
 use std::fmt;
 
@@ -127,7 +130,9 @@ pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
-    let families: [fn(&str) -> Option<Kernel>; 13] = [
+    let families: [fn(&str) -> Option<Kernel>; 15] = [
+        constant::lookup,
+        slicing::lookup,
         elementwise::lookup,
         unary::lookup,
         matmul::lookup,

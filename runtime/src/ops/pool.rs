@@ -1,9 +1,225 @@
-//! pool kernels (to come).
+//! Pooling: `MaxPool` (with optional indices), `AveragePool`, `LpPool` (any
+//! number of spatial dims, strides default 1, pads, dilations, `ceil_mode`,
+//! `auto_pad`, `count_include_pad`), and the global variants.
+//!
+//! Windows are walked on host copies in f64; results return in the input's
+//! element type.
 
-use crate::ops::Kernel;
+use crate::ops::common::{for_each_index, from_f64, i64_tensor, numel, strides};
+use crate::ops::window::Window;
+use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::tensor::Tensor;
+use crate::value::Value;
 
 /// The kernel for `op`, if this family has it.
 pub(super) fn lookup(op: &str) -> Option<Kernel> {
-    let _ = op;
-    None
+    let k: Kernel = match op {
+        "MaxPool" => |n, i| pool(n, i, Mode::Max),
+        "AveragePool" => |n, i| pool(n, i, Mode::Average),
+        "LpPool" => |n, i| pool(n, i, Mode::Lp),
+        "GlobalMaxPool" => |_, i| global(i, Mode::Max, 2.0),
+        "GlobalAveragePool" => |_, i| global(i, Mode::Average, 2.0),
+        "GlobalLpPool" => |n, i| global(i, Mode::Lp, n.attrs.int("p", 2)? as f64),
+        _ => return None,
+    };
+    Some(k)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Max,
+    Average,
+    Lp,
+}
+
+fn pool(n: &NodeInfo, i: &Inputs<'_>, mode: Mode) -> OpResult {
+    let x = i.tensor(0)?;
+    if x.rank() < 3 {
+        return Err(OpError::new("pooling needs rank >= 3"));
+    }
+    let (nb, c) = (x.shape()[0], x.shape()[1]);
+    let spatial = x.shape()[2..].to_vec();
+    let kernel: Vec<usize> = n
+        .attrs
+        .ints("kernel_shape")?
+        .ok_or_else(|| OpError::new("kernel_shape is required"))?
+        .iter()
+        .map(|&v| usize::try_from(v).map_err(|_| OpError::new("negative kernel_shape")))
+        .collect::<Result<_, _>>()?;
+    let ceil = n.attrs.int("ceil_mode", 0)? != 0;
+    let win = Window::new(n, &spatial, kernel, ceil)?;
+    let include_pad = n.attrs.int("count_include_pad", 0)? != 0;
+    let p = n.attrs.int("p", 2)? as f64;
+    let column_major = n.attrs.int("storage_order", 0)? != 0;
+    let xv = x.to_f64_vec()?;
+    let isz = numel(&spatial);
+    let osz = numel(&win.out);
+    let in_strides = strides(&spatial);
+    // Strides for the Indices output: row-major, or column-major over spatial dims.
+    let idx_strides: Vec<usize> = if column_major {
+        let mut s = vec![1; spatial.len()];
+        for d in 1..spatial.len() {
+            s[d] = s[d - 1] * spatial[d - 1];
+        }
+        s
+    } else {
+        in_strides.clone()
+    };
+    let k = spatial.len();
+    let mut out = vec![0f64; nb * c * osz];
+    let mut arg = vec![0i64; nb * c * osz];
+    for plane in 0..nb * c {
+        let base = plane * isz;
+        let mut o = 0;
+        for_each_index(&win.out, |oidx| {
+            let mut acc = match mode {
+                Mode::Max => f64::NEG_INFINITY,
+                _ => 0.0,
+            };
+            let mut best = 0usize;
+            let mut count = 0usize;
+            let mut padded_count = 1usize;
+            for d in 0..k {
+                // Window extent clipped to the padded input (ONNX Runtime's rule).
+                let start = (oidx[d] * win.strides[d]) as i64 - win.pad_begin[d] as i64;
+                let limit = (spatial[d] + win.pad_end[d]) as i64;
+                let mut len = 0;
+                for kk in 0..win.kernel[d] {
+                    let pos = start + (kk * win.dilations[d]) as i64;
+                    if pos < limit {
+                        len += 1;
+                    }
+                }
+                padded_count *= len;
+            }
+            for_each_index(&win.kernel, |kidx| {
+                let mut off = 0usize;
+                let mut ioff = 0usize;
+                for d in 0..k {
+                    let pos = (oidx[d] * win.strides[d] + kidx[d] * win.dilations[d]) as i64
+                        - win.pad_begin[d] as i64;
+                    if pos < 0 || pos as usize >= spatial[d] {
+                        return;
+                    }
+                    off += pos as usize * in_strides[d];
+                    ioff += pos as usize * idx_strides[d];
+                }
+                let v = xv[base + off];
+                count += 1;
+                match mode {
+                    Mode::Max => {
+                        if v > acc || (v.is_nan() && !acc.is_nan()) {
+                            acc = v;
+                            best = ioff;
+                        }
+                    }
+                    Mode::Average => acc += v,
+                    Mode::Lp => acc += v.abs().powf(p),
+                }
+            });
+            out[plane * osz + o] = match mode {
+                Mode::Max => acc,
+                Mode::Average => {
+                    let div = if include_pad { padded_count } else { count };
+                    if div == 0 {
+                        f64::NAN
+                    } else {
+                        acc / div as f64
+                    }
+                }
+                Mode::Lp => acc.powf(1.0 / p),
+            };
+            arg[plane * osz + o] = (base + best) as i64;
+            o += 1;
+        });
+    }
+    let mut shape = vec![nb, c];
+    shape.extend(&win.out);
+    let y = from_f64(x.elem_type(), &shape, out)?;
+    let mut outs = vec![Value::Tensor(y)];
+    if mode == Mode::Max && n.outputs > 1 {
+        outs.push(Value::Tensor(i64_tensor(&shape, arg)?));
+    }
+    Ok(outs)
+}
+
+fn global(i: &Inputs<'_>, mode: Mode, p: f64) -> OpResult {
+    let x = i.tensor(0)?;
+    if x.rank() < 2 {
+        return Err(OpError::new("global pooling needs rank >= 2"));
+    }
+    let (nb, c) = (x.shape()[0], x.shape()[1]);
+    let isz = numel(&x.shape()[2..]);
+    let xv = x.to_f64_vec()?;
+    let out: Vec<f64> = (0..nb * c)
+        .map(|plane| {
+            let vals = &xv[plane * isz..(plane + 1) * isz];
+            match mode {
+                Mode::Max => vals.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                Mode::Average => vals.iter().sum::<f64>() / isz as f64,
+                Mode::Lp => vals
+                    .iter()
+                    .map(|v| v.abs().powf(p))
+                    .sum::<f64>()
+                    .powf(1.0 / p),
+            }
+        })
+        .collect();
+    let mut shape = vec![nb, c];
+    shape.extend(std::iter::repeat_n(1, x.rank() - 2));
+    Ok(vec![Value::Tensor(from_f64(x.elem_type(), &shape, out)?)])
+}
+
+/// A pooled tensor, for tests.
+#[cfg(test)]
+fn run(attrs: &[(&str, Vec<i64>)], x: Tensor, mode: Mode) -> Tensor {
+    use crate::onnx::AttributeProto;
+    let protos: Vec<AttributeProto> = attrs
+        .iter()
+        .map(|(k, v)| AttributeProto {
+            name: Some((*k).to_owned()),
+            r#type: Some(7),
+            ints: v.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let info = NodeInfo {
+        attrs: crate::ops::attrs::Attrs::decode(&protos, None).unwrap(),
+        opset: 12,
+        outputs: 1,
+    };
+    let vals = [Value::Tensor(x)];
+    let out = pool(
+        &info,
+        &Inputs {
+            values: vals.iter().map(Some).collect(),
+        },
+        mode,
+    )
+    .unwrap();
+    out[0].as_tensor().unwrap().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_pool_strides_default_to_one() {
+        let x = Tensor::from_f32(&[1, 1, 3, 3], (1..=9).map(|v| v as f32).collect()).unwrap();
+        let y = run(&[("kernel_shape", vec![2, 2])], x, Mode::Max);
+        assert_eq!(y.shape(), &[1, 1, 2, 2]);
+        assert_eq!(y.to_f32_vec().unwrap(), vec![5., 6., 8., 9.]);
+    }
+
+    #[test]
+    fn average_pool_excludes_padding_by_default() {
+        let x = Tensor::from_f32(&[1, 1, 2, 2], vec![1., 2., 3., 4.]).unwrap();
+        let y = run(
+            &[("kernel_shape", vec![2, 2]), ("pads", vec![1, 1, 0, 0])],
+            x,
+            Mode::Average,
+        );
+        assert_eq!(y.to_f32_vec().unwrap(), vec![1., 1.5, 2., 2.5]);
+    }
 }

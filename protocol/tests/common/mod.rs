@@ -1,5 +1,7 @@
 //! A real trust chain in memory for the tamper tests: fresh ed25519 keys, signed
 //! roots, published metadata and bundle bytes built with the crate's own writer.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -48,7 +50,7 @@ pub fn sign<T: serde::Serialize>(body: &T, keys: &[&SigningKey]) -> Vec<u8> {
 }
 
 /// A repository as a client sees it: documents by name.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct MemRepo {
     pub roots: BTreeMap<u64, Vec<u8>>,
     pub timestamp: Option<Vec<u8>>,
@@ -120,6 +122,7 @@ pub fn manifest_for(name: &str, version: u64, data: &[u8]) -> BundleManifest {
 }
 
 /// A fleet's signing material and a published bundle.
+#[derive(Debug)]
 pub struct Fixture {
     pub root_keys: Vec<SigningKey>,
     pub online: OnlineKeys,

@@ -1,5 +1,7 @@
 //! A real `flotilla-hub` process on an ephemeral loopback port in a temp dir,
 //! and a small HTTP client for the tests.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
