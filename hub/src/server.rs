@@ -6,7 +6,6 @@
 //! token to `DATA/admin-token` (0600). It prints each address it bound as one
 //! line on stdout, so scripts and tests can use port 0.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
@@ -123,8 +122,6 @@ impl Hub {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        println!("flotilla-hub: API listening on http://{}", self.api_addr);
-        let _ = std::io::stdout().flush();
         tracing::info!(addr = %self.api_addr, "API listening");
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)

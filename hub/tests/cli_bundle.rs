@@ -252,6 +252,14 @@ fn the_demo_runs_the_whole_path() {
     let shared = r["v2_chunks_shared_with_v1"].as_u64().unwrap();
     let total = r["v2"]["unique_chunks"].as_u64().unwrap();
     assert!(shared * 10 >= total * 9, "{shared} of {total}");
+    assert_eq!(r["hub"]["audit"]["ok"], true);
+    assert_eq!(r["hub"]["download_matches"], true);
+    let v2 = &r["hub"]["registered"][1];
+    assert_eq!(v2["version"], 2);
+    assert!(
+        v2["chunks_reused"].as_u64().unwrap() * 10 >= v2["chunks"].as_u64().unwrap() * 9,
+        "{v2}"
+    );
     assert!(r["tampered_bundle_rejected_with"]
         .as_str()
         .unwrap()

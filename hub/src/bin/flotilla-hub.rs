@@ -104,6 +104,10 @@ fn main() -> ExitCode {
             };
             let result = runtime.block_on(async {
                 let hub = flotilla_hub::server::start(&config).await?;
+                // One line scripts and tests read to learn the bound address.
+                println!("flotilla-hub: API listening on http://{}", hub.api_addr);
+                use std::io::Write as _;
+                let _ = std::io::stdout().flush();
                 hub.serve(flotilla_hub::server::shutdown_signal()).await
             });
             match result {

@@ -5,6 +5,11 @@
 //! both against the pinned root, shows how many chunks version 2 shares with
 //! version 1, and shows that a bundle with one flipped byte is refused. It runs
 //! the same library code as the individual commands.
+//!
+//! Then it starts an embedded hub (its own redb store and chunk store, on a free
+//! loopback port), registers both versions through the REST API exactly as
+//! `flotilla model register` does, checks the registry's signed targets with the
+//! TUF client, downloads version 2 back, and verifies the audit chain.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -33,20 +38,46 @@ struct DemoReport {
     v2: PackReport,
     v2_chunks_shared_with_v1: usize,
     tampered_bundle_rejected_with: String,
+    hub: HubDemo,
+}
+
+/// What the embedded-hub part of the demo did.
+#[derive(Debug, Serialize)]
+struct HubDemo {
+    url: String,
+    registered: Vec<crate::api::types::VersionView>,
+    targets_version: u64,
+    download_matches: bool,
+    audit: crate::api::types::AuditVerification,
 }
 
 impl Report for DemoReport {
     fn text(&self) -> String {
-        format!(
-            "{}\n{}\nversion 2 re-uses {} of its {} chunks from version 1\nverified both bundles against {}\ntampered bundle refused: {}\nfiles are in {}",
+        let mut s = format!(
+            "{}\n{}\nversion 2 re-uses {} of its {} chunks from version 1\nverified both bundles against {}\ntampered bundle refused: {}\n",
             self.v1.text(),
             self.v2.text(),
             self.v2_chunks_shared_with_v1,
             self.v2.unique_chunks,
             self.dir.join("keys/root.json").display(),
             self.tampered_bundle_rejected_with,
-            self.dir.display()
-        )
+        );
+        s += &format!("embedded hub at {}:\n", self.hub.url);
+        for v in &self.hub.registered {
+            s += &format!(
+                "  registered {}:{} ({} bytes, {} chunks, {} already stored), signed as {}\n",
+                v.name, v.version, v.size, v.chunks, v.chunks_reused, v.target
+            );
+        }
+        s += &format!(
+            "  trust chain checked by the TUF client: targets v{}; download of version 2 {}; audit log: {} entries, {}\n",
+            self.hub.targets_version,
+            if self.hub.download_matches { "matches" } else { "DOES NOT MATCH" },
+            self.hub.audit.entries,
+            if self.hub.audit.ok { "chain intact" } else { "CHAIN BROKEN" }
+        );
+        s += &format!("files are in {}", self.dir.display());
+        s
     }
 }
 
@@ -154,6 +185,17 @@ pub(super) fn run(args: DemoArgs, output: Output) -> Result<(), CliError> {
         Err(e) => e.to_string(),
     };
 
+    say("starting an embedded hub and registering both versions through its API");
+    let hub = hub_demo(
+        &dir,
+        &[&dir.join("model-v1.onnx"), &dir.join("model-v2.onnx")],
+        &v2_model,
+    )?;
+    if !hub.download_matches || !hub.audit.ok {
+        return Err(CliError::untrusted(
+            "the embedded hub returned a wrong download or a broken audit chain",
+        ));
+    }
     emit(
         output,
         &DemoReport {
@@ -162,7 +204,128 @@ pub(super) fn run(args: DemoArgs, output: Output) -> Result<(), CliError> {
             v2,
             v2_chunks_shared_with_v1: shared,
             tampered_bundle_rejected_with: rejected,
+            hub,
         },
     );
     Ok(())
+}
+
+/// A whole response body (the demo's documents and model are small).
+fn bytes(client: &crate::cli::client::HubClient, path: &str) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let d = client.download(path).map_err(|e| client.cli_error(e))?;
+    let mut out = Vec::new();
+    d.body
+        .take(256 << 20)
+        .read_to_end(&mut out)
+        .map_err(CliError::input)?;
+    Ok(out)
+}
+
+/// Runs an embedded hub in `dir/hub`, registers `models` in order through the
+/// REST API, and checks what comes back.
+fn hub_demo(
+    dir: &std::path::Path,
+    models: &[&std::path::Path],
+    last_model: &[u8],
+) -> Result<HubDemo, CliError> {
+    use crate::api::types::{AuditVerification, LineageBody, RegisterVersion, VersionView};
+    use crate::cli::client::HubClient;
+    use crate::cli::credentials::{Connection, Source};
+    use crate::config::{Flags, HubConfig};
+
+    let config = HubConfig::resolve(
+        None,
+        &|_| None,
+        &Flags {
+            data_dir: Some(dir.join("hub")),
+            api_listen: Some("127.0.0.1:0".into()),
+        },
+    )
+    .map_err(CliError::input)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(CliError::input)?;
+    let hub = runtime
+        .block_on(crate::server::start(&config))
+        .map_err(|e| CliError::input(format!("{e:#}")))?;
+    let url = format!("http://{}", hub.api_addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = runtime.spawn(hub.serve(async {
+        let _ = stopped.await;
+    }));
+    let token =
+        std::fs::read_to_string(config.data_dir.join("admin-token")).map_err(CliError::input)?;
+    let client = HubClient::new(Connection {
+        hub: url.clone(),
+        hub_source: Source::Flag,
+        token: Some(token.trim().into()),
+    });
+
+    let result = (|| -> Result<HubDemo, CliError> {
+        let mut registered: Vec<VersionView> = Vec::new();
+        for (i, path) in models.iter().enumerate() {
+            let upload = crate::cli::upload::upload_path(&client, path, &mut |_| {})?;
+            let body = RegisterVersion {
+                upload: upload.id,
+                dataset_upload: None,
+                description: "flotilla demo".into(),
+                tags: [("stage".to_string(), "demo".to_string())].into(),
+                metrics: [("accuracy".to_string(), 0.9 + i as f64 / 100.0)].into(),
+                lineage: LineageBody {
+                    parent_version: registered.last().map(|v| v.version),
+                    ..LineageBody::default()
+                },
+                reason: "flotilla demo".into(),
+            };
+            let v: VersionView = client
+                .send_slow("/api/v1/models/demo-mlp/versions", &body)
+                .map_err(|e| client.cli_error(e))?;
+            registered.push(v);
+        }
+        // The registry's metadata, checked by the same TUF client agents use.
+        let fetch = |doc: &str| bytes(&client, &format!("/api/v1/trust/{doc}")).ok();
+        let root =
+            fetch("root.json").ok_or_else(|| CliError::untrusted("the hub serves no root.json"))?;
+        let trusted =
+            flotilla_protocol::tuf::TrustedSet::from_trusted_root(&root, &Limits::default())
+                .map_err(CliError::untrusted)?;
+        let trusted =
+            flotilla_protocol::tuf::Updater::run(trusted, crate::now(), Limits::default(), |f| {
+                match f {
+                    flotilla_protocol::tuf::Fetch::Root { version, .. } => {
+                        fetch(&format!("{version}.root.json"))
+                    }
+                    flotilla_protocol::tuf::Fetch::Timestamp { .. } => fetch("timestamp.json"),
+                    flotilla_protocol::tuf::Fetch::Snapshot { .. } => fetch("snapshot.json"),
+                    flotilla_protocol::tuf::Fetch::Targets { .. } => fetch("targets.json"),
+                }
+            })
+            .map_err(CliError::untrusted)?;
+        for v in &registered {
+            let manifest = bytes(
+                &client,
+                &format!("/api/v1/models/demo-mlp/versions/{}/manifest", v.version),
+            )?;
+            trusted
+                .verify_target(&v.target, &manifest)
+                .map_err(CliError::untrusted)?;
+        }
+        let last = registered.last().map_or(0, |v| v.version);
+        let download = bytes(
+            &client,
+            &format!("/api/v1/models/demo-mlp/versions/{last}/file"),
+        )?;
+        let audit: AuditVerification = client
+            .get("/api/v1/audit/verify", &[])
+            .map_err(|e| client.cli_error(e))?;
+        Ok(HubDemo {
+            url: url.clone(),
+            targets_version: trusted.targets().map_or(0, |t| t.body.version),
+            registered,
+            download_matches: download == last_model,
+            audit,
+        })
+    })();
+    let _ = stop.send(());
+    let _ = runtime.block_on(serving);
+    result
 }

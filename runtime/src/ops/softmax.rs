@@ -1,9 +1,114 @@
-//! softmax kernels (to come).
+//! `Softmax`, `LogSoftmax` and `Hardmax`.
+//!
+//! Before opset 13 these flatten the input to 2-D at `axis` (default 1) and
+//! normalise each row; from opset 13 they normalise along the single `axis`
+//! (default -1). Rows are computed on the host in f64, max-subtracted.
 
-use crate::ops::Kernel;
+use crate::ops::common::{axis_in, from_f64, numel};
+use crate::ops::reduce::rows;
+use crate::ops::shape::permuted;
+use crate::ops::{one, Inputs, Kernel, NodeInfo, OpResult};
 
 /// The kernel for `op`, if this family has it.
 pub(super) fn lookup(op: &str) -> Option<Kernel> {
-    let _ = op;
-    None
+    let k: Kernel = match op {
+        "Softmax" => |n, i| softmax(n, i, Kind::Soft),
+        "LogSoftmax" => |n, i| softmax(n, i, Kind::Log),
+        "Hardmax" => |n, i| softmax(n, i, Kind::Hard),
+        _ => return None,
+    };
+    Some(k)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Soft,
+    Log,
+    Hard,
+}
+
+fn normalise(row: &mut [f64], kind: Kind) {
+    let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match kind {
+        Kind::Hard => {
+            let first = row.iter().position(|&v| v == m);
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = if Some(k) == first { 1.0 } else { 0.0 };
+            }
+        }
+        Kind::Soft | Kind::Log => {
+            let sum: f64 = row.iter().map(|v| (v - m).exp()).sum();
+            for v in row.iter_mut() {
+                *v = if kind == Kind::Soft {
+                    (*v - m).exp() / sum
+                } else {
+                    *v - m - sum.ln()
+                };
+            }
+        }
+    }
+}
+
+fn softmax(n: &NodeInfo, i: &Inputs<'_>, kind: Kind) -> OpResult {
+    let x = i.tensor(0)?;
+    let r = x.rank();
+    if n.opset < 13 {
+        let a = axis_in(n.attrs.int("axis", 1)?, r.max(1))?;
+        let inner = numel(&x.shape()[a.min(r)..]);
+        let mut v = x.to_f64_vec()?;
+        if inner > 0 {
+            for row in v.chunks_mut(inner) {
+                normalise(row, kind);
+            }
+        }
+        return one(from_f64(x.elem_type(), x.shape(), v)?);
+    }
+    let a = axis_in(n.attrs.int("axis", -1)?, r)?;
+    let (t, inner, _, _) = rows(x, &[a])?;
+    let mut v = t.to_f64_vec()?;
+    if inner > 0 {
+        for row in v.chunks_mut(inner) {
+            normalise(row, kind);
+        }
+    }
+    let mut perm: Vec<usize> = (0..r).filter(|&d| d != a).collect();
+    perm.push(a);
+    let mut inv = vec![0; r];
+    for (k, &p) in perm.iter().enumerate() {
+        inv[p] = k;
+    }
+    let row_shape: Vec<usize> = perm.iter().map(|&d| x.shape()[d]).collect();
+    let y = from_f64(x.elem_type(), &row_shape, v)?;
+    one(permuted(&y, &inv)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::attrs::Attrs;
+    use crate::tensor::Tensor;
+    use crate::value::Value;
+
+    #[test]
+    fn softmax_13_defaults_to_the_last_axis() {
+        let x = Tensor::from_f32(&[2, 2], vec![0., 0., 1., 1.]).unwrap();
+        let vals = [Value::Tensor(x)];
+        let info = NodeInfo {
+            attrs: Attrs::default(),
+            opset: 13,
+            outputs: 1,
+        };
+        let out = softmax(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+            Kind::Soft,
+        )
+        .unwrap();
+        assert_eq!(
+            out[0].as_tensor().unwrap().to_f32_vec().unwrap(),
+            vec![0.5; 4]
+        );
+    }
 }
