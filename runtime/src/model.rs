@@ -22,7 +22,7 @@ use crate::value::Value;
 /// Oldest default-domain opset accepted.
 pub const MIN_OPSET: i64 = 1;
 /// Newest default-domain opset accepted.
-pub const MAX_OPSET: i64 = 25;
+pub const MAX_OPSET: i64 = 28;
 
 /// What kind of value a graph input or output carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -300,6 +300,20 @@ fn where_(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 
 fn prelu(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, slope) = (i.tensor(0)?, i.tensor(1)?);
+    // Before opset 7 a 1-D slope of C values applies along the channel axis.
+    let reshaped_slope;
+    let slope = if slope.rank() == 1
+        && x.rank() > 2
+        && slope.shape()[0] == x.shape()[1]
+        && broadcast_shape(x.shape(), slope.shape()).is_err()
+    {
+        let mut s = vec![slope.shape()[0]];
+        s.extend(std::iter::repeat_n(1, x.rank() - 2));
+        reshaped_slope = like(slope, slope.candle().reshape(s)?)?;
+        &reshaped_slope
+    } else {
+        slope
+    };
     let (shape, xv, sv) = host_f64(x, slope)?;
     if shape != x.shape() {
         return Err(OpError::new(format!(

@@ -14,6 +14,7 @@ mod attrs;
 mod common;
 mod constant;
 mod conv;
+mod einsum;
 mod elementwise;
 mod gather;
 mod matmul;

@@ -95,13 +95,18 @@ fn reduce(n: &NodeInfo, i: &Inputs<'_>, red: Red, axes_input_from: i64) -> OpRes
         );
     if exact_int {
         let v = t.to_i64_vec()?;
+        let (empty_max, empty_min) = if x.elem_type() == crate::tensor::ElemType::Bool {
+            (0, 1)
+        } else {
+            (i64::MIN, i64::MAX)
+        };
         let out = (0..outer)
             .map(|o| {
                 let row = v.get(o * inner..(o + 1) * inner).unwrap_or(&[]);
                 match red {
                     Red::Sum => row.iter().fold(0i64, |a, &b| a.wrapping_add(b)),
-                    Red::Max => row.iter().copied().max().unwrap_or(i64::MIN),
-                    Red::Min => row.iter().copied().min().unwrap_or(i64::MAX),
+                    Red::Max => row.iter().copied().max().unwrap_or(empty_max),
+                    Red::Min => row.iter().copied().min().unwrap_or(empty_min),
                     Red::Prod => row.iter().fold(1i64, |a, &b| a.wrapping_mul(b)),
                     Red::L1 => row.iter().map(|v| v.wrapping_abs()).sum(),
                     _ => row.iter().map(|v| v.wrapping_mul(*v)).sum(),

@@ -91,6 +91,8 @@ fn flatten(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let x = i.tensor(0)?;
     let r = x.rank();
     let a = n.attrs.int("axis", 1)?;
+    // Range [-r, r]; a negative axis counts from the end of the input's dims.
+    let a = if a < 0 { a + r as i64 } else { a };
     let a = axis_in(a, r + 1)?;
     let outer = numel(&x.shape()[..a]);
     let inner = numel(&x.shape()[a..]);

@@ -1,0 +1,57 @@
+//! Registry mutations publish lifecycle events on the in-process bus that
+//! webhooks, MQTT and the dashboard stream will subscribe to.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use flotilla_hub::config::{Flags, HubConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_and_delete_publish_events_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig::resolve(
+        None,
+        &|_| None,
+        &Flags { data_dir: Some(dir.path().to_path_buf()), api_listen: Some("127.0.0.1:0".into()) },
+    )
+    .unwrap();
+    let hub = flotilla_hub::server::start(&config).await.unwrap();
+    let mut events = hub.registry.events().subscribe();
+    let url = format!("http://{}", hub.api_addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(hub.serve(async {
+        let _ = stopped.await;
+    }));
+    let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap().trim().to_string();
+
+    tokio::task::spawn_blocking(move || {
+        let auth = format!("Bearer {token}");
+        let model = flotilla_runtime::generate::mlp(&[8, 4], 1);
+        let up: serde_json::Value = ureq::post(&format!("{url}/api/v1/uploads"))
+            .set("Authorization", &auth)
+            .send_json(serde_json::json!({"file_name": "m.onnx", "size": model.len()}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let id = up["id"].as_str().unwrap();
+        ureq::patch(&format!("{url}/api/v1/uploads/{id}"))
+            .set("Authorization", &auth)
+            .set("Upload-Offset", "0")
+            .send_bytes(&model)
+            .unwrap();
+        ureq::post(&format!("{url}/api/v1/models/m/versions"))
+            .set("Authorization", &auth)
+            .send_json(serde_json::json!({"upload": id}))
+            .unwrap();
+        ureq::delete(&format!("{url}/api/v1/models/m/versions/1")).set("Authorization", &auth).call().unwrap();
+    })
+    .await
+    .unwrap();
+
+    let first = events.recv().await.unwrap();
+    assert_eq!((first.kind.as_str(), first.object.as_str(), first.actor.as_str()), ("model.registered", "model/m/1", "admin"));
+    assert!(first.data["sha256"].as_str().is_some());
+    let second = events.recv().await.unwrap();
+    assert_eq!((second.kind.as_str(), second.object.as_str()), ("model.version.deleted", "model/m/1"));
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
