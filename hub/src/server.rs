@@ -21,6 +21,9 @@ use crate::keystore;
 use crate::registry::{Registry, RegistryLimits};
 use crate::store::{RedbStore, RegistryStore, TokenRecord};
 
+/// How often the hub checks whether its timestamp metadata needs re-signing.
+pub const TRUST_REFRESH_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// A hub ready to serve: its listener is bound.
 #[derive(Debug)]
 pub struct Hub {
@@ -123,6 +126,24 @@ impl Hub {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.api_addr, "API listening");
+        let registry = self.registry.clone();
+        let refresher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TRUST_REFRESH_CHECK);
+            loop {
+                tick.tick().await;
+                let r = registry.clone();
+                match tokio::task::spawn_blocking(move || r.refresh_trust_if_due(crate::now()))
+                    .await
+                {
+                    Ok(Ok(true)) => {
+                        tracing::info!("re-signed snapshot and timestamp before expiry")
+                    }
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "could not refresh trust metadata"),
+                    Err(e) => tracing::error!(error = %e, "trust refresh task failed"),
+                }
+            }
+        });
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await?;

@@ -11,7 +11,10 @@ async fn register_and_delete_publish_events_in_order() {
     let config = HubConfig::resolve(
         None,
         &|_| None,
-        &Flags { data_dir: Some(dir.path().to_path_buf()), api_listen: Some("127.0.0.1:0".into()) },
+        &Flags {
+            data_dir: Some(dir.path().to_path_buf()),
+            api_listen: Some("127.0.0.1:0".into()),
+        },
     )
     .unwrap();
     let hub = flotilla_hub::server::start(&config).await.unwrap();
@@ -21,7 +24,10 @@ async fn register_and_delete_publish_events_in_order() {
     let serving = tokio::spawn(hub.serve(async {
         let _ = stopped.await;
     }));
-    let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap().trim().to_string();
+    let token = std::fs::read_to_string(dir.path().join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
 
     tokio::task::spawn_blocking(move || {
         let auth = format!("Bearer {token}");
@@ -42,16 +48,109 @@ async fn register_and_delete_publish_events_in_order() {
             .set("Authorization", &auth)
             .send_json(serde_json::json!({"upload": id}))
             .unwrap();
-        ureq::delete(&format!("{url}/api/v1/models/m/versions/1")).set("Authorization", &auth).call().unwrap();
+        ureq::delete(&format!("{url}/api/v1/models/m/versions/1"))
+            .set("Authorization", &auth)
+            .call()
+            .unwrap();
     })
     .await
     .unwrap();
 
     let first = events.recv().await.unwrap();
-    assert_eq!((first.kind.as_str(), first.object.as_str(), first.actor.as_str()), ("model.registered", "model/m/1", "admin"));
+    assert_eq!(
+        (
+            first.kind.as_str(),
+            first.object.as_str(),
+            first.actor.as_str()
+        ),
+        ("model.registered", "model/m/1", "admin")
+    );
     assert!(first.data["sha256"].as_str().is_some());
     let second = events.recv().await.unwrap();
-    assert_eq!((second.kind.as_str(), second.object.as_str()), ("model.version.deleted", "model/m/1"));
+    assert_eq!(
+        (second.kind.as_str(), second.object.as_str()),
+        ("model.version.deleted", "model/m/1")
+    );
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timestamps_are_re_signed_before_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = HubConfig::resolve(
+        None,
+        &|_| None,
+        &Flags {
+            data_dir: Some(dir.path().to_path_buf()),
+            api_listen: Some("127.0.0.1:0".into()),
+        },
+    )
+    .unwrap();
+    let hub = flotilla_hub::server::start(&config).await.unwrap();
+    let registry = hub.registry.clone();
+    let url = format!("http://{}", hub.api_addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(hub.serve(async {
+        let _ = stopped.await;
+    }));
+    let token = std::fs::read_to_string(dir.path().join("admin-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let r = registry.clone();
+    tokio::task::spawn_blocking(move || {
+        let now = flotilla_hub::now();
+        assert!(
+            !r.refresh_trust_if_due(now).unwrap(),
+            "nothing published yet, nothing to refresh"
+        );
+        let auth = format!("Bearer {token}");
+        let model = flotilla_runtime::generate::mlp(&[8, 4], 1);
+        let up: serde_json::Value = ureq::post(&format!("{url}/api/v1/uploads"))
+            .set("Authorization", &auth)
+            .send_json(serde_json::json!({"file_name": "m.onnx", "size": model.len()}))
+            .unwrap()
+            .into_json()
+            .unwrap();
+        let id = up["id"].as_str().unwrap();
+        ureq::patch(&format!("{url}/api/v1/uploads/{id}"))
+            .set("Authorization", &auth)
+            .set("Upload-Offset", "0")
+            .send_bytes(&model)
+            .unwrap();
+        ureq::post(&format!("{url}/api/v1/models/m/versions"))
+            .set("Authorization", &auth)
+            .send_json(serde_json::json!({"upload": id}))
+            .unwrap();
+        assert!(
+            !r.refresh_trust_if_due(now).unwrap(),
+            "a fresh timestamp is left alone"
+        );
+        let later = now.plus_secs(6 * 86_400);
+        assert!(
+            r.refresh_trust_if_due(later).unwrap(),
+            "a timestamp a day from expiry is re-signed"
+        );
+        let (state, p) = r.store().trust().unwrap().unwrap();
+        assert_eq!(state.publication_version, 2);
+        let ts = flotilla_protocol::tuf::Envelope::parse(
+            flotilla_protocol::tuf::Role::Timestamp,
+            &p.timestamp,
+            u64::MAX,
+        )
+        .unwrap();
+        let ts: flotilla_protocol::tuf::Timestamp =
+            ts.body(flotilla_protocol::tuf::Role::Timestamp).unwrap();
+        assert!(
+            ts.expires > later.plus_secs(86_400 * 6),
+            "new expiry counts from the refresh"
+        );
+        let audit = r.audit_verify().unwrap();
+        assert!(audit.ok);
+    })
+    .await
+    .unwrap();
     stop.send(()).unwrap();
     serving.await.unwrap().unwrap();
 }

@@ -426,6 +426,57 @@ impl Registry {
         Ok(())
     }
 
+    /// Re-signs snapshot and timestamp when the published timestamp expires
+    /// within half its lifetime of `now`, so that clients never see it expire
+    /// while the hub runs. Returns whether it re-signed.
+    pub fn refresh_trust_if_due(
+        &self,
+        now: flotilla_protocol::time::UtcTime,
+    ) -> Result<bool, RegistryError> {
+        let Some((_, publication)) = self.store.trust()? else {
+            return Ok(false);
+        };
+        let expires = flotilla_protocol::tuf::Envelope::parse(
+            flotilla_protocol::tuf::Role::Timestamp,
+            &publication.timestamp,
+            u64::MAX,
+        )
+        .and_then(|e| {
+            e.body::<flotilla_protocol::tuf::Timestamp>(flotilla_protocol::tuf::Role::Timestamp)
+        })
+        .map(|t| t.expires)
+        .map_err(internal)?;
+        if expires.0 - now.0 > self.expiries.timestamp_secs / 2 {
+            return Ok(false);
+        }
+        let keys = &self.keys;
+        let expiries = self.expiries;
+        let mut republish = |state: &crate::store::TrustState, _: &str| {
+            let mut state = state.clone();
+            state.publication_version += 1;
+            let p = publish(
+                &state.targets,
+                state.publication_version,
+                now,
+                expiries,
+                keys,
+            )
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            Ok((state, p))
+        };
+        let refreshed = self.store.refresh_trust(
+            &mut republish,
+            AuditDraft::new(
+                "hub",
+                "trust.refresh",
+                "trust/timestamp",
+                "timestamp near expiry",
+            ),
+            &now.to_string(),
+        )?;
+        Ok(refreshed.is_some())
+    }
+
     /// The manifest of a version, for downloads.
     pub fn manifest(&self, name: &str, version: u64) -> Result<BundleManifest, RegistryError> {
         let v = self.version(name, version)?;

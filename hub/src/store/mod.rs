@@ -136,6 +136,16 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         now: &str,
     ) -> Result<(Vec<[u8; 32]>, AuditEntry), StoreError>;
 
+    /// Replaces the trust metadata with what `republish` makes of the current
+    /// state (for refreshing timestamps before they expire), with its audit entry.
+    /// Does nothing and returns `None` when no metadata was published yet.
+    fn refresh_trust(
+        &self,
+        republish: &mut Republish<'_>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<Option<AuditEntry>, StoreError>;
+
     /// One model.
     fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError>;
     /// Models after `after` in name order, filtered by `keep`, at most `limit`.

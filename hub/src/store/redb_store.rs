@@ -319,6 +319,23 @@ impl RegistryStore for RedbStore {
         Ok((freed, entry))
     }
 
+    fn refresh_trust(
+        &self,
+        republish: &mut Republish<'_>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<Option<AuditEntry>, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let Some(state) = read_trust(&tx)? else {
+            return Ok(None);
+        };
+        let (state, publication) = republish(&state, "")?;
+        write_trust(&tx, &state, &publication)?;
+        let entry = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(Some(entry))
+    }
+
     fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError> {
         let tx = self.db.begin_read().map_err(be)?;
         let models = tx.open_table(MODELS).map_err(be)?;

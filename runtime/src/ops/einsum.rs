@@ -47,7 +47,10 @@ pub(crate) fn einsum(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         };
         let ls: Vec<char> = here.chars().collect();
         if ls.len() != x.rank() {
-            return Err(OpError::new(format!("term {t:?} does not match rank {}", x.rank())));
+            return Err(OpError::new(format!(
+                "term {t:?} does not match rank {}",
+                x.rank()
+            )));
         }
         for (d, &c) in ls.iter().enumerate() {
             let s = x.shape()[d];
@@ -81,7 +84,12 @@ pub(crate) fn einsum(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     };
     let dims: Vec<usize> = all
         .iter()
-        .map(|c| sizes.get(c).copied().ok_or_else(|| OpError::new(format!("unknown label {c}"))))
+        .map(|c| {
+            sizes
+                .get(c)
+                .copied()
+                .ok_or_else(|| OpError::new(format!("unknown label {c}")))
+        })
         .collect::<Result<_, _>>()?;
     // Values of each input broadcast to its own labels' full sizes.
     let mut inputs = Vec::new();

@@ -29,7 +29,9 @@ fn fix(i: i64, dim: usize) -> Result<usize, OpError> {
     let d = dim as i64;
     let v = if i < 0 { i + d } else { i };
     if v < 0 || v >= d {
-        return Err(OpError::new(format!("index {i} out of range for axis of {dim}")));
+        return Err(OpError::new(format!(
+            "index {i} out of range for axis of {dim}"
+        )));
     }
     Ok(v as usize)
 }
@@ -95,7 +97,10 @@ fn gather_nd(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, idx) = (i.tensor(0)?, i.tensor(1)?);
     let b = usize::try_from(n.attrs.int("batch_dims", 0)?).unwrap_or(0);
     let q = idx.rank();
-    let last = *idx.shape().last().ok_or_else(|| OpError::new("indices must have rank >= 1"))?;
+    let last = *idx
+        .shape()
+        .last()
+        .ok_or_else(|| OpError::new("indices must have rank >= 1"))?;
     if b + last > x.rank() || b >= q {
         return Err(OpError::new("indices do not fit the data"));
     }
@@ -110,7 +115,11 @@ fn gather_nd(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let per_batch_tuples = if batch == 0 { 0 } else { tuples / batch };
     let mut flat = Vec::with_capacity(tuples * slice);
     for t in 0..tuples {
-        let bi = if per_batch_tuples == 0 { 0 } else { t / per_batch_tuples };
+        let bi = if per_batch_tuples == 0 {
+            0
+        } else {
+            t / per_batch_tuples
+        };
         let mut off = bi * per_batch_data;
         for d in 0..last {
             off += fix(ids[t * last + d], x.shape()[b + d])? * st[d];
@@ -142,7 +151,12 @@ fn combine_i(red: &str, old: i64, new: i64) -> i64 {
 }
 
 /// Applies (offset, update index) pairs to a copy of `x`.
-fn scatter_apply(x: &Tensor, upd: &Tensor, pairs: &[(usize, usize)], red: &str) -> Result<Tensor, OpError> {
+fn scatter_apply(
+    x: &Tensor,
+    upd: &Tensor,
+    pairs: &[(usize, usize)],
+    red: &str,
+) -> Result<Tensor, OpError> {
     if x.elem_type().is_float() {
         let mut v = x.to_f64_vec()?;
         let u = upd.to_f64_vec()?;
@@ -164,7 +178,9 @@ fn scatter_elements(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let a = axis_in(n.attrs.int("axis", 0)?, x.rank())?;
     let red = n.attrs.string("reduction", "none")?.to_owned();
     if idx.shape() != upd.shape() || idx.rank() != x.rank() {
-        return Err(OpError::new("indices and updates must agree with the data's rank"));
+        return Err(OpError::new(
+            "indices and updates must agree with the data's rank",
+        ));
     }
     let ids = ints(idx)?;
     let st = strides(x.shape());
@@ -197,7 +213,10 @@ fn scatter_nd(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, idx, upd) = (i.tensor(0)?, i.tensor(1)?, i.tensor(2)?);
     let red = n.attrs.string("reduction", "none")?.to_owned();
     let q = idx.rank();
-    let last = *idx.shape().last().ok_or_else(|| OpError::new("indices must have rank >= 1"))?;
+    let last = *idx
+        .shape()
+        .last()
+        .ok_or_else(|| OpError::new("indices must have rank >= 1"))?;
     if last > x.rank() {
         return Err(OpError::new("index tuples longer than the data's rank"));
     }
@@ -301,7 +320,13 @@ mod tests {
         let x = Tensor::from_f32(&[3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap();
         let idx = Tensor::from_i64(&[2], vec![-1, 0]).unwrap();
         let vals = [Value::Tensor(x), Value::Tensor(idx)];
-        let out = gather(&info(), &Inputs { values: vals.iter().map(Some).collect() }).unwrap();
+        let out = gather(
+            &info(),
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
         let t = out[0].as_tensor().unwrap();
         assert_eq!(t.shape(), &[2, 2]);
         assert_eq!(t.to_f32_vec().unwrap(), vec![5., 6., 1., 2.]);
@@ -312,6 +337,12 @@ mod tests {
         let x = Tensor::from_f32(&[2], vec![1., 2.]).unwrap();
         let idx = Tensor::from_i64(&[1], vec![2]).unwrap();
         let vals = [Value::Tensor(x), Value::Tensor(idx)];
-        assert!(gather(&info(), &Inputs { values: vals.iter().map(Some).collect() }).is_err());
+        assert!(gather(
+            &info(),
+            &Inputs {
+                values: vals.iter().map(Some).collect()
+            }
+        )
+        .is_err());
     }
 }

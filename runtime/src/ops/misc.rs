@@ -35,7 +35,11 @@ pub(crate) fn cast_to(t: &Tensor, to: ElemType) -> Result<Tensor, OpError> {
     }
     if to.is_float() {
         if t.elem_type() == ElemType::U64 {
-            let v = t.to_i64_vec()?.into_iter().map(|v| v as u64 as f64).collect();
+            let v = t
+                .to_i64_vec()?
+                .into_iter()
+                .map(|v| v as u64 as f64)
+                .collect();
             return from_f64(to, t.shape(), v);
         }
         return Ok(Tensor::from_candle(to, t.candle().clone())?);
@@ -44,7 +48,13 @@ pub(crate) fn cast_to(t: &Tensor, to: ElemType) -> Result<Tensor, OpError> {
         let v: Vec<i64> = t
             .to_f64_vec()?
             .into_iter()
-            .map(|v| if to == ElemType::U64 { v as u64 as i64 } else { v as i64 })
+            .map(|v| {
+                if to == ElemType::U64 {
+                    v as u64 as i64
+                } else {
+                    v as i64
+                }
+            })
             .collect();
         return Ok(Tensor::from_i64_as(to, t.shape(), v)?);
     }
@@ -168,7 +178,9 @@ fn dynamic_quantize(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let zp = if scale == 0.0 {
         0.0
     } else {
-        (0.0 - min as f32 / scale).round_ties_even().clamp(0.0, 255.0)
+        (0.0 - min as f32 / scale)
+            .round_ties_even()
+            .clamp(0.0, 255.0)
     };
     let q: Vec<i64> = v
         .iter()
