@@ -190,3 +190,167 @@ fn a_viewer_token_is_refused_mutations_with_exit_code_4() {
     let o = flotilla(&cfg, &["--hub", "http://127.0.0.1:9", "model", "list"]);
     assert_eq!(o.status.code(), Some(7), "an unreachable hub: {}", err(&o));
 }
+
+#[test]
+fn a_deployed_version_cannot_be_deleted_or_archived_until_the_endpoint_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(&dir.path().join("hub"));
+    let cfg = dir.path().join("config.toml");
+    assert!(
+        flotilla(&cfg, &["login", "--hub", &hub.url, "--token", &hub.admin])
+            .status
+            .success()
+    );
+    let file = dir.path().join("m.onnx");
+    for seed in [1, 2] {
+        std::fs::write(&file, model(seed)).unwrap();
+        let o = flotilla(
+            &cfg,
+            &[
+                "model",
+                "register",
+                file.to_str().unwrap(),
+                "--name",
+                "fraud",
+                "--reason",
+                "r",
+            ],
+        );
+        assert!(o.status.success(), "{}", err(&o));
+    }
+    let e = json(&flotilla(
+        &cfg,
+        &[
+            "--output",
+            "json",
+            "endpoint",
+            "create",
+            "fraud",
+            "--selector",
+            "site=lyon",
+            "--deployment",
+            "blue=fraud:1",
+            "--deployment",
+            "green=fraud:2",
+            "--traffic",
+            "blue=90,green=10",
+            "--mirror",
+            "green=5",
+            "--reason",
+            "canary",
+        ],
+    ));
+    assert_eq!(e["revision"], 1);
+    let v1 = json(&flotilla(
+        &cfg,
+        &["--output", "json", "model", "show", "fraud:1"],
+    ));
+    assert_eq!(v1["referenced_by"], serde_json::json!(["fraud/blue"]));
+
+    let o = flotilla(&cfg, &["model", "delete", "fraud:1", "--reason", "cleanup"]);
+    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+    assert!(
+        err(&o).contains("fraud/blue"),
+        "the refusal names the deployment: {}",
+        err(&o)
+    );
+    let o = flotilla(&cfg, &["model", "archive", "fraud:2", "--reason", "old"]);
+    assert_eq!(o.status.code(), Some(6), "{}", err(&o));
+
+    let o = flotilla(
+        &cfg,
+        &[
+            "endpoint",
+            "set",
+            "fraud",
+            "--deployment",
+            "blue=fraud:1",
+            "--traffic",
+            "blue=80",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "weights must sum to 100: {}",
+        err(&o)
+    );
+    let o = flotilla(
+        &cfg,
+        &[
+            "endpoint",
+            "set",
+            "fraud",
+            "--deployment",
+            "blue=fraud:9",
+            "--traffic",
+            "blue=100",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a missing version is refused: {}",
+        err(&o)
+    );
+    let e = json(&flotilla(
+        &cfg,
+        &[
+            "--output",
+            "json",
+            "endpoint",
+            "set",
+            "fraud",
+            "--deployment",
+            "blue=fraud:2",
+            "--traffic",
+            "blue=100",
+            "--reason",
+            "promote v2",
+        ],
+    ));
+    assert_eq!(e["revision"], 2);
+    let o = flotilla(&cfg, &["model", "delete", "fraud:1", "--reason", "cleanup"]);
+    assert!(o.status.success(), "no longer deployed: {}", err(&o));
+    let o = flotilla(
+        &cfg,
+        &[
+            "endpoint",
+            "create",
+            "fraud",
+            "--deployment",
+            "blue=fraud:2",
+            "--traffic",
+            "blue=100",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(6));
+    assert!(
+        flotilla(&cfg, &["endpoint", "delete", "fraud", "--reason", "done"])
+            .status
+            .success()
+    );
+    assert!(
+        flotilla(&cfg, &["model", "delete", "fraud:2", "--reason", "cleanup"])
+            .status
+            .success()
+    );
+    let log = json(&flotilla(&cfg, &["--output", "json", "audit", "list"]));
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"endpoint.set") && actions.contains(&"endpoint.delete"),
+        "{actions:?}"
+    );
+    assert!(flotilla(&cfg, &["audit", "verify"]).status.success());
+}

@@ -45,10 +45,9 @@ pub(crate) struct Step {
     pub(crate) free: Vec<usize>,
 }
 
-/// A graph input: its name and the slot it is written to.
+/// A graph input: the slot it is written to (inputs keep the graph's order).
 #[derive(Debug, Clone)]
 pub(crate) struct PlanInput {
-    pub(crate) name: String,
     pub(crate) slot: usize,
 }
 
@@ -160,11 +159,8 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
     let mut slot_count = 0usize;
     let mut inputs = Vec::with_capacity(input_names.len());
     for name in input_names {
-        slot_of.insert(name.clone(), slot_count);
-        inputs.push(PlanInput {
-            name,
-            slot: slot_count,
-        });
+        slot_of.insert(name, slot_count);
+        inputs.push(PlanInput { slot: slot_count });
         slot_count += 1;
     }
     let mut steps: Vec<Step> = Vec::new();

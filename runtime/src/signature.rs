@@ -221,7 +221,8 @@ mod tests {
     use super::*;
     use crate::generate::mlp;
     use crate::onnx::{
-        tensor_shape_proto::Dimension, type_proto::Tensor, OperatorSetIdProto, TypeProto,
+        tensor_shape_proto::Dimension, type_proto::Tensor, GraphProto, OperatorSetIdProto,
+        TypeProto,
     };
     use proptest::prelude::*;
 

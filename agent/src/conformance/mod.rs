@@ -10,7 +10,7 @@
 //! This module does not implement operators and does not download test data.
 
 mod compare;
-mod data;
+pub mod data;
 mod floor;
 mod report;
 
@@ -48,14 +48,12 @@ pub fn run_suite(dir: &Path, filter: Option<&str>, tol: Tolerance) -> anyhow::Re
             })
         })
         .map(|f| {
-            let result =
-                std::panic::catch_unwind(|| run_test(f, tol)).unwrap_or_else(|_| TestResult {
-                    name: test_name(f),
-                    ops: Vec::new(),
-                    status: Status::Failed,
-                    reason: Some("the runner panicked".to_owned()),
-                });
-            result
+            std::panic::catch_unwind(|| run_test(f, tol)).unwrap_or_else(|_| TestResult {
+                name: test_name(f),
+                ops: Vec::new(),
+                status: Status::Failed,
+                reason: Some("the runner panicked".to_owned()),
+            })
         })
         .collect();
     Ok(Suite {

@@ -10,9 +10,10 @@
 //! - [`types`]: request and response bodies (shared with the CLI).
 //! - [`error`]: problem details.
 //! - [`extract`]: the caller and JSON body extractors.
-//! - `uploads`, `models`, `audit`, `tokens`, `trust`: one resource each.
+//! - `uploads`, `models`, `endpoints`, `audit`, `tokens`, `trust`: one resource each.
 
 mod audit;
+mod endpoints;
 pub mod error;
 pub mod extract;
 mod models;
@@ -62,6 +63,7 @@ async fn blocking<T: Send + 'static>(
         models::tags, models::archive, models::delete, models::file, models::manifest,
         audit::list, audit::verify,
         tokens::whoami, tokens::create, tokens::list, tokens::revoke,
+        endpoints::put, endpoints::list, endpoints::show, endpoints::delete,
         trust::document, health,
     ),
     components(schemas(types::Problem, types::Role, types::VersionStatus)),
@@ -148,6 +150,13 @@ pub fn router(state: AppState, max_json_bytes: usize) -> Router {
         .route(
             "/api/v1/models/{name}/versions/{version}/manifest",
             get(models::manifest),
+        )
+        .route("/api/v1/endpoints", get(endpoints::list))
+        .route(
+            "/api/v1/endpoints/{name}",
+            get(endpoints::show)
+                .put(endpoints::put)
+                .delete(endpoints::delete),
         )
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))

@@ -284,3 +284,66 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
 }
+
+/// One deployment of an endpoint: a name bound to a model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Deployment name (`blue`, `green`).
+    pub name: String,
+    /// Model name.
+    pub model: String,
+    /// Model version.
+    pub version: u64,
+}
+
+/// A share of requests copied to a shadow deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// The shadow deployment (one of the endpoint's deployments).
+    pub deployment: String,
+    /// Percent of requests copied, 0-100.
+    pub percent: u32,
+}
+
+/// `PUT /api/v1/endpoints/{name}`: create or replace an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Devices whose labels include all of these run the endpoint.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// The deployments.
+    pub deployments: Vec<DeploymentSpec>,
+    /// Traffic weight per deployment in percent; must sum to 100. Deployments
+    /// not listed get 0 (useful as a mirror target).
+    pub traffic: BTreeMap<String, u32>,
+    /// Optional mirror.
+    #[serde(default)]
+    pub mirror: Option<MirrorSpec>,
+    /// Why (recorded in the audit log).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// An endpoint as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndpointView {
+    /// Endpoint name: the model name applications use in scoring URLs.
+    pub name: String,
+    /// Device selector.
+    pub selector: BTreeMap<String, String>,
+    /// Deployments.
+    pub deployments: Vec<DeploymentSpec>,
+    /// Traffic weights (percent, sum 100).
+    pub traffic: BTreeMap<String, u32>,
+    /// Mirror.
+    pub mirror: Option<MirrorSpec>,
+    /// Increments with every change.
+    pub revision: u64,
+    /// When last changed.
+    pub updated_at: String,
+    /// Who last changed it.
+    pub updated_by: String,
+}

@@ -13,6 +13,7 @@ mod bundle;
 mod client;
 mod credentials;
 mod demo;
+mod endpoint;
 mod keys;
 mod login;
 mod model;
@@ -139,6 +140,9 @@ Examples:
     /// API tokens and their roles (admin only).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Endpoints: deployments of model versions, traffic weights, mirror, device selector.
+    #[command(subcommand)]
+    Endpoint(endpoint::EndpointCommand),
 }
 
 /// A failed command: the line to print and the exit code.
@@ -215,6 +219,7 @@ pub fn main() -> ExitCode {
         Command::Model(c) => model::run(*c, output, &hub),
         Command::Audit(c) => audit::run(c, output, &hub),
         Command::Token(c) => token::run(c, output, &hub),
+        Command::Endpoint(c) => endpoint::run(c, output, &hub),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

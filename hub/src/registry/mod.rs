@@ -7,9 +7,11 @@
 //! # Layout
 //! - [`filter`]: search filters and input validation.
 //! - [`baseline`]: drift baselines from reference datasets.
+//! - [`endpoints`]: endpoints, their validation, and per-device desired state.
 //! - `register` (below): the registration pipeline.
 
 pub mod baseline;
+pub mod endpoints;
 pub mod filter;
 mod register;
 

@@ -14,7 +14,7 @@ pub use redb_store::RedbStore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::{AuditEntry, ModelView, Role, VersionView};
+use crate::api::types::{AuditEntry, EndpointView, ModelView, Role, VersionView};
 use crate::audit::AuditDraft;
 use flotilla_protocol::tuf::repo::Publication;
 use flotilla_protocol::tuf::Targets;
@@ -145,6 +145,28 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
         audit: AuditDraft,
         now: &str,
     ) -> Result<Option<AuditEntry>, StoreError>;
+
+    /// Creates or replaces an endpoint. Every deployment must name an existing,
+    /// active version; versions the old spec referenced lose the reference, the
+    /// new ones gain it (`referenced_by` = `endpoint/deployment`), atomically
+    /// with the audit entry. The stored revision is the old one plus one.
+    fn put_endpoint(
+        &self,
+        view: EndpointView,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<(EndpointView, AuditEntry), StoreError>;
+    /// Deletes an endpoint and its references.
+    fn delete_endpoint(
+        &self,
+        name: &str,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<AuditEntry, StoreError>;
+    /// One endpoint.
+    fn endpoint(&self, name: &str) -> Result<Option<EndpointView>, StoreError>;
+    /// All endpoints, by name.
+    fn endpoints(&self) -> Result<Vec<EndpointView>, StoreError>;
 
     /// One model.
     fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError>;

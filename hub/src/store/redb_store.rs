@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     BuildRegistration, RegistryStore, Republish, StoreError, TokenRecord, TrustState, UploadRecord,
 };
-use crate::api::types::{AuditEntry, ModelView, VersionView};
+use crate::api::types::{AuditEntry, EndpointView, ModelView, VersionStatus, VersionView};
 use crate::audit::AuditDraft;
 use flotilla_protocol::tuf::repo::Publication;
 
@@ -26,6 +26,7 @@ pub const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit")
 const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 const UPLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("uploads");
 const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust");
+const ENDPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("endpoints");
 
 /// On-disk schema version of every record.
 const RECORD_SCHEMA: u32 = 1;
@@ -103,6 +104,7 @@ impl RedbStore {
             tx.open_table(TOKENS).map_err(be)?;
             tx.open_table(UPLOADS).map_err(be)?;
             tx.open_table(TRUST).map_err(be)?;
+            tx.open_table(ENDPOINTS).map_err(be)?;
         }
         tx.commit().map_err(be)?;
         Ok(Self { db })
@@ -145,6 +147,62 @@ fn chain_audit(
     t.insert(entry.seq, encode(&entry)?.as_slice())
         .map_err(be)?;
     Ok(entry)
+}
+
+/// Moves `referenced_by` entries of `old`'s deployments to `new`'s, checking
+/// that every version `new` names exists and is active.
+fn rereference(
+    tx: &redb::WriteTransaction,
+    old: Option<&EndpointView>,
+    new: Option<&EndpointView>,
+) -> Result<(), StoreError> {
+    let mut versions = tx.open_table(VERSIONS).map_err(be)?;
+    let mut edit =
+        |model: &str,
+         version: u64,
+         f: &mut dyn FnMut(&mut VersionView) -> Result<(), StoreError>| {
+            let mut v: VersionView = match versions.get((model, version)).map_err(be)? {
+                Some(raw) => decode(raw.value())?,
+                None => {
+                    return Err(StoreError::Rejected(format!(
+                        "model {model} version {version} does not exist"
+                    )))
+                }
+            };
+            f(&mut v)?;
+            versions
+                .insert((model, version), encode(&v)?.as_slice())
+                .map_err(be)?;
+            Ok(())
+        };
+    if let Some(old) = old {
+        for d in &old.deployments {
+            let tag = format!("{}/{}", old.name, d.name);
+            // A version deleted meanwhile cannot be: it was referenced.
+            let _ = edit(&d.model, d.version, &mut |v| {
+                v.referenced_by.retain(|r| *r != tag);
+                Ok(())
+            });
+        }
+    }
+    if let Some(new) = new {
+        for d in &new.deployments {
+            let tag = format!("{}/{}", new.name, d.name);
+            edit(&d.model, d.version, &mut |v| {
+                if v.status != VersionStatus::Active {
+                    return Err(StoreError::Conflict(format!(
+                        "model {} version {} is archived and cannot be deployed",
+                        d.model, d.version
+                    )));
+                }
+                if !v.referenced_by.contains(&tag) {
+                    v.referenced_by.push(tag.clone());
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn write_trust(
@@ -334,6 +392,71 @@ impl RegistryStore for RedbStore {
         let entry = chain_audit(&tx, audit, now)?;
         tx.commit().map_err(be)?;
         Ok(Some(entry))
+    }
+
+    fn put_endpoint(
+        &self,
+        mut view: EndpointView,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<(EndpointView, AuditEntry), StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let old: Option<EndpointView> = {
+            let t = tx.open_table(ENDPOINTS).map_err(be)?;
+            let v = t.get(view.name.as_str()).map_err(be)?;
+            v.map(|v| decode(v.value())).transpose()?
+        };
+        view.revision = old.as_ref().map_or(1, |o| o.revision + 1);
+        rereference(&tx, old.as_ref(), Some(&view))?;
+        tx.open_table(ENDPOINTS)
+            .map_err(be)?
+            .insert(view.name.as_str(), encode(&view)?.as_slice())
+            .map_err(be)?;
+        let entry = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok((view, entry))
+    }
+
+    fn delete_endpoint(
+        &self,
+        name: &str,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<AuditEntry, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let old: EndpointView = {
+            let t = tx.open_table(ENDPOINTS).map_err(be)?;
+            let v = t.get(name).map_err(be)?;
+            match v {
+                Some(v) => decode(v.value())?,
+                None => return Err(StoreError::NotFound(format!("endpoint {name}"))),
+            }
+        };
+        rereference(&tx, Some(&old), None)?;
+        tx.open_table(ENDPOINTS)
+            .map_err(be)?
+            .remove(name)
+            .map_err(be)?;
+        let entry = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(entry)
+    }
+
+    fn endpoint(&self, name: &str) -> Result<Option<EndpointView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(ENDPOINTS).map_err(be)?;
+        let v = t.get(name).map_err(be)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn endpoints(&self) -> Result<Vec<EndpointView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(ENDPOINTS).map_err(be)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(be)? {
+            out.push(decode(item.map_err(be)?.1.value())?);
+        }
+        Ok(out)
     }
 
     fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError> {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::ModelError;
-use crate::onnx::{attribute_proto::AttributeType, AttributeProto, GraphProto};
+use crate::onnx::{attribute_proto::AttributeType, AttributeProto};
 use crate::ops::OpError;
 use crate::tensor::Tensor;
 use crate::tensor_io::decode_tensor;
@@ -20,7 +20,8 @@ pub(crate) enum Attr {
     Int(i64),
     String(String),
     Tensor(Tensor),
-    Graph(Box<GraphProto>),
+    /// A subgraph (If/Loop/Scan bodies); no kernel reads it yet.
+    Graph,
     Floats(Vec<f32>),
     Ints(Vec<i64>),
     Strings(Vec<String>),
@@ -45,11 +46,6 @@ impl Attrs {
             map.insert(a.name().to_owned(), decode_one(a, base_dir)?);
         }
         Ok(Self { map })
-    }
-
-    /// The raw attribute, if present.
-    pub(crate) fn get(&self, name: &str) -> Option<&Attr> {
-        self.map.get(name)
     }
 
     /// True if the attribute is present.
@@ -129,14 +125,6 @@ impl Attrs {
             Some(other) => Err(wrong(name, "tensor", other)),
         }
     }
-
-    /// The graph-valued attributes, by name.
-    pub(crate) fn graphs(&self) -> impl Iterator<Item = (&str, &GraphProto)> {
-        self.map.iter().filter_map(|(k, v)| match v {
-            Attr::Graph(g) => Some((k.as_str(), &**g)),
-            _ => None,
-        })
-    }
 }
 
 fn wrong(name: &str, want: &str, got: &Attr) -> OpError {
@@ -145,7 +133,7 @@ fn wrong(name: &str, want: &str, got: &Attr) -> OpError {
         Attr::Int(_) => "int",
         Attr::String(_) => "string",
         Attr::Tensor(_) => "tensor",
-        Attr::Graph(_) => "graph",
+        Attr::Graph => "graph",
         Attr::Floats(_) => "floats",
         Attr::Ints(_) => "ints",
         Attr::Strings(_) => "strings",
@@ -178,7 +166,7 @@ fn decode_one(a: &AttributeProto, base_dir: Option<&Path>) -> Result<Attr, Model
             None => Attr::Other,
         },
         AttributeType::Graph => match &a.g {
-            Some(g) => Attr::Graph(Box::new(g.clone())),
+            Some(_) => Attr::Graph,
             None => Attr::Other,
         },
         AttributeType::Floats => Attr::Floats(a.floats.clone()),

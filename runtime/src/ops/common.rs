@@ -3,7 +3,7 @@
 //!
 //! Nothing here is an operator; [`lookup`] finds none.
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 
 use crate::ops::{Kernel, OpError};
 use crate::tensor::{ElemType, Tensor};
@@ -11,16 +11,6 @@ use crate::tensor::{ElemType, Tensor};
 /// No operator lives here.
 pub(super) fn lookup(_op: &str) -> Option<Kernel> {
     None
-}
-
-/// `axis` (possibly negative) as an index into `rank` dims.
-pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize, OpError> {
-    axis_in(axis, rank)
-}
-
-/// `axis` as an insertion point among `rank + 1` positions (Unsqueeze, Concat-like).
-pub(crate) fn axis_incl(axis: i64, rank: usize) -> Result<usize, OpError> {
-    axis_in(axis, rank + 1)
 }
 
 /// `axis` normalised against `rank` positions exactly.
@@ -160,11 +150,6 @@ pub(crate) fn cpu() -> &'static Device {
     &Device::Cpu
 }
 
-/// True for the dtypes candle's float kernels cover.
-pub(crate) fn is_float_dtype(d: DType) -> bool {
-    matches!(d, DType::F32 | DType::F64 | DType::F16 | DType::BF16)
-}
-
 /// Requires a float tensor.
 pub(crate) fn need_float(t: &Tensor, what: &str) -> Result<(), OpError> {
     if t.elem_type().is_float() {
@@ -175,19 +160,6 @@ pub(crate) fn need_float(t: &Tensor, what: &str) -> Result<(), OpError> {
             t.elem_type()
         )))
     }
-}
-
-/// Calls `f` on the tensor in f32 (f16/bf16/f64 converted there and back).
-pub(crate) fn via_f32(
-    t: &Tensor,
-    f: impl FnOnce(&candle_core::Tensor) -> Result<candle_core::Tensor, OpError>,
-) -> Result<Tensor, OpError> {
-    let c = t.candle();
-    if c.dtype() == DType::F32 || c.dtype() == DType::F64 {
-        return like(t, f(c)?);
-    }
-    let r = f(&c.to_dtype(DType::F32)?)?;
-    like(t, r)
 }
 
 /// A tensor of `out_shape` whose element `k` is element `idx[k]` of `t` flattened
@@ -251,10 +223,10 @@ mod tests {
 
     #[test]
     fn negative_axis_counts_from_the_end() {
-        assert_eq!(axis(-1, 3).unwrap(), 2);
-        assert_eq!(axis(-3, 3).unwrap(), 0);
-        assert!(axis(3, 3).is_err());
-        assert!(axis(-4, 3).is_err());
+        assert_eq!(axis_in(-1, 3).unwrap(), 2);
+        assert_eq!(axis_in(-3, 3).unwrap(), 0);
+        assert!(axis_in(3, 3).is_err());
+        assert!(axis_in(-4, 3).is_err());
     }
 
     #[test]

@@ -43,8 +43,11 @@ pub(super) fn lookup(op: &str) -> Option<Kernel> {
     Some(k)
 }
 
+/// A broadcast shape and both operands' values over it.
+type Broadcast<T> = (Vec<usize>, Vec<T>, Vec<T>);
+
 /// Both operands' values as i64 over the broadcast shape.
-fn host_i64(a: &Tensor, b: &Tensor) -> Result<(Vec<usize>, Vec<i64>, Vec<i64>), OpError> {
+fn host_i64(a: &Tensor, b: &Tensor) -> Result<Broadcast<i64>, OpError> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let av = a.with_data(expand_to(a.candle(), &shape)?)?.to_i64_vec()?;
     let bv = b.with_data(expand_to(b.candle(), &shape)?)?.to_i64_vec()?;
@@ -52,7 +55,7 @@ fn host_i64(a: &Tensor, b: &Tensor) -> Result<(Vec<usize>, Vec<i64>, Vec<i64>), 
 }
 
 /// Both operands' values as f64 over the broadcast shape.
-fn host_f64(a: &Tensor, b: &Tensor) -> Result<(Vec<usize>, Vec<f64>, Vec<f64>), OpError> {
+fn host_f64(a: &Tensor, b: &Tensor) -> Result<Broadcast<f64>, OpError> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
     let av = a.with_data(expand_to(a.candle(), &shape)?)?.to_f64_vec()?;
     let bv = b.with_data(expand_to(b.candle(), &shape)?)?.to_f64_vec()?;

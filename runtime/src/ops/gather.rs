@@ -112,14 +112,10 @@ fn gather_nd(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let per_batch_data = numel(&x.shape()[b..]);
     let st = strides(&x.shape()[b..]);
     let tuples = numel(&idx.shape()[..q - 1]);
-    let per_batch_tuples = if batch == 0 { 0 } else { tuples / batch };
+    let per_batch_tuples = tuples.checked_div(batch).unwrap_or(0);
     let mut flat = Vec::with_capacity(tuples * slice);
     for t in 0..tuples {
-        let bi = if per_batch_tuples == 0 {
-            0
-        } else {
-            t / per_batch_tuples
-        };
+        let bi = t.checked_div(per_batch_tuples).unwrap_or(0);
         let mut off = bi * per_batch_data;
         for d in 0..last {
             off += fix(ids[t * last + d], x.shape()[b + d])? * st[d];

@@ -22,6 +22,7 @@ mod misc;
 mod norm;
 mod pool;
 mod reduce;
+mod resize;
 mod rnn;
 mod shape;
 mod slicing;
@@ -131,7 +132,8 @@ pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
-    let families: [fn(&str) -> Option<Kernel>; 15] = [
+    let families: [fn(&str) -> Option<Kernel>; 16] = [
+        resize::lookup,
         constant::lookup,
         slicing::lookup,
         elementwise::lookup,

@@ -8,7 +8,6 @@
 use crate::ops::common::{for_each_index, from_f64, i64_tensor, numel, strides};
 use crate::ops::window::Window;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
-use crate::tensor::Tensor;
 use crate::value::Value;
 
 /// The kernel for `op`, if this family has it.
@@ -172,7 +171,7 @@ fn global(i: &Inputs<'_>, mode: Mode, p: f64) -> OpResult {
 
 /// A pooled tensor, for tests.
 #[cfg(test)]
-fn run(attrs: &[(&str, Vec<i64>)], x: Tensor, mode: Mode) -> Tensor {
+fn run(attrs: &[(&str, Vec<i64>)], x: crate::tensor::Tensor, mode: Mode) -> crate::tensor::Tensor {
     use crate::onnx::AttributeProto;
     let protos: Vec<AttributeProto> = attrs
         .iter()
@@ -203,6 +202,7 @@ fn run(attrs: &[(&str, Vec<i64>)], x: Tensor, mode: Mode) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::Tensor;
 
     #[test]
     fn max_pool_strides_default_to_one() {

@@ -190,7 +190,7 @@ fn cumsum(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let exclusive = n.attrs.int("exclusive", 0)? != 0;
     let reverse = n.attrs.int("reverse", 0)? != 0;
     let (t, inner, _, _) = rows(x, &[a])?;
-    let outer = if inner == 0 { 0 } else { x.len() / inner };
+    let outer = x.len().checked_div(inner).unwrap_or(0);
     let order: Vec<usize> = if reverse {
         (0..inner).rev().collect()
     } else {
@@ -263,7 +263,7 @@ fn topk(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         .ok()
         .filter(|&k| k <= inner)
         .ok_or_else(|| OpError::new(format!("k={k} out of range for axis of {inner}")))?;
-    let outer = if inner == 0 { 0 } else { x.len() / inner };
+    let outer = x.len().checked_div(inner).unwrap_or(0);
     let v = t.to_f64_vec()?;
     let mut vals = Vec::with_capacity(outer * k);
     let mut idxs = Vec::with_capacity(outer * k);

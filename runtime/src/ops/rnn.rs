@@ -2,13 +2,13 @@
 //! `sequence_lens`, initial states, peepholes, `clip`, `input_forget`,
 //! `linear_before_reset`, `layout`, custom activations).
 //!
-//! Design: the input projection X·Wᵀ for all time steps is one candle matmul; the
-//! recurrent step runs on the host in f64 (the hidden sizes exporters emit are
-//! small, and the step is inherently sequential).
+//! Design: every step runs on the host in f64, one batch item at a time. It is
+//! correct and simple; the speed work of issue 5 should batch the input
+//! projection X·Wᵀ over all steps into one matmul.
 
 use candle_core::DType;
 
-use crate::ops::common::{from_f64, numel};
+use crate::ops::common::from_f64;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::Tensor;
 use crate::value::Value;
@@ -80,11 +80,29 @@ impl Act {
             ActKind::Tanh => x.tanh(),
             ActKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             ActKind::Affine => a * x + b,
-            ActKind::LeakyRelu => if x < 0.0 { a * x } else { x },
-            ActKind::ThresholdedRelu => if x > a { x } else { 0.0 },
+            ActKind::LeakyRelu => {
+                if x < 0.0 {
+                    a * x
+                } else {
+                    x
+                }
+            }
+            ActKind::ThresholdedRelu => {
+                if x > a {
+                    x
+                } else {
+                    0.0
+                }
+            }
             ActKind::ScaledTanh => a * (b * x).tanh(),
             ActKind::HardSigmoid => (a * x + b).clamp(0.0, 1.0),
-            ActKind::Elu => if x < 0.0 { a * (x.exp() - 1.0) } else { x },
+            ActKind::Elu => {
+                if x < 0.0 {
+                    a * (x.exp() - 1.0)
+                } else {
+                    x
+                }
+            }
             ActKind::Softsign => x / (1.0 + x.abs()),
             ActKind::Softplus => x.exp().ln_1p(),
         }
@@ -96,13 +114,15 @@ fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError
         Some(v) if !v.is_empty() => v.to_vec(),
         _ => {
             let d = cell.default_activations();
-            (0..dirs).flat_map(|_| d.iter().map(|s| (*s).to_owned())).collect()
+            (0..dirs)
+                .flat_map(|_| d.iter().map(|s| (*s).to_owned()))
+                .collect()
         }
     };
     let alphas = n.attrs.floats("activation_alpha")?.unwrap_or(&[]).to_vec();
     let betas = n.attrs.floats("activation_beta")?.unwrap_or(&[]).to_vec();
     let (mut ai, mut bi) = (0, 0);
-    let mut take = |list: &[f32], idx: &mut usize, default: f64| {
+    let take = |list: &[f32], idx: &mut usize, default: f64| {
         let v = list.get(*idx).map_or(default, |&v| f64::from(v));
         *idx += 1;
         v
@@ -124,8 +144,16 @@ fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError
                 "softplus" => (ActKind::Softplus, 0.0, 0.0, false, false),
                 other => return Err(OpError::new(format!("unknown activation {other:?}"))),
             };
-            let alpha = if uses_a { take(&alphas, &mut ai, da) } else { da };
-            let beta = if uses_b { take(&betas, &mut bi, db) } else { db };
+            let alpha = if uses_a {
+                take(&alphas, &mut ai, da)
+            } else {
+                da
+            };
+            let beta = if uses_b {
+                take(&betas, &mut bi, db)
+            } else {
+                db
+            };
             Ok(Act { kind, alpha, beta })
         })
         .collect()
@@ -168,7 +196,11 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
         return Err(OpError::new("too few activations"));
     }
     let clip = n.attrs.float("clip", 0.0)?;
-    let clip = if clip > 0.0 { Some(f64::from(clip)) } else { None };
+    let clip = if clip > 0.0 {
+        Some(f64::from(clip))
+    } else {
+        None
+    };
     let input_forget = n.attrs.int("input_forget", 0)? != 0;
     let lbr = n.attrs.int("linear_before_reset", 0)? != 0;
 
@@ -184,8 +216,16 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     let bv = f64s(i.opt(3)?)?;
     let lens: Option<Vec<i64>> = i.opt(4)?.map(|t| t.to_i64_vec()).transpose()?;
     let h0 = f64s(i.opt(5)?)?;
-    let c0 = if cell == Cell::Lstm { f64s(i.opt(6)?)? } else { None };
-    let p = if cell == Cell::Lstm { f64s(i.opt(7)?)? } else { None };
+    let c0 = if cell == Cell::Lstm {
+        f64s(i.opt(6)?)?
+    } else {
+        None
+    };
+    let p = if cell == Cell::Lstm {
+        f64s(i.opt(7)?)?
+    } else {
+        None
+    };
 
     let mut y = vec![0f64; seq * dirs * batch * hidden];
     let mut y_h = vec![0f64; dirs * batch * hidden];
@@ -237,7 +277,8 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
                     }
                     Cell::Lstm => {
                         let peep = |which: usize, k: usize| {
-                            p.as_ref().map_or(0.0, |p| p[d * 3 * hidden + which * hidden + k])
+                            p.as_ref()
+                                .map_or(0.0, |p| p[d * 3 * hidden + which * hidden + k])
                         };
                         let mut new_c = vec![0.0; hidden];
                         for k in 0..hidden {
@@ -259,37 +300,30 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
                         c = new_c;
                     }
                     Cell::Gru => {
-                        let mut new_h = vec![0.0; hidden];
+                        let zt: Vec<f64> = (0..hidden)
+                            .map(|k| a[0].apply(clip_v(gx[k] + gr[k])))
+                            .collect();
+                        let rt: Vec<f64> = (0..hidden)
+                            .map(|k| a[0].apply(clip_v(gx[hidden + k] + gr[hidden + k])))
+                            .collect();
+                        let hh = 2 * hidden;
+                        let new_h: Vec<f64> = if lbr {
+                            (0..hidden)
+                                .map(|k| a[1].apply(clip_v(gx[hh + k] + rt[k] * gr[hh + k])))
+                                .collect()
+                        } else {
+                            // (rt ⊙ H) Rhᵀ + Rbh.
+                            let rh_in: Vec<f64> = h.iter().zip(&rt).map(|(p, q)| p * q).collect();
+                            (0..hidden)
+                                .map(|k| {
+                                    let row = &rd[(hh + k) * hidden..(hh + k + 1) * hidden];
+                                    let s: f64 = row.iter().zip(&rh_in).map(|(p, q)| p * q).sum();
+                                    a[1].apply(clip_v(gx[hh + k] + s + rb[hh + k]))
+                                })
+                                .collect()
+                        };
                         for k in 0..hidden {
-                            let zt = a[0].apply(clip_v(gx[k] + gr[k]));
-                            let rt = a[0].apply(clip_v(gx[hidden + k] + gr[hidden + k]));
-                            let ht = if lbr {
-                                a[1].apply(clip_v(gx[2 * hidden + k] + rt * gr[2 * hidden + k]))
-                            } else {
-                                let rh = &rd[(2 * hidden + k) * hidden..(2 * hidden + k + 1) * hidden];
-                                let s: f64 =
-                                    rh.iter().zip(&h).map(|(p, q)| p * rt_of(q, &gx, &gr, hidden, a, clip_v, rh, k)).sum();
-                                let _ = s;
-                                // (rt ⊙ H) Rhᵀ needs every gate's rt; computed below.
-                                0.0
-                            };
-                            new_h[k] = ht;
-                            let _ = zt;
-                        }
-                        if !lbr {
-                            let rts: Vec<f64> = (0..hidden)
-                                .map(|k| a[0].apply(clip_v(gx[hidden + k] + gr[hidden + k])))
-                                .collect();
-                            let rh_in: Vec<f64> = h.iter().zip(&rts).map(|(p, q)| p * q).collect();
-                            for k in 0..hidden {
-                                let rh = &rd[(2 * hidden + k) * hidden..(2 * hidden + k + 1) * hidden];
-                                let s: f64 = rh.iter().zip(&rh_in).map(|(p, q)| p * q).sum();
-                                new_h[k] = a[1].apply(clip_v(gx[2 * hidden + k] + s + rb[2 * hidden + k]));
-                            }
-                        }
-                        for k in 0..hidden {
-                            let zt = a[0].apply(clip_v(gx[k] + gr[k]));
-                            h[k] = (1.0 - zt) * new_h[k] + zt * h[k];
+                            h[k] = (1.0 - zt[k]) * new_h[k] + zt[k] * h[k];
                         }
                     }
                 }
@@ -320,6 +354,5 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     if cell == Cell::Lstm {
         out.push(Value::Tensor(state(y_c)?));
     }
-    debug_assert!(numel(&[seq, dirs, batch, hidden]) > 0 || seq == 0 || batch == 0 || hidden == 0);
     Ok(out)
 }

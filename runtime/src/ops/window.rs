@@ -26,7 +26,7 @@ fn list(n: &NodeInfo, name: &str, k: usize, default: usize) -> Result<Vec<usize>
             .iter()
             .map(|&x| usize::try_from(x).map_err(|_| OpError::new(format!("negative {name}"))))
             .collect(),
-        Some(v) if v.is_empty() => Ok(vec![default; k]),
+        Some([]) => Ok(vec![default; k]),
         Some(v) => Err(OpError::new(format!(
             "{name} has {} values for {k} spatial dims",
             v.len()
