@@ -10,6 +10,7 @@
 //! This module does not plan or schedule: [`crate::plan`] orders the nodes and
 //! [`crate::exec`] calls the kernels.
 
+mod attention;
 mod attrs;
 mod common;
 mod constant;
@@ -132,7 +133,8 @@ pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
-    let families: [fn(&str) -> Option<Kernel>; 16] = [
+    let families: [fn(&str) -> Option<Kernel>; 17] = [
+        attention::lookup,
         resize::lookup,
         constant::lookup,
         slicing::lookup,

@@ -76,7 +76,7 @@ fn taps_for_axis(
                     }
                 }
                 "half_pixel_symmetric" => {
-                    let adjustment = o_f / (scale * i_f);
+                    let adjustment = output as f64 / o_f;
                     let center = i_f / 2.0;
                     let offset = center * (1.0 - adjustment);
                     offset + (xf + 0.5) / scale - 0.5
