@@ -17,6 +17,7 @@ pub mod audit;
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod events;
 pub mod keystore;
 pub mod packer;

@@ -35,24 +35,70 @@ pub struct Limits {
     pub max_name_len: usize,
     /// Most signatures on one metadata document considered before giving up.
     pub max_signatures: usize,
+    /// Largest wire frame (CBOR, length prefix excluded) the hub accepts from an
+    /// agent on any stream: hello, status, chunk requests. Agents send nothing big.
+    pub max_agent_frame_bytes: u64,
+    /// Largest frame an agent accepts on the control stream, where a
+    /// `MetadataUpdate` carries whole TUF documents. Default: room for
+    /// `max_roots_per_update` roots and every other document at its limit.
+    pub max_control_frame_bytes: u64,
+    /// Largest frame an agent accepts on a chunk stream: one chunk or one
+    /// manifest (manifests are fetched by digest like chunks), plus framing.
+    pub max_chunk_frame_bytes: u64,
+    /// Most digests one `ChunkRequest` may name.
+    pub max_digests_per_request: usize,
+    /// Most deployments one device runs: statuses in a hello, slots in the
+    /// agent's reconciler.
+    pub max_deployments: usize,
+    /// Most root documents one `MetadataUpdate` may carry.
+    pub max_roots_per_update: usize,
+    /// Most accelerators an agent's inventory may list.
+    pub max_accelerators: usize,
+    /// Longest free-text reason (a failure, a goodbye), in bytes.
+    pub max_reason_len: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        const KIB: u64 = 1024;
+        const MIB: u64 = 1024 * KIB;
+        let max_root_bytes = 512 * KIB;
+        let max_timestamp_bytes = 64 * KIB;
+        let max_snapshot_bytes = 8 * MIB;
+        let max_targets_bytes = 32 * MIB;
+        let max_director_bytes = MIB;
+        let max_manifest_bytes = 16 * MIB;
+        let max_chunk_bytes = crate::chunking::MAX_CHUNK as u64;
+        let max_roots_per_update = 4;
+        // Room for field names, CBOR headers and the schema version.
+        let framing = 64 * KIB;
         Self {
-            max_root_bytes: 512 * 1024,
-            max_timestamp_bytes: 64 * 1024,
-            max_snapshot_bytes: 8 * 1024 * 1024,
-            max_targets_bytes: 32 * 1024 * 1024,
-            max_director_bytes: 1024 * 1024,
+            max_root_bytes,
+            max_timestamp_bytes,
+            max_snapshot_bytes,
+            max_targets_bytes,
+            max_director_bytes,
             max_root_rotations: 1024,
-            max_manifest_bytes: 16 * 1024 * 1024,
+            max_manifest_bytes,
             max_files: 1024,
             max_chunks: 256 * 1024,
-            max_chunk_bytes: crate::chunking::MAX_CHUNK as u64,
+            max_chunk_bytes,
             max_file_bytes: 64 * 1024 * 1024 * 1024,
             max_name_len: 1024,
             max_signatures: 64,
+            max_agent_frame_bytes: MIB,
+            max_control_frame_bytes: max_roots_per_update as u64 * max_root_bytes
+                + max_timestamp_bytes
+                + max_snapshot_bytes
+                + max_targets_bytes
+                + max_director_bytes
+                + framing,
+            max_chunk_frame_bytes: max_chunk_bytes.max(max_manifest_bytes) + framing,
+            max_digests_per_request: 1024,
+            max_deployments: 256,
+            max_roots_per_update,
+            max_accelerators: 64,
+            max_reason_len: 4096,
         }
     }
 }
