@@ -57,12 +57,14 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
     let chunks = Arc::new(FsChunks::open(&config.data_dir.join("chunks"))?);
     let uploads = UploadFiles::open(&config.data_dir.join("uploads"))?;
     bootstrap_admin(store.as_ref(), config)?;
+    let ca = crate::devices::ca::DeviceCa::load_or_create(&config.data_dir.join("ca"))?;
 
     let registry = Arc::new(Registry::new(
         store,
         chunks,
         uploads,
         keys,
+        ca,
         EventBus::default(),
         RegistryLimits {
             max_upload_bytes: config.max_upload_bytes,
@@ -144,9 +146,11 @@ impl Hub {
                 }
             }
         });
-        axum::serve(self.listener, self.router)
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
-            .await?;
+            .await;
+        refresher.abort();
+        served?;
         tracing::info!("hub stopped");
         Ok(())
     }

@@ -354,3 +354,39 @@ fn a_deployed_version_cannot_be_deleted_or_archived_until_the_endpoint_moves() {
     );
     assert!(flotilla(&cfg, &["audit", "verify"]).status.success());
 }
+
+#[test]
+fn device_tokens_and_hub_info_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(&dir.path().join("hub"));
+    let cfg = dir.path().join("config.toml");
+    assert!(
+        flotilla(&cfg, &["login", "--hub", &hub.url, "--token", &hub.admin])
+            .status
+            .success()
+    );
+    let info = json(&flotilla(&cfg, &["--output", "json", "hub", "info"]));
+    assert_eq!(info["ca_fingerprint"].as_str().unwrap().len(), 64);
+    let t = json(&flotilla(
+        &cfg,
+        &[
+            "--output",
+            "json",
+            "device",
+            "token",
+            "create",
+            "--labels",
+            "site=lyon,line=3",
+            "--ttl",
+            "1h",
+        ],
+    ));
+    assert!(t["token"].as_str().unwrap().starts_with("flt_"));
+    assert_eq!(t["labels"]["line"], "3");
+    let o = flotilla(&cfg, &["device", "token", "create", "--ttl", "30d"]);
+    assert_eq!(o.status.code(), Some(2), "{}", err(&o));
+    let o = flotilla(&cfg, &["device", "show", "dev-nope"]);
+    assert_eq!(o.status.code(), Some(5));
+    let list = json(&flotilla(&cfg, &["--output", "json", "device", "list"]));
+    assert_eq!(list, serde_json::json!([]));
+}

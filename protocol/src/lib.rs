@@ -13,6 +13,7 @@
 //! - [`director`]: the per-device director document.
 //! - [`bundle`]: the self-contained bundle file (tar) and its streaming verifier.
 //! - [`time`]: TUF's UTC timestamps.
+//! - [`wire`]: the hub<->agent frames and their length-prefixed CBOR codec.
 
 pub mod bundle;
 pub mod chunking;
@@ -22,5 +23,6 @@ pub mod limits;
 pub mod manifest;
 pub mod time;
 pub mod tuf;
+pub mod wire;
 
 pub use limits::Limits;

@@ -49,6 +49,7 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
             RegistryError::Conflict(_) => StatusCode::CONFLICT,
             RegistryError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RegistryError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             RegistryError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             RegistryError::Internal(m) => return ApiError::internal(m),
         };

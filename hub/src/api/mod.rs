@@ -10,9 +10,10 @@
 //! - [`types`]: request and response bodies (shared with the CLI).
 //! - [`error`]: problem details.
 //! - [`extract`]: the caller and JSON body extractors.
-//! - `uploads`, `models`, `endpoints`, `audit`, `tokens`, `trust`: one resource each.
+//! - `uploads`, `models`, `endpoints`, `devices`, `audit`, `tokens`, `trust`: one resource each.
 
 mod audit;
+mod devices;
 mod endpoints;
 pub mod error;
 pub mod extract;
@@ -64,6 +65,8 @@ async fn blocking<T: Send + 'static>(
         audit::list, audit::verify,
         tokens::whoami, tokens::create, tokens::list, tokens::revoke,
         endpoints::put, endpoints::list, endpoints::show, endpoints::delete,
+        devices::create_token, devices::enroll, devices::list, devices::show, devices::labels,
+        devices::revoke, devices::director, devices::info,
         trust::document, health,
     ),
     components(schemas(types::Problem, types::Role, types::VersionStatus)),
@@ -158,6 +161,14 @@ pub fn router(state: AppState, max_json_bytes: usize) -> Router {
                 .put(endpoints::put)
                 .delete(endpoints::delete),
         )
+        .route("/api/v1/enroll", post(devices::enroll))
+        .route("/api/v1/hub/info", get(devices::info))
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/tokens", post(devices::create_token))
+        .route("/api/v1/devices/{id}", get(devices::show))
+        .route("/api/v1/devices/{id}/labels", patch(devices::labels))
+        .route("/api/v1/devices/{id}/revoke", post(devices::revoke))
+        .route("/api/v1/devices/{id}/director", get(devices::director))
         .route("/api/v1/audit", get(audit::list))
         .route("/api/v1/audit/verify", get(audit::verify))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))

@@ -347,3 +347,111 @@ pub struct EndpointView {
     /// Who last changed it.
     pub updated_by: String,
 }
+
+/// Whether a device may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    /// Enrolled and allowed.
+    Active,
+    /// Refused at its next handshake.
+    Revoked,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceView {
+    /// Device id, assigned by the hub (the certificate's common name).
+    pub id: String,
+    /// Labels that endpoint selectors match.
+    pub labels: BTreeMap<String, String>,
+    /// Active or revoked.
+    pub status: DeviceStatus,
+    /// When it enrolled.
+    pub enrolled_at: String,
+    /// SHA-256 of its certificate (DER).
+    pub cert_sha256: String,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// Version of its current director document (0 before the first).
+    pub director_version: u64,
+    /// Hash of its current desired state, to bump the version only on change.
+    pub director_digest: String,
+}
+
+/// `POST /api/v1/devices/tokens`: a one-time, expiring enrolment token.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEnrolToken {
+    /// Labels the enrolled device gets.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Lifetime in seconds (at most 7 days).
+    pub ttl_secs: u64,
+}
+
+/// An enrolment token, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrolTokenView {
+    /// The secret.
+    pub token: String,
+    /// When it stops working.
+    pub expires_at: String,
+    /// Labels the device will get.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `POST /api/v1/enroll`: a device asks for its certificate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrolRequest {
+    /// The one-time enrolment token.
+    pub token: String,
+    /// PEM certificate signing request for the key the device generated.
+    pub csr_pem: String,
+}
+
+/// What a device receives at enrolment.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrolResponse {
+    /// Its id.
+    pub device_id: String,
+    /// Its certificate (PEM), signed by the device CA.
+    pub certificate_pem: String,
+    /// The device CA certificate (PEM).
+    pub ca_pem: String,
+    /// SHA-256 of the CA certificate (DER), for the device to compare with its pin.
+    pub ca_fingerprint: String,
+    /// The newest root.json, to pin.
+    pub root_json: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `PATCH /api/v1/devices/{id}/labels`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateLabels {
+    /// Labels to set.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Why.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `GET /api/v1/hub/info`: what technicians pin.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HubInfo {
+    /// Hub version.
+    pub version: String,
+    /// SHA-256 of the device CA certificate (DER), hex.
+    pub ca_fingerprint: String,
+    /// The device CA certificate (PEM).
+    pub ca_pem: String,
+    /// The QUIC address agents sync with, once the QUIC listener runs.
+    pub quic_addr: Option<String>,
+}

@@ -13,6 +13,7 @@ mod bundle;
 mod client;
 mod credentials;
 mod demo;
+mod device;
 mod endpoint;
 mod keys;
 mod login;
@@ -143,6 +144,18 @@ Examples:
     /// Endpoints: deployments of model versions, traffic weights, mirror, device selector.
     #[command(subcommand)]
     Endpoint(endpoint::EndpointCommand),
+    /// Devices: enrolment tokens, list, labels, revocation.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// The hub itself.
+    #[command(subcommand)]
+    Hub(HubCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum HubCommand {
+    /// Print the hub's version and the device CA fingerprint technicians pin.
+    Info,
 }
 
 /// A failed command: the line to print and the exit code.
@@ -220,6 +233,8 @@ pub fn main() -> ExitCode {
         Command::Audit(c) => audit::run(c, output, &hub),
         Command::Token(c) => token::run(c, output, &hub),
         Command::Endpoint(c) => endpoint::run(c, output, &hub),
+        Command::Device(c) => device::run(c, output, &hub),
+        Command::Hub(HubCommand::Info) => device::info(output, &hub),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, CertificateSigningRequestParams,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 
@@ -55,7 +55,9 @@ pub struct DeviceCa {
 
 impl std::fmt::Debug for DeviceCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceCa").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
+        f.debug_struct("DeviceCa")
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
     }
 }
 
@@ -66,7 +68,11 @@ fn ca_params() -> Result<CertificateParams, CaError> {
     dn.push(DnType::OrganizationName, "Flotilla fleet");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
     p.not_after = rcgen::date_time_ymd(2124, 1, 1);
     Ok(p)
@@ -81,7 +87,10 @@ fn ymd(t: UtcTime) -> (i32, u8, u8) {
 impl DeviceCa {
     /// Loads the CA from `dir`, creating it on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self, CaError> {
-        let io = |p: &Path, e: std::io::Error| CaError::Io { path: p.display().to_string(), reason: e.to_string() };
+        let io = |p: &Path, e: std::io::Error| CaError::Io {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
         let key_path = dir.join("ca-key.pem");
         let cert_path = dir.join("ca.pem");
         if !key_path.exists() {
@@ -89,9 +98,16 @@ impl DeviceCa {
             let key = KeyPair::generate().map_err(cert_err)?;
             let cert = ca_params()?.self_signed(&key).map_err(cert_err)?;
             crate::keystore::write_atomic(&key_path, key.serialize_pem().as_bytes(), 0o600)
-                .map_err(|e| CaError::Io { path: key_path.display().to_string(), reason: e.to_string() })?;
-            crate::keystore::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644)
-                .map_err(|e| CaError::Io { path: cert_path.display().to_string(), reason: e.to_string() })?;
+                .map_err(|e| CaError::Io {
+                    path: key_path.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            crate::keystore::write_atomic(&cert_path, cert.pem().as_bytes(), 0o644).map_err(
+                |e| CaError::Io {
+                    path: cert_path.display().to_string(),
+                    reason: e.to_string(),
+                },
+            )?;
         }
         let key_pem = std::fs::read_to_string(&key_path).map_err(|e| io(&key_path, e))?;
         let cert_pem = std::fs::read_to_string(&cert_path).map_err(|e| io(&cert_path, e))?;
@@ -119,9 +135,15 @@ impl DeviceCa {
 
     /// Signs a device's CSR (DER) as `device_id`, valid from `now` for
     /// [`DEVICE_CERT_DAYS`]. The subject is replaced by the device id.
-    pub fn sign_device_csr(&self, csr_der: &[u8], device_id: &str, now: UtcTime) -> Result<Vec<u8>, CaError> {
+    pub fn sign_device_csr(
+        &self,
+        csr_der: &[u8],
+        device_id: &str,
+        now: UtcTime,
+    ) -> Result<Vec<u8>, CaError> {
         let csr = CertificateSigningRequestDer::from(csr_der.to_vec());
-        let mut req = CertificateSigningRequestParams::from_der(&csr).map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let mut req = CertificateSigningRequestParams::from_der(&csr)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, device_id);
         req.params.distinguished_name = dn;
@@ -145,7 +167,9 @@ pub fn pem_encode(label: &str, der: &[u8]) -> String {
 
 /// The first PEM block's bytes.
 pub fn pem_to_der(text: &str) -> Result<Vec<u8>, CaError> {
-    pem::parse(text).map(|p| p.into_contents()).map_err(|e| CaError::Cert(format!("bad PEM: {e}")))
+    pem::parse(text)
+        .map(|p| p.into_contents())
+        .map_err(|e| CaError::Cert(format!("bad PEM: {e}")))
 }
 
 #[cfg(test)]
@@ -166,7 +190,11 @@ mod tests {
         let a = DeviceCa::load_or_create(dir.path()).unwrap();
         let b = DeviceCa::load_or_create(dir.path()).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path().join("ca-key.pem")).unwrap().permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.path().join("ca-key.pem"))
+                .unwrap()
+                .permissions(),
+        );
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -175,14 +203,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = DeviceCa::load_or_create(dir.path()).unwrap();
         let (_, req) = csr("i-am-the-hub");
-        let der = ca.sign_device_csr(&req, "dev-0123", UtcTime(1_900_000_000)).unwrap();
+        let der = ca
+            .sign_device_csr(&req, "dev-0123", UtcTime(1_900_000_000))
+            .unwrap();
         let params = CertificateParams::from_ca_cert_der(&der.clone().into()).unwrap();
         let cn = params.distinguished_name.get(&DnType::CommonName).unwrap();
-        assert!(matches!(cn, rcgen::DnValue::Utf8String(s) if s == "dev-0123") || format!("{cn:?}").contains("dev-0123"));
-        assert!(ca.sign_device_csr(b"not a csr", "dev-1", UtcTime(0)).is_err());
+        assert!(
+            matches!(cn, rcgen::DnValue::Utf8String(s) if s == "dev-0123")
+                || format!("{cn:?}").contains("dev-0123")
+        );
+        assert!(ca
+            .sign_device_csr(b"not a csr", "dev-1", UtcTime(0))
+            .is_err());
         let mut tampered = req.clone();
         let last = tampered.len() - 5;
         tampered[last] ^= 1;
-        assert!(ca.sign_device_csr(&tampered, "dev-1", UtcTime(0)).is_err(), "a CSR with a broken signature is refused");
+        assert!(
+            ca.sign_device_csr(&tampered, "dev-1", UtcTime(0)).is_err(),
+            "a CSR with a broken signature is refused"
+        );
     }
 }

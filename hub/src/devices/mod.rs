@@ -3,5 +3,7 @@
 //!
 //! # Layout
 //! - [`ca`]: the device certificate authority.
+//! - [`service`]: enrolment, labels, revocation, director documents.
 
 pub mod ca;
+pub mod service;

@@ -45,6 +45,9 @@ pub enum RegistryError {
     /// A size limit is exceeded (413).
     #[error("{0}")]
     TooLarge(String),
+    /// The credentials are not valid (401).
+    #[error("{0}")]
+    Unauthorized(String),
     /// Too many things in progress (429).
     #[error("{0}")]
     Busy(String),
@@ -84,6 +87,7 @@ pub struct Registry {
     chunks: Arc<dyn ChunkStore>,
     uploads: UploadFiles,
     keys: OnlineKeys,
+    ca: crate::devices::ca::DeviceCa,
     events: EventBus,
     limits: RegistryLimits,
     expiries: Expiries,
@@ -113,6 +117,7 @@ impl Registry {
         chunks: Arc<dyn ChunkStore>,
         uploads: UploadFiles,
         keys: OnlineKeys,
+        ca: crate::devices::ca::DeviceCa,
         events: EventBus,
         limits: RegistryLimits,
     ) -> Self {
@@ -121,6 +126,7 @@ impl Registry {
             chunks,
             uploads,
             keys,
+            ca,
             events,
             limits,
             expiries: Expiries::default(),
@@ -131,6 +137,16 @@ impl Registry {
     /// The store (for auth and trust endpoints).
     pub fn store(&self) -> &Arc<dyn RegistryStore> {
         &self.store
+    }
+
+    /// The online signing keys.
+    pub fn keys(&self) -> &OnlineKeys {
+        &self.keys
+    }
+
+    /// The device CA.
+    pub fn ca(&self) -> &crate::devices::ca::DeviceCa {
+        &self.ca
     }
 
     /// The event bus.
@@ -301,7 +317,7 @@ impl Registry {
         })
     }
 
-    fn emit(&self, kind: &str, object: &str, actor: &str, data: serde_json::Value) {
+    pub(crate) fn emit(&self, kind: &str, object: &str, actor: &str, data: serde_json::Value) {
         self.events.publish(Event {
             kind: kind.into(),
             time: now_str(),

@@ -14,7 +14,7 @@ pub use redb_store::RedbStore;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::types::{AuditEntry, EndpointView, ModelView, Role, VersionView};
+use crate::api::types::{AuditEntry, DeviceView, EndpointView, ModelView, Role, VersionView};
 use crate::audit::AuditDraft;
 use flotilla_protocol::tuf::repo::Publication;
 use flotilla_protocol::tuf::Targets;
@@ -72,6 +72,17 @@ pub struct TokenRecord {
     pub role: Role,
     /// When created.
     pub created_at: String,
+}
+
+/// A stored enrolment token (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolTokenRecord {
+    /// Labels the device gets.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Expiry, seconds since the epoch.
+    pub expires_at: i64,
+    /// Who created it.
+    pub created_by: String,
 }
 
 /// A resumable upload in progress or complete.
@@ -167,6 +178,37 @@ pub trait RegistryStore: Send + Sync + std::fmt::Debug {
     fn endpoint(&self, name: &str) -> Result<Option<EndpointView>, StoreError>;
     /// All endpoints, by name.
     fn endpoints(&self) -> Result<Vec<EndpointView>, StoreError>;
+
+    /// Stores an enrolment token under its hash.
+    fn create_enrol_token(
+        &self,
+        hash: &str,
+        record: EnrolTokenRecord,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<AuditEntry, StoreError>;
+    /// Uses up the enrolment token `hash` (NotFound if unknown or already used)
+    /// and stores the device `f` makes of it, atomically with `audit`.
+    fn enroll(
+        &self,
+        hash: &str,
+        f: &mut dyn FnMut(&EnrolTokenRecord) -> Result<DeviceView, StoreError>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<DeviceView, StoreError>;
+    /// One device.
+    fn device(&self, id: &str) -> Result<Option<DeviceView>, StoreError>;
+    /// All devices, by id.
+    fn devices(&self) -> Result<Vec<DeviceView>, StoreError>;
+    /// Changes a device with `f`; records `audit` when given (director version
+    /// bumps are bookkeeping, not operator actions).
+    fn update_device(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(&mut DeviceView) -> Result<(), StoreError>,
+        audit: Option<AuditDraft>,
+        now: &str,
+    ) -> Result<DeviceView, StoreError>;
 
     /// One model.
     fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError>;

@@ -11,9 +11,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BuildRegistration, RegistryStore, Republish, StoreError, TokenRecord, TrustState, UploadRecord,
+    BuildRegistration, EnrolTokenRecord, RegistryStore, Republish, StoreError, TokenRecord,
+    TrustState, UploadRecord,
 };
-use crate::api::types::{AuditEntry, EndpointView, ModelView, VersionStatus, VersionView};
+use crate::api::types::{
+    AuditEntry, DeviceView, EndpointView, ModelView, VersionStatus, VersionView,
+};
 use crate::audit::AuditDraft;
 use flotilla_protocol::tuf::repo::Publication;
 
@@ -27,6 +30,8 @@ const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
 const UPLOADS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("uploads");
 const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust");
 const ENDPOINTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("endpoints");
+const DEVICES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("devices");
+const ENROL_TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("enrol_tokens");
 
 /// On-disk schema version of every record.
 const RECORD_SCHEMA: u32 = 1;
@@ -105,6 +110,8 @@ impl RedbStore {
             tx.open_table(UPLOADS).map_err(be)?;
             tx.open_table(TRUST).map_err(be)?;
             tx.open_table(ENDPOINTS).map_err(be)?;
+            tx.open_table(DEVICES).map_err(be)?;
+            tx.open_table(ENROL_TOKENS).map_err(be)?;
         }
         tx.commit().map_err(be)?;
         Ok(Self { db })
@@ -457,6 +464,98 @@ impl RegistryStore for RedbStore {
             out.push(decode(item.map_err(be)?.1.value())?);
         }
         Ok(out)
+    }
+
+    fn create_enrol_token(
+        &self,
+        hash: &str,
+        record: EnrolTokenRecord,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<AuditEntry, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        tx.open_table(ENROL_TOKENS)
+            .map_err(be)?
+            .insert(hash, encode(&record)?.as_slice())
+            .map_err(be)?;
+        let e = chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(e)
+    }
+
+    fn enroll(
+        &self,
+        hash: &str,
+        f: &mut dyn FnMut(&EnrolTokenRecord) -> Result<DeviceView, StoreError>,
+        audit: AuditDraft,
+        now: &str,
+    ) -> Result<DeviceView, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let token: EnrolTokenRecord = {
+            let mut t = tx.open_table(ENROL_TOKENS).map_err(be)?;
+            let removed = t.remove(hash).map_err(be)?;
+            match removed {
+                Some(v) => decode(v.value())?,
+                None => {
+                    return Err(StoreError::NotFound(
+                        "enrolment token (unknown or already used)".into(),
+                    ))
+                }
+            }
+        };
+        let device = f(&token)?;
+        tx.open_table(DEVICES)
+            .map_err(be)?
+            .insert(device.id.as_str(), encode(&device)?.as_slice())
+            .map_err(be)?;
+        chain_audit(&tx, audit, now)?;
+        tx.commit().map_err(be)?;
+        Ok(device)
+    }
+
+    fn device(&self, id: &str) -> Result<Option<DeviceView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(DEVICES).map_err(be)?;
+        let v = t.get(id).map_err(be)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    fn devices(&self) -> Result<Vec<DeviceView>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(DEVICES).map_err(be)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(be)? {
+            out.push(decode(item.map_err(be)?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    fn update_device(
+        &self,
+        id: &str,
+        f: &mut dyn FnMut(&mut DeviceView) -> Result<(), StoreError>,
+        audit: Option<AuditDraft>,
+        now: &str,
+    ) -> Result<DeviceView, StoreError> {
+        let tx = self.db.begin_write().map_err(be)?;
+        let mut device: DeviceView = {
+            let t = tx.open_table(DEVICES).map_err(be)?;
+            let v = t.get(id).map_err(be)?;
+            match v {
+                Some(v) => decode(v.value())?,
+                None => return Err(StoreError::NotFound(format!("device {id}"))),
+            }
+        };
+        f(&mut device)?;
+        tx.open_table(DEVICES)
+            .map_err(be)?
+            .insert(id, encode(&device)?.as_slice())
+            .map_err(be)?;
+        if let Some(a) = audit {
+            chain_audit(&tx, a, now)?;
+        }
+        tx.commit().map_err(be)?;
+        Ok(device)
     }
 
     fn model(&self, name: &str) -> Result<Option<ModelView>, StoreError> {
