@@ -34,3 +34,14 @@ pub fn now() -> flotilla_protocol::time::UtcTime {
         .unwrap_or(0);
     flotilla_protocol::time::UtcTime(secs)
 }
+
+/// Structured logs to stderr, filtered by `FLOTILLA_LOG` (default `default`).
+pub fn init_logging(default: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -13,6 +13,7 @@
 //! - [`director`]: the per-device director document.
 //! - [`bundle`]: the self-contained bundle file (tar) and its streaming verifier.
 //! - [`time`]: TUF's UTC timestamps.
+//! - [`reconcile`]: the agent's sync-and-activation state machine (sans-IO).
 //! - [`wire`]: the hub<->agent frames and their length-prefixed CBOR codec.
 
 pub mod bundle;
@@ -22,6 +23,7 @@ pub mod director;
 pub mod limits;
 pub mod manifest;
 pub mod time;
+pub mod reconcile;
 pub mod tuf;
 pub mod wire;
 

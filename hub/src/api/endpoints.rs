@@ -58,13 +58,7 @@ pub(super) async fn delete(
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
-    let reason = if body.is_empty() {
-        String::new()
-    } else {
-        serde_json::from_slice::<ReasonBody>(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
-            .reason
-    };
+    let reason = super::extract::optional_reason(&body)?;
     let r = s.registry.clone();
     blocking(move || r.delete_endpoint(&caller.name, &name, &reason)).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -102,3 +102,14 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         other => ApiError::new(other.status(), other.body_text()),
     }
 }
+
+/// The reason of a DELETE, whose JSON body (`{"reason": …}`) is optional:
+/// no body records an empty reason.
+pub(super) fn optional_reason(body: &[u8]) -> Result<String, ApiError> {
+    if body.is_empty() {
+        return Ok(String::new());
+    }
+    serde_json::from_slice::<super::types::ReasonBody>(body)
+        .map(|b| b.reason)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}

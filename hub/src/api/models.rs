@@ -213,14 +213,7 @@ pub(super) async fn delete(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
     let v = parse_version(&version)?;
-    // The body is optional: DELETE without one records an empty reason.
-    let reason = if body.is_empty() {
-        String::new()
-    } else {
-        serde_json::from_slice::<ReasonBody>(&body)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
-            .reason
-    };
+    let reason = super::extract::optional_reason(&body)?;
     let r = s.registry.clone();
     blocking(move || r.delete(&caller.name, &name, v, &reason)).await?;
     Ok(StatusCode::NO_CONTENT)

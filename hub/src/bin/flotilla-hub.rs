@@ -43,13 +43,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    flotilla_hub::init_logging("info");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

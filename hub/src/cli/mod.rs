@@ -201,13 +201,7 @@ fn emit(output: Output, r: &impl Report) {
 
 /// Entry point of the `flotilla` binary.
 pub fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::init_logging("warn");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -110,6 +110,37 @@ fn now_str() -> String {
     crate::now().to_string()
 }
 
+/// Signs the next publication of `state`: snapshot and timestamp always get the
+/// next version; targets too when `targets_changed` (its content was edited).
+fn sign_next(
+    mut state: crate::store::TrustState,
+    targets_changed: bool,
+    now: flotilla_protocol::time::UtcTime,
+    expiries: Expiries,
+    keys: &OnlineKeys,
+) -> Result<
+    (
+        crate::store::TrustState,
+        flotilla_protocol::tuf::repo::Publication,
+    ),
+    StoreError,
+> {
+    if targets_changed {
+        state.targets.version += 1;
+        state.targets.expires = now.plus_secs(expiries.targets_secs);
+    }
+    state.publication_version += 1;
+    let p = publish(
+        &state.targets,
+        state.publication_version,
+        now,
+        expiries,
+        keys,
+    )
+    .map_err(|e| StoreError::Backend(e.to_string()))?;
+    Ok((state, p))
+}
+
 impl Registry {
     /// A registry over its store, chunk store, upload files and online keys.
     pub fn new(
@@ -410,18 +441,7 @@ impl Registry {
         let mut republish = |state: &crate::store::TrustState, target: &str| {
             let mut state = state.clone();
             state.targets.targets.remove(target);
-            state.targets.version += 1;
-            state.targets.expires = now.plus_secs(expiries.targets_secs);
-            state.publication_version += 1;
-            let p = publish(
-                &state.targets,
-                state.publication_version,
-                now,
-                expiries,
-                keys,
-            )
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-            Ok((state, p))
+            sign_next(state, true, now, expiries, keys)
         };
         let (freed, _) = self.store.delete_version(
             name,
@@ -470,17 +490,7 @@ impl Registry {
         let keys = &self.keys;
         let expiries = self.expiries;
         let mut republish = |state: &crate::store::TrustState, _: &str| {
-            let mut state = state.clone();
-            state.publication_version += 1;
-            let p = publish(
-                &state.targets,
-                state.publication_version,
-                now,
-                expiries,
-                keys,
-            )
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-            Ok((state, p))
+            sign_next(state.clone(), false, now, expiries, keys)
         };
         let refreshed = self.store.refresh_trust(
             &mut republish,

@@ -12,7 +12,6 @@ use flotilla_protocol::manifest::{
     Accelerator, BundleManifest, ChunkRef, ChunkingParams, Dim, Flavor, Lineage, ManifestFile,
     RuntimeRequirements, TensorSpec, MANIFEST_SCHEMA_VERSION,
 };
-use flotilla_protocol::tuf::repo::publish;
 use flotilla_protocol::tuf::{TargetFile, Targets};
 
 use super::{filter, internal, Registry, RegistryError};
@@ -191,17 +190,7 @@ impl Registry {
                     Some(serde_json::json!({"kind": "bundle-manifest"})),
                 ),
             );
-            state.targets.version += 1;
-            state.targets.expires = now.plus_secs(expiries.targets_secs);
-            state.publication_version += 1;
-            let publication = publish(
-                &state.targets,
-                state.publication_version,
-                now,
-                expiries,
-                keys,
-            )
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
+            let (state, publication) = super::sign_next(state, true, now, expiries, keys)?;
             let view = VersionView {
                 name: name.to_string(),
                 version,

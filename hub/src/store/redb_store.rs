@@ -129,6 +129,32 @@ impl RedbStore {
         Ok(out)
     }
 
+    /// One record of a string-keyed table.
+    fn get_one<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(table).map_err(be)?;
+        let v = t.get(key).map_err(be)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every record of a string-keyed table, in key order.
+    fn get_all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<'_, &str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(be)?;
+        let t = tx.open_table(table).map_err(be)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(be)? {
+            out.push(decode(item.map_err(be)?.1.value())?);
+        }
+        Ok(out)
+    }
+
     fn model_view(rec: ModelRecord, versions: &[VersionView]) -> ModelView {
         ModelView {
             name: rec.name,
@@ -450,20 +476,11 @@ impl RegistryStore for RedbStore {
     }
 
     fn endpoint(&self, name: &str) -> Result<Option<EndpointView>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(ENDPOINTS).map_err(be)?;
-        let v = t.get(name).map_err(be)?;
-        v.map(|v| decode(v.value())).transpose()
+        self.get_one(ENDPOINTS, name)
     }
 
     fn endpoints(&self) -> Result<Vec<EndpointView>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(ENDPOINTS).map_err(be)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(be)? {
-            out.push(decode(item.map_err(be)?.1.value())?);
-        }
-        Ok(out)
+        self.get_all(ENDPOINTS)
     }
 
     fn create_enrol_token(
@@ -514,20 +531,11 @@ impl RegistryStore for RedbStore {
     }
 
     fn device(&self, id: &str) -> Result<Option<DeviceView>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(DEVICES).map_err(be)?;
-        let v = t.get(id).map_err(be)?;
-        v.map(|v| decode(v.value())).transpose()
+        self.get_one(DEVICES, id)
     }
 
     fn devices(&self) -> Result<Vec<DeviceView>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(DEVICES).map_err(be)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(be)? {
-            out.push(decode(item.map_err(be)?.1.value())?);
-        }
-        Ok(out)
+        self.get_all(DEVICES)
     }
 
     fn update_device(
@@ -693,20 +701,11 @@ impl RegistryStore for RedbStore {
     }
 
     fn token(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(TOKENS).map_err(be)?;
-        let v = t.get(hash).map_err(be)?;
-        v.map(|v| decode(v.value())).transpose()
+        self.get_one(TOKENS, hash)
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(TOKENS).map_err(be)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(be)? {
-            out.push(decode(item.map_err(be)?.1.value())?);
-        }
-        Ok(out)
+        self.get_all(TOKENS)
     }
 
     fn delete_token(
@@ -746,10 +745,7 @@ impl RegistryStore for RedbStore {
     }
 
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(UPLOADS).map_err(be)?;
-        let v = t.get(id).map_err(be)?;
-        v.map(|v| decode(v.value())).transpose()
+        self.get_one(UPLOADS, id)
     }
 
     fn delete_upload(&self, id: &str) -> Result<(), StoreError> {
@@ -759,13 +755,7 @@ impl RegistryStore for RedbStore {
     }
 
     fn uploads(&self) -> Result<Vec<UploadRecord>, StoreError> {
-        let tx = self.db.begin_read().map_err(be)?;
-        let t = tx.open_table(UPLOADS).map_err(be)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(be)? {
-            out.push(decode(item.map_err(be)?.1.value())?);
-        }
-        Ok(out)
+        self.get_all(UPLOADS)
     }
 
     fn chunk_refs(&self, digest: &[u8; 32]) -> Result<u64, StoreError> {
