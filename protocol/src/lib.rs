@@ -22,8 +22,8 @@ pub mod digest;
 pub mod director;
 pub mod limits;
 pub mod manifest;
-pub mod time;
 pub mod reconcile;
+pub mod time;
 pub mod tuf;
 pub mod wire;
 

@@ -7,10 +7,11 @@ fixed seed, so two runs write byte-identical files. Each model goes into a folde
 laid out like an ONNX backend test (model.onnx, test_data_set_0/input_J.pb,
 test_data_set_0/output_J.pb), which `flotilla-agent conformance` can also run.
 
-    gen_models.py bench OUT      # benchmark sizes; no outputs recorded
-    gen_models.py fixtures OUT   # small sizes, outputs recorded from onnxruntime
+    gen_models.py bench OUT      # benchmark sizes
+    gen_models.py fixtures OUT   # small sizes, for runtime/tests/fixtures
 
-Needs `onnx` (and `onnxruntime` for `fixtures`) from PyPI; the Rust tests that read
+Outputs are recorded from ONNX Runtime (one thread, CPU provider). Needs `onnx`
+and `onnxruntime` from PyPI; the Rust tests that read
 the fixtures do not need Python. This script does not time anything: bench.py does.
 """
 
@@ -19,6 +20,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
@@ -200,7 +202,7 @@ FIXTURES = {
 }
 
 
-def write(out_dir, name, build, record):
+def write(out_dir, name, build):
     m, inputs = build()
     folder = os.path.join(out_dir, name)
     data = os.path.join(folder, "test_data_set_0")
@@ -214,18 +216,13 @@ def write(out_dir, name, build, record):
         feeds[input_name] = value
         with open(os.path.join(data, f"input_{j}.pb"), "wb") as f:
             f.write(numpy_helper.from_array(value, input_name).SerializeToString())
-    if record:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        sess = ort.InferenceSession(
-            m.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        outs = sess.run(None, feeds)
-        for j, (o, value) in enumerate(zip(sess.get_outputs(), outs)):
-            with open(os.path.join(data, f"output_{j}.pb"), "wb") as f:
-                f.write(numpy_helper.from_array(value, o.name).SerializeToString())
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = sess.run(None, feeds)
+    for j, (o, value) in enumerate(zip(sess.get_outputs(), outs)):
+        with open(os.path.join(data, f"output_{j}.pb"), "wb") as f:
+            f.write(numpy_helper.from_array(value, o.name).SerializeToString())
 
 
 def main():
@@ -234,7 +231,7 @@ def main():
     kind, out_dir = sys.argv[1], sys.argv[2]
     table = BENCH if kind == "bench" else FIXTURES
     for name, build in table.items():
-        write(out_dir, name, build, record=kind == "fixtures")
+        write(out_dir, name, build)
         print(f"wrote {os.path.join(out_dir, name)}")
 
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use crate::error::ModelError;
 use crate::exec;
 use crate::onnx::{GraphProto, NodeProto};
-use crate::ops::{self, Attrs, Inputs, Kernel, NodeInfo};
+use crate::ops::{self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION};
 use crate::tensor_io::decode_tensor;
 use crate::value::Value;
 
@@ -129,8 +129,11 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
             });
         };
         let key = if domain == "ai.onnx" { "" } else { domain };
+        let mut attrs = Attrs::decode(&node.attribute, ctx.base_dir)?;
+        // Only the planner's own fusions may set this key (see `fuse_activations`).
+        attrs.remove(FUSED_ACTIVATION);
         let info = NodeInfo {
-            attrs: Attrs::decode(&node.attribute, ctx.base_dir)?,
+            attrs,
             opset: ctx.opsets.get(key).copied().unwrap_or(0),
             outputs: node.output.len(),
         };
@@ -246,6 +249,8 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         outputs.push((name.to_owned(), src));
     }
 
+    pretranspose_gemm_weights(&mut steps, &mut constants);
+    fuse_activations(&mut steps, &outputs);
     plan_frees(&mut steps, &outputs, slot_count);
     Ok(Plan {
         inputs,
@@ -254,6 +259,99 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         steps,
         slot_count,
     })
+}
+
+/// Stores every constant `Gemm` weight read with `transB=1` transposed once, in
+/// the row-major `[K, N]` layout the matmul reads without a copy, and clears
+/// `transB` on those nodes. A weight shared by several nodes is transposed once.
+fn pretranspose_gemm_weights(steps: &mut [Step], constants: &mut Vec<Value>) {
+    let mut transposed: HashMap<usize, usize> = HashMap::new();
+    for step in steps.iter_mut().filter(|s| s.op_type == "Gemm") {
+        let Some(Some(Src::Const(c))) = step.inputs.get(1).copied() else {
+            continue;
+        };
+        if step.info.attrs.int("transB", 0).ok() != Some(1) {
+            continue;
+        }
+        let t_index = match transposed.get(&c) {
+            Some(&t) => t,
+            None => {
+                let Some(Value::Tensor(w)) = constants.get(c) else {
+                    continue;
+                };
+                if w.rank() != 2 {
+                    continue;
+                }
+                let Ok(t) = w
+                    .candle()
+                    .t()
+                    .and_then(|t| t.contiguous())
+                    .and_then(|t| w.with_data(t))
+                else {
+                    continue;
+                };
+                constants.push(Value::Tensor(t));
+                transposed.insert(c, constants.len() - 1);
+                constants.len() - 1
+            }
+        };
+        step.inputs[1] = Some(Src::Const(t_index));
+        step.info.attrs.set("transB", Attr::Int(0));
+    }
+}
+
+/// Fuses a `Relu` into the `Gemm` or `Conv` before it when the `Relu` is the only
+/// reader of that node's output and the output is not a graph output: the
+/// producer then writes the `Relu`'s output directly (see `ops::fused`).
+fn fuse_activations(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
+    let mut readers: HashMap<usize, usize> = HashMap::new();
+    for step in steps.iter() {
+        for src in step.inputs.iter().flatten() {
+            if let Src::Slot(s) = src {
+                *readers.entry(*s).or_default() += 1;
+            }
+        }
+    }
+    for (_, src) in outputs {
+        if let Src::Slot(s) = src {
+            *readers.entry(*s).or_default() += 1;
+        }
+    }
+    let mut producer_of: HashMap<usize, usize> = HashMap::new();
+    let mut remove = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        if matches!(steps[i].op_type.as_str(), "Gemm" | "Conv") {
+            if let [Some(out)] = steps[i].outputs[..] {
+                producer_of.insert(out, i);
+            }
+            continue;
+        }
+        if !Activation::fusable(&steps[i].op_type) || steps[i].outputs.len() != 1 {
+            continue;
+        }
+        let Some(Some(Src::Slot(x))) = steps[i].inputs.first().copied() else {
+            continue;
+        };
+        let Some(&p) = producer_of.get(&x) else {
+            continue;
+        };
+        if readers.get(&x) != Some(&1) || steps[p].info.attrs.has(FUSED_ACTIVATION) {
+            continue;
+        }
+        let op = steps[i].op_type.clone();
+        steps[p].outputs = steps[i].outputs.clone();
+        steps[p]
+            .info
+            .attrs
+            .set(FUSED_ACTIVATION, Attr::String(op.clone()));
+        steps[p].op_type = format!("{}+{op}", steps[p].op_type);
+        remove[i] = true;
+    }
+    let mut i = 0;
+    steps.retain(|_| {
+        i += 1;
+        !remove[i - 1]
+    });
 }
 
 /// Kahn's algorithm over the nodes; values in `defined` are available from the start.

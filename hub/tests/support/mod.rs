@@ -62,6 +62,9 @@ impl HubProcess {
             token: token.to_string(),
             agent: ureq::AgentBuilder::new()
                 .timeout(Duration::from_secs(120))
+                // A fresh connection per request: a connection the hub closed
+                // after an early error answer must not be reused.
+                .max_idle_connections(0)
                 .build(),
         }
     }

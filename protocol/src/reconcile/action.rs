@@ -39,8 +39,9 @@ pub enum Action {
     Stage {
         /// The deployment.
         key: DeploymentKey,
-        /// The bundle to stage.
-        slot: Slot,
+        /// The bundle to stage (boxed: a manifest is large next to the other
+        /// actions).
+        slot: Box<Slot>,
     },
     /// Serve `target` for `key` from now on. The record already says so (a
     /// `Persist` came first); the previous version stays on disk. Also sent for

@@ -25,6 +25,14 @@ pub(crate) struct ChunkFetch {
 }
 
 impl ChunkFetch {
+    /// Keeps only the wanted chunks `keep` says yes to.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Sha256Digest) -> bool) {
+        let drop: Vec<Sha256Digest> = self.sizes.keys().filter(|d| !keep(d)).copied().collect();
+        for d in &drop {
+            self.forget(d);
+        }
+    }
+
     /// Wants `digest`; true if it was not wanted before (ask the store).
     pub(crate) fn want(&mut self, digest: Sha256Digest, size: u32) -> bool {
         if self.sizes.contains_key(&digest) {

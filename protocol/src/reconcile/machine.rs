@@ -2,119 +2,28 @@
 //! time. See the module above for the protocol with its driver.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::mem::discriminant;
 
 use super::action::Action;
+use super::deployment::{changed_status, Deployment, Pending, Trial};
 use super::desired::{DeploymentKey, DesiredState};
 use super::fetch::ChunkFetch;
-use super::record::{
-    AgentRecord, DeploymentRecord, Rejection, Slot, TrialRecord, RECORD_SCHEMA_VERSION,
-};
+use super::record::{AgentRecord, Rejection, Slot, RECORD_SCHEMA_VERSION};
 use super::{ReconcileConfig, ReconcileError};
 use crate::digest::Sha256Digest;
 use crate::limits::Limits;
 use crate::time::UtcTime;
-use crate::wire::{DeploymentState, DeploymentStatus};
-
-/// A bundle being fetched.
-#[derive(Debug)]
-struct Pending {
-    slot: Slot,
-    /// Distinct chunks not yet known to be in the store.
-    missing: BTreeSet<Sha256Digest>,
-    /// Bytes of all distinct chunks.
-    need: u64,
-    /// Bytes of distinct chunks in the store.
-    have: u64,
-}
-
-/// A trial in progress.
-#[derive(Debug, Clone, Copy)]
-struct Trial {
-    attempts: u32,
-    started: UtcTime,
-    deadline: UtcTime,
-}
-
-/// One deployment's slots, in memory.
-#[derive(Debug, Default)]
-struct Deployment {
-    active: Option<Slot>,
-    trial: Option<Trial>,
-    previous: Option<Slot>,
-    staged: Option<Slot>,
-    pending: Option<Pending>,
-    rejected: Option<Rejection>,
-    /// What the hub was last told, to report changes only.
-    last_report: Option<DeploymentStatus>,
-    last_progress: Option<UtcTime>,
-}
-
-impl Deployment {
-    /// Every slot whose chunks must stay in the store.
-    fn slots(&self) -> impl Iterator<Item = &Slot> {
-        self.active
-            .iter()
-            .chain(&self.previous)
-            .chain(&self.staged)
-            .chain(self.pending.as_ref().map(|p| &p.slot))
-    }
-
-    fn to_record(&self, key: &DeploymentKey) -> DeploymentRecord {
-        DeploymentRecord {
-            key: key.clone(),
-            active: self.active.as_ref().map(Slot::to_record),
-            trial: self.trial.map(|t| TrialRecord {
-                attempts: t.attempts,
-                started: t.started,
-            }),
-            previous: self.previous.as_ref().map(Slot::to_record),
-            staged: self.staged.as_ref().map(Slot::to_record),
-            pending: self.pending.as_ref().map(|p| p.slot.to_record()),
-            rejected: self.rejected.clone(),
-        }
-    }
-
-    /// The target this deployment's status is about, and its state.
-    fn state(&self) -> Option<(&str, DeploymentState)> {
-        if let Some(p) = &self.pending {
-            let state = DeploymentState::Fetching {
-                have: p.have,
-                need: p.need,
-            };
-            return Some((p.slot.target(), state));
-        }
-        if let Some(s) = &self.staged {
-            return Some((s.target(), DeploymentState::Staged));
-        }
-        if let (Some(a), Some(_)) = (&self.active, &self.trial) {
-            return Some((a.target(), DeploymentState::Trial));
-        }
-        if let Some(r) = &self.rejected {
-            let reason = r.reason.clone();
-            let state = if r.rolled_back {
-                DeploymentState::RolledBack { reason }
-            } else {
-                DeploymentState::Failed { reason }
-            };
-            return Some((&r.target, state));
-        }
-        self.active
-            .as_ref()
-            .map(|a| (a.target(), DeploymentState::Active))
-    }
-}
+use crate::wire::DeploymentStatus;
 
 /// The agent's sync-and-activation state machine. Inputs through `handle_*`,
 /// actions out through [`Reconciler::poll_action`], time through `now`.
 #[derive(Debug)]
 pub struct Reconciler {
-    config: ReconcileConfig,
-    limits: Limits,
-    director_version: Option<u64>,
-    deployments: BTreeMap<DeploymentKey, Deployment>,
-    fetch: ChunkFetch,
-    actions: VecDeque<Action>,
+    pub(super) config: ReconcileConfig,
+    pub(super) limits: Limits,
+    pub(super) director_version: Option<u64>,
+    pub(super) deployments: BTreeMap<DeploymentKey, Deployment>,
+    pub(super) fetch: ChunkFetch,
+    pub(super) actions: VecDeque<Action>,
 }
 
 impl Reconciler {
@@ -128,92 +37,6 @@ impl Reconciler {
             fetch: ChunkFetch::default(),
             actions: VecDeque::new(),
         }
-    }
-
-    /// Rebuilds the reconciler from its last persisted record after a restart,
-    /// and queues what resumes the work: `Activate` for every active version
-    /// (reload what serves), `RunTrial` again for interrupted trials (or a
-    /// rollback once they have used up their attempts), `QueryStore` for fetches.
-    pub fn restore(
-        record: &AgentRecord,
-        config: ReconcileConfig,
-        limits: Limits,
-        now: UtcTime,
-    ) -> Result<Self, ReconcileError> {
-        if record.schema_version != RECORD_SCHEMA_VERSION {
-            return Err(ReconcileError::UnsupportedRecordSchema(
-                record.schema_version,
-            ));
-        }
-        let mut r = Self::new(config, limits);
-        r.director_version = record.director_version;
-        let mut pendings = Vec::new();
-        for dr in &record.deployments {
-            let slot = |s: &Option<super::SlotRecord>| s.as_ref().map(|s| s.to_slot(&limits)).transpose();
-            let active = slot(&dr.active)?;
-            let trial = dr.trial.filter(|_| active.is_some()).map(|t| Trial {
-                attempts: t.attempts,
-                started: t.started,
-                deadline: now.plus_secs(config.trial_timeout_secs),
-            });
-            if let Some(p) = slot(&dr.pending)? {
-                pendings.push((dr.key.clone(), p));
-            }
-            let d = Deployment {
-                active,
-                trial,
-                previous: slot(&dr.previous)?,
-                staged: slot(&dr.staged)?,
-                rejected: dr.rejected.clone(),
-                ..Deployment::default()
-            };
-            r.deployments.insert(dr.key.clone(), d);
-        }
-        // Count the interrupted trial run before running any trial again, so a
-        // model that kills the agent during its trial is rolled back eventually.
-        let mut exhausted = Vec::new();
-        for (key, d) in &mut r.deployments {
-            if let Some(t) = &mut d.trial {
-                if t.attempts >= config.max_trial_attempts {
-                    exhausted.push((key.clone(), t.attempts));
-                } else {
-                    t.attempts += 1;
-                }
-            }
-        }
-        r.persist();
-        let keys: Vec<DeploymentKey> = r.deployments.keys().cloned().collect();
-        for key in &keys {
-            if let Some((_, attempts)) = exhausted.iter().find(|(k, _)| k == key) {
-                let reason = format!("trial interrupted by {attempts} agent restarts");
-                r.rollback(key, reason, now);
-                continue;
-            }
-            let Some(d) = r.deployments.get(key) else {
-                continue;
-            };
-            if let Some(a) = &d.active {
-                let target = a.target().to_string();
-                let on_trial = d.trial.is_some();
-                r.actions.push_back(Action::Activate {
-                    key: key.clone(),
-                    target: target.clone(),
-                });
-                if on_trial {
-                    r.actions.push_back(Action::RunTrial {
-                        key: key.clone(),
-                        target,
-                    });
-                }
-            }
-        }
-        for (key, slot) in pendings {
-            r.start_pending(&key, slot, now);
-        }
-        r.fill_requests(now);
-        r.advance_all(now);
-        r.report_all(now);
-        Ok(r)
     }
 
     /// A new desired state. Deployments it no longer names are retired; a
@@ -305,8 +128,7 @@ impl Reconciler {
                 actual,
             });
         }
-        self.actions
-            .push_back(Action::WriteChunk { digest, bytes });
+        self.actions.push_back(Action::WriteChunk { digest, bytes });
         self.mark_present(&digest);
         self.fill_requests(now);
         let due: Vec<DeploymentKey> = self
@@ -314,9 +136,8 @@ impl Reconciler {
             .iter()
             .filter(|(_, d)| {
                 d.pending.is_some()
-                    && d.last_progress.is_none_or(|t| {
-                        t.plus_secs(self.config.progress_interval_secs) <= now
-                    })
+                    && d.last_progress
+                        .is_none_or(|t| t.plus_secs(self.config.progress_interval_secs) <= now)
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -373,35 +194,46 @@ impl Reconciler {
         Ok(())
     }
 
-    /// An action for `key` (`Stage`, `Activate`, `RunTrial`) failed on I/O. The
-    /// version it was for is dropped: rolled back if it had gone live, else
-    /// marked failed. Actions still queued for it are withdrawn.
+    /// An action for `key` and `target` (`Stage`, `Activate`, `RunTrial`)
+    /// failed on I/O. That version is dropped: rolled back if it had gone live,
+    /// else marked failed; actions still queued for it are withdrawn. A target
+    /// the deployment no longer holds is ignored.
     pub fn handle_action_failed(
         &mut self,
         key: &DeploymentKey,
+        target: &str,
         reason: String,
         now: UtcTime,
     ) -> Result<(), ReconcileError> {
-        if !self.deployments.contains_key(key) {
-            return Err(ReconcileError::UnknownDeployment(key.clone()));
-        }
+        let d = self
+            .deployments
+            .get_mut(key)
+            .ok_or_else(|| ReconcileError::UnknownDeployment(key.clone()))?;
+        let is = |s: Option<&Slot>| s.is_some_and(|s| s.target() == target);
+        let live = d.trial.is_some() && is(d.active.as_ref());
+        let dropped = if live {
+            None
+        } else if is(d.staged.as_ref()) {
+            d.staged.take()
+        } else if is(d.pending.as_ref().map(|p| &p.slot)) {
+            d.pending.take().map(|p| p.slot)
+        } else {
+            return Ok(());
+        };
         self.actions.retain(|a| match a {
-            Action::Stage { key: k, .. }
-            | Action::Activate { key: k, .. }
-            | Action::RunTrial { key: k, .. } => k != key,
+            Action::Stage { key: k, slot } => k != key || slot.target() != target,
+            Action::Activate { key: k, target: t } | Action::RunTrial { key: k, target: t } => {
+                k != key || t != target
+            }
             // Superseded by the record persisted below.
             Action::Persist(_) => false,
             _ => true,
         });
-        let Some(d) = self.deployments.get_mut(key) else {
-            return Ok(());
-        };
-        if d.trial.is_some() {
+        if live {
             self.rollback(key, reason, now);
             return Ok(());
         }
-        let dropped = d.staged.take().or_else(|| d.pending.take().map(|p| p.slot));
-        if let Some(slot) = dropped {
+        if let (Some(slot), Some(d)) = (dropped, self.deployments.get_mut(key)) {
             d.rejected = Some(Rejection {
                 target: slot.target().into(),
                 reason,
@@ -443,7 +275,10 @@ impl Reconciler {
 
     /// When [`Reconciler::handle_timeout`] should be called next.
     pub fn poll_timeout(&self) -> Option<UtcTime> {
-        let trials = self.deployments.values().filter_map(|d| d.trial.map(|t| t.deadline));
+        let trials = self
+            .deployments
+            .values()
+            .filter_map(|d| d.trial.map(|t| t.deadline));
         trials
             .chain(self.fetch.next_deadline(self.config.chunk_timeout_secs))
             .min()
@@ -468,6 +303,11 @@ impl Reconciler {
                 .map(|(k, d)| d.to_record(k))
                 .collect(),
         }
+    }
+
+    /// Chunks requested from the hub and not yet arrived.
+    pub fn chunks_in_flight(&self) -> usize {
+        self.fetch.in_flight()
     }
 
     /// The director version applied last.
@@ -545,7 +385,7 @@ impl Reconciler {
 
     /// Starts fetching `slot` for `key`: chunks other slots hold are present;
     /// the store is asked about the rest.
-    fn start_pending(&mut self, key: &DeploymentKey, slot: Slot, now: UtcTime) {
+    pub(super) fn start_pending(&mut self, key: &DeploymentKey, slot: Slot, now: UtcTime) {
         let held: BTreeSet<Sha256Digest> = self
             .deployments
             .values()
@@ -604,7 +444,7 @@ impl Reconciler {
         self.fetch.retain(|d| wanted.contains(d));
     }
 
-    fn advance_all(&mut self, now: UtcTime) {
+    pub(super) fn advance_all(&mut self, now: UtcTime) {
         let keys: Vec<DeploymentKey> = self.deployments.keys().cloned().collect();
         for key in keys {
             self.advance(&key, now);
@@ -622,7 +462,7 @@ impl Reconciler {
                 d.staged = Some(p.slot.clone());
                 self.actions.push_back(Action::Stage {
                     key: key.clone(),
-                    slot: p.slot,
+                    slot: Box::new(p.slot),
                 });
                 changed = true;
             }
@@ -661,7 +501,7 @@ impl Reconciler {
     }
 
     /// Puts `key`'s previous version back in place of the active one.
-    fn rollback(&mut self, key: &DeploymentKey, reason: String, now: UtcTime) {
+    pub(super) fn rollback(&mut self, key: &DeploymentKey, reason: String, now: UtcTime) {
         let Some(d) = self.deployments.get_mut(key) else {
             return;
         };
@@ -692,8 +532,7 @@ impl Reconciler {
         let Some(d) = self.deployments.remove(key) else {
             return;
         };
-        self.actions
-            .push_back(Action::Retire { key: key.clone() });
+        self.actions.push_back(Action::Retire { key: key.clone() });
         let slots: Vec<Slot> = d
             .active
             .into_iter()
@@ -725,7 +564,7 @@ impl Reconciler {
         }
     }
 
-    fn fill_requests(&mut self, now: UtcTime) {
+    pub(super) fn fill_requests(&mut self, now: UtcTime) {
         for digests in self.fetch.next_requests(
             now,
             self.config.max_chunks_in_flight,
@@ -736,7 +575,7 @@ impl Reconciler {
     }
 
     /// Queues the record; a record queued just before is superseded.
-    fn persist(&mut self) {
+    pub(super) fn persist(&mut self) {
         let record = self.record();
         if matches!(self.actions.back(), Some(Action::Persist(_))) {
             self.actions.pop_back();
@@ -744,7 +583,7 @@ impl Reconciler {
         self.actions.push_back(Action::Persist(record));
     }
 
-    fn report_all(&mut self, now: UtcTime) {
+    pub(super) fn report_all(&mut self, now: UtcTime) {
         let keys: Vec<DeploymentKey> = self.deployments.keys().cloned().collect();
         for key in keys {
             self.report(&key, now);
@@ -752,34 +591,14 @@ impl Reconciler {
     }
 
     /// Queues `key`'s status if it changed since the last report.
-    fn report(&mut self, key: &DeploymentKey, now: UtcTime) {
+    pub(super) fn report(&mut self, key: &DeploymentKey, now: UtcTime) {
         let director_version = self.director_version.unwrap_or(0);
         let Some(d) = self.deployments.get_mut(key) else {
             return;
         };
-        let Some((target, state)) = d.state() else {
-            return;
-        };
-        let mut status = DeploymentStatus {
-            endpoint: key.endpoint.clone(),
-            deployment: key.deployment.clone(),
-            target: target.into(),
-            state,
-            active: d.active.as_ref().map(|a| a.target().to_string()),
-            director_version,
-            since: now,
-        };
-        if let Some(last) = &d.last_report {
-            if last.target == status.target
-                && discriminant(&last.state) == discriminant(&status.state)
-            {
-                status.since = last.since;
-            }
-            if *last == status {
-                return;
-            }
+        if let Some(status) = changed_status(key, d, director_version, now) {
+            d.last_report = Some(status.clone());
+            self.actions.push_back(Action::Report(status));
         }
-        d.last_report = Some(status.clone());
-        self.actions.push_back(Action::Report(status));
     }
 }

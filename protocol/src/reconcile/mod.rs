@@ -27,16 +27,20 @@
 //!
 //! # Layout
 //! - [`desired`]: the verified desired state and deployment keys.
-//! - [`machine`]: the [`Reconciler`] itself.
-//! - [`fetch`]: which chunks are wanted, queried, queued and in flight.
+//! - [`machine`]: the [`Reconciler`] and its transitions.
+//! - `restore`: rebuilding a [`Reconciler`] from its record after a restart.
+//! - `deployment`: one deployment's slots in memory, and its status.
+//! - `fetch`: which chunks are wanted, queried, queued and in flight.
 //! - [`action`]: what the reconciler asks its driver to do.
 //! - [`record`]: the persisted record (CBOR, schema-versioned) and slots.
 
 pub mod action;
+mod deployment;
 pub mod desired;
 mod fetch;
 pub mod machine;
 pub mod record;
+mod restore;
 
 #[cfg(test)]
 mod sim;
@@ -130,7 +134,9 @@ pub enum ReconcileError {
         limit: usize,
     },
     /// A desired state older than the one already applied.
-    #[error("desired state from director version {offered} is older than applied version {applied}")]
+    #[error(
+        "desired state from director version {offered} is older than applied version {applied}"
+    )]
     StaleDesired {
         /// Version applied.
         applied: u64,
@@ -164,6 +170,6 @@ pub enum ReconcileError {
     #[error("agent record is not valid CBOR: {0}")]
     RecordDecode(String),
     /// The persisted record was written by a schema this build does not read.
-    #[error("agent record schema version {0} is not supported (this build reads {record::RECORD_SCHEMA_VERSION})")]
+    #[error("agent record schema version {0} is not supported (this build reads {current})", current = record::RECORD_SCHEMA_VERSION)]
     UnsupportedRecordSchema(u32),
 }

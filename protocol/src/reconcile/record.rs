@@ -33,7 +33,11 @@ impl Slot {
     /// Decodes manifest bytes for `target`, checking that the manifest is the
     /// one of the model name and version the target path names. Signature
     /// checks are the caller's (see [`super::DesiredState::from_verified`]).
-    pub(crate) fn decode(target: &str, raw: Vec<u8>, limits: &Limits) -> Result<Self, ReconcileError> {
+    pub(crate) fn decode(
+        target: &str,
+        raw: Vec<u8>,
+        limits: &Limits,
+    ) -> Result<Self, ReconcileError> {
         let manifest =
             BundleManifest::decode(&raw, limits).map_err(|source| ReconcileError::Manifest {
                 target: target.into(),
@@ -174,10 +178,12 @@ impl AgentRecord {
         struct Probe {
             schema_version: u32,
         }
-        let probe: Probe =
-            ciborium::from_reader(bytes).map_err(|e| ReconcileError::RecordDecode(e.to_string()))?;
+        let probe: Probe = ciborium::from_reader(bytes)
+            .map_err(|e| ReconcileError::RecordDecode(e.to_string()))?;
         if probe.schema_version != RECORD_SCHEMA_VERSION {
-            return Err(ReconcileError::UnsupportedRecordSchema(probe.schema_version));
+            return Err(ReconcileError::UnsupportedRecordSchema(
+                probe.schema_version,
+            ));
         }
         ciborium::from_reader(bytes).map_err(|e| ReconcileError::RecordDecode(e.to_string()))
     }

@@ -48,6 +48,16 @@ impl Attrs {
         Ok(Self { map })
     }
 
+    /// Sets an attribute (the planner's rewrites: fusions, pre-transposed weights).
+    pub(crate) fn set(&mut self, name: &str, value: Attr) {
+        self.map.insert(name.to_owned(), value);
+    }
+
+    /// Removes an attribute.
+    pub(crate) fn remove(&mut self, name: &str) {
+        self.map.remove(name);
+    }
+
     /// True if the attribute is present.
     pub(crate) fn has(&self, name: &str) -> bool {
         self.map.contains_key(name)

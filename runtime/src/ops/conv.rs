@@ -3,14 +3,17 @@
 //!
 //! Design: im2col on the host into one matrix per (batch item, group), then one
 //! candle matmul with the group's weights, so every geometry goes through the same
-//! fast GEMM. Faster special cases (direct 3x3, depthwise, NHWC) are for the speed
-//! work of issue 5 and are not here yet.
+//! fast GEMM. Two spatial dims (the common case) take a row-copying im2col, 1x1
+//! kernels skip it, and bias and a fused activation are applied in the one pass
+//! that assembles the output. Direct 3x3, depthwise and NHWC kernels are not here
+//! yet.
 
 use candle_core::{DType, Device};
 
 use crate::ops::common::{for_each_index, like, numel, scalar_i64};
+use crate::ops::fused::{channels_epilogue, with_f32};
 use crate::ops::window::Window;
-use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 
 /// The kernel for `op`, if this family has it.
@@ -88,14 +91,61 @@ fn im2col(
     cols
 }
 
-/// Converts to f32 values (the im2col path computes in f32).
-fn f32_values(t: &Tensor) -> Result<Vec<f32>, OpError> {
-    Ok(t.to_f32_vec()?)
+/// im2col for two spatial dims: the same matrix as [`im2col`], built row by row
+/// with the valid output columns of each kernel tap computed once (a plain copy at
+/// stride 1).
+fn im2col_2d(x: &[f32], c: usize, h: usize, wd: usize, w: &Window) -> Vec<f32> {
+    let (kh, kw) = (w.kernel[0], w.kernel[1]);
+    let (oh, ow) = (w.out[0], w.out[1]);
+    let (sh, sw) = (w.strides[0], w.strides[1]);
+    let osz = oh * ow;
+    let mut cols = vec![0f32; c * kh * kw * osz];
+    for kx in 0..kw {
+        // Output columns whose input column ox*sw + off lies inside [0, wd).
+        let off = (kx * w.dilations[1]) as i64 - w.pad_begin[1] as i64;
+        let lo = if off < 0 {
+            ((-off) as usize).div_ceil(sw)
+        } else {
+            0
+        };
+        let hi = if (wd as i64) > off {
+            ((wd as i64 - off) as usize).div_ceil(sw).min(ow)
+        } else {
+            0
+        };
+        if lo >= hi {
+            continue;
+        }
+        for ci in 0..c {
+            let plane = &x[ci * h * wd..(ci + 1) * h * wd];
+            for ky in 0..kh {
+                let row = ((ci * kh + ky) * kw + kx) * osz;
+                for oy in 0..oh {
+                    let iy = (oy * sh + ky * w.dilations[0]) as i64 - w.pad_begin[0] as i64;
+                    if iy < 0 || iy as usize >= h {
+                        continue;
+                    }
+                    let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                    let dst = &mut cols[row + oy * ow + lo..row + oy * ow + hi];
+                    let first = (lo * sw) as i64 + off;
+                    if sw == 1 {
+                        let first = first as usize;
+                        dst.copy_from_slice(&src[first..first + dst.len()]);
+                    } else {
+                        for (j, d) in dst.iter_mut().enumerate() {
+                            *d = src[first as usize + j * sw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    cols
 }
 
 fn conv(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, w) = (i.tensor(0)?, i.tensor(1)?);
-    let y = conv_f32(n, x, w, i.opt(2)?)?;
+    let y = conv_f32(n, x, w, i.opt(2)?, Activation::of(n)?)?;
     one(Tensor::from_candle(x.elem_type(), y)?)
 }
 
@@ -104,6 +154,7 @@ fn conv_f32(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    act: Activation,
 ) -> Result<candle_core::Tensor, OpError> {
     if x.rank() < 3 || w.rank() != x.rank() {
         return Err(OpError::new(format!(
@@ -131,44 +182,62 @@ fn conv_f32(
         return Err(OpError::new("kernel_shape does not match W"));
     }
     let win = Window::new(n, spatial, kernel, false)?;
-    let maps: Vec<_> = (0..spatial.len())
-        .map(|d| axis_map(&win, d, spatial[d]))
-        .collect();
-    let xv = f32_values(x)?;
     let ksz = numel(&win.kernel);
     let osz = numel(&win.out);
     let isz = numel(spatial);
     let mg = m / g;
+    let bias: Option<Vec<f32>> = match bias {
+        Some(b) if b.len() == m => Some(b.to_f32_vec()?),
+        Some(b) => {
+            return Err(OpError::new(format!(
+                "bias has {} values for {m} channels",
+                b.len()
+            )))
+        }
+        None => None,
+    };
     let wt = w
         .candle()
         .to_dtype(DType::F32)?
         .reshape((g, mg, cg * ksz))?;
-    let mut outs = Vec::with_capacity(nb * g);
-    for b in 0..nb {
-        for gi in 0..g {
-            let start = (b * c + gi * cg) * isz;
-            let slice = xv
-                .get(start..start + cg * isz)
-                .ok_or_else(|| OpError::new("input too short"))?;
-            let cols = im2col(slice, cg, spatial, &win, &maps);
-            let cols = candle_core::Tensor::from_vec(cols, (cg * ksz, osz), &Device::Cpu)?;
-            outs.push(wt.get(gi)?.matmul(&cols)?);
+    // A 1x1 kernel at stride 1 without padding reads the input as its own im2col.
+    let pointwise = win.kernel.iter().all(|&k| k == 1)
+        && win.strides.iter().all(|&s| s == 1)
+        && win.pad_begin.iter().all(|&p| p == 0)
+        && win.out == spatial;
+    let xc = x.candle().to_dtype(DType::F32)?;
+    let mut out: Vec<f32> = Vec::with_capacity(nb * m * osz);
+    with_f32(&xc, |xv| {
+        let maps: Vec<_> = (0..spatial.len())
+            .map(|d| axis_map(&win, d, spatial[d]))
+            .collect();
+        for b in 0..nb {
+            for gi in 0..g {
+                let start = (b * c + gi * cg) * isz;
+                let slice = xv
+                    .get(start..start + cg * isz)
+                    .ok_or_else(|| OpError::new("input too short"))?;
+                let cols = if pointwise {
+                    slice.to_vec()
+                } else if spatial.len() == 2 {
+                    im2col_2d(slice, cg, spatial[0], spatial[1], &win)
+                } else {
+                    im2col(slice, cg, spatial, &win, &maps)
+                };
+                let cols = candle_core::Tensor::from_vec(cols, (cg * ksz, osz), &Device::Cpu)?;
+                let y = wt.get(gi)?.matmul(&cols)?;
+                let gb = bias.as_deref().map(|b| &b[gi * mg..(gi + 1) * mg]);
+                with_f32(&y, |yv| {
+                    channels_epilogue(&mut out, yv, gb, act, osz);
+                    Ok(())
+                })?;
+            }
         }
-    }
+        Ok(())
+    })?;
     let mut shape = vec![nb, m];
     shape.extend(&win.out);
-    let mut y = if outs.is_empty() {
-        candle_core::Tensor::zeros(&*shape, DType::F32, &Device::Cpu)?
-    } else {
-        candle_core::Tensor::cat(&outs, 0)?.reshape(&*shape)?
-    };
-    if let Some(bias) = bias {
-        let mut bshape = vec![1, m];
-        bshape.extend(std::iter::repeat_n(1, spatial.len()));
-        let bc = bias.candle().to_dtype(DType::F32)?.reshape(bshape)?;
-        y = y.broadcast_add(&bc)?;
-    }
-    Ok(y)
+    Ok(candle_core::Tensor::from_vec(out, &*shape, &Device::Cpu)?)
 }
 
 fn conv_integer(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
@@ -178,7 +247,7 @@ fn conv_integer(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let xs = Tensor::from_candle(ElemType::F32, (x.candle().to_dtype(DType::F32)? - zx)?)?;
     let ws = Tensor::from_candle(ElemType::F32, (w.candle().to_dtype(DType::F32)? - zw)?)?;
     // Padding must read as the zero point, i.e. 0 after the shift: im2col pads with 0.
-    let y = conv_f32(n, &xs, &ws, None)?;
+    let y = conv_f32(n, &xs, &ws, None, Activation::None)?;
     one(Tensor::from_candle(ElemType::I32, y.round()?)?)
 }
 

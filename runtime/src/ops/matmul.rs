@@ -7,8 +7,9 @@
 use candle_core::DType;
 
 use crate::ops::common::{broadcast_shape, expand_to, from_i64, like, numel, scalar_i64};
+use crate::ops::fused::{rows_epilogue, with_f32};
 use crate::ops::shape::reshaped;
-use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 
 /// The kernel for `op`, if this family has it.
@@ -176,6 +177,7 @@ fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let beta = f64::from(n.attrs.float("beta", 1.0)?);
     let ta = n.attrs.int("transA", 0)? != 0;
     let tb = n.attrs.int("transB", 0)? != 0;
+    let act = Activation::of(n)?;
     if a.rank() != 2 || b.rank() != 2 {
         return Err(OpError::new("Gemm needs 2-D A and B"));
     }
@@ -193,11 +195,41 @@ fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     if tb {
         bc = bc.t()?;
     }
-    let mut y = ac.contiguous()?.matmul(&bc.contiguous()?)?;
+    // The planner stores constant weights pre-transposed, so these are no-ops for
+    // them; gemm reads a transposed 2-D operand in place.
+    if !ac.is_contiguous() && !ac.t()?.is_contiguous() {
+        ac = ac.contiguous()?;
+    }
+    if !bc.is_contiguous() && !bc.t()?.is_contiguous() {
+        bc = bc.contiguous()?;
+    }
+    let mut y = ac.matmul(&bc)?;
+    let cols = y.dims()[1];
+    let c = i.opt(2)?;
+    // Fast path: one pass adds a per-column bias and applies the fused activation.
+    if alpha == 1.0 && y.dtype() == DType::F32 {
+        match c {
+            None => {
+                if act != Activation::None {
+                    y = rows_epilogue(&y, None, act, cols)?;
+                }
+                return one(like(a, y)?);
+            }
+            Some(c)
+                if beta == 1.0
+                    && c.candle().dtype() == DType::F32
+                    && (c.shape() == [cols] || c.shape() == [1, cols]) =>
+            {
+                let y = with_f32(c.candle(), |bias| rows_epilogue(&y, Some(bias), act, cols))?;
+                return one(like(a, y)?);
+            }
+            Some(_) => {}
+        }
+    }
     if alpha != 1.0 {
         y = (y * alpha)?;
     }
-    if let Some(c) = i.opt(2)? {
+    if let Some(c) = c {
         if beta != 0.0 {
             let mut cc = to_f(c)?;
             if beta != 1.0 {
@@ -205,6 +237,9 @@ fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
             }
             y = y.broadcast_add(&cc)?;
         }
+    }
+    if act == Activation::Relu {
+        y = y.relu()?;
     }
     one(like(a, y)?)
 }

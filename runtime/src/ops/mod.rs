@@ -17,6 +17,7 @@ mod constant;
 mod conv;
 mod einsum;
 mod elementwise;
+mod fused;
 mod gather;
 mod matmul;
 mod misc;
@@ -33,7 +34,8 @@ mod window;
 
 use std::fmt;
 
-pub(crate) use attrs::Attrs;
+pub(crate) use attrs::{Attr, Attrs};
+pub(crate) use fused::{Activation, FUSED_ACTIVATION};
 
 use crate::tensor::Tensor;
 use crate::value::Value;

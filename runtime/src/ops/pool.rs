@@ -6,8 +6,10 @@
 //! element type.
 
 use crate::ops::common::{for_each_index, from_f64, i64_tensor, numel, strides};
+use crate::ops::fused::with_f32;
 use crate::ops::window::Window;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::tensor::{ElemType, Tensor};
 use crate::value::Value;
 
 /// The kernel for `op`, if this family has it.
@@ -31,6 +33,54 @@ enum Mode {
     Lp,
 }
 
+/// `MaxPool` over two spatial dims of an f32 tensor without the indices output:
+/// plain loops over each plane, the window clipped to the input once per output
+/// row and column, and a branch-free maximum (NaN is tracked on the side so that
+/// it still wins, as in the general path).
+fn max_pool_2d(x: &Tensor, win: &Window) -> Result<Tensor, OpError> {
+    let (nb, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
+    let (oh, ow) = (win.out[0], win.out[1]);
+    // The input positions each output row / column reads, in the input.
+    let taps = |d: usize, o: usize, len: usize| -> Vec<Vec<usize>> {
+        (0..o)
+            .map(|oi| {
+                (0..win.kernel[d])
+                    .filter_map(|k| {
+                        let p = (oi * win.strides[d] + k * win.dilations[d]) as i64
+                            - win.pad_begin[d] as i64;
+                        (p >= 0 && (p as usize) < len).then_some(p as usize)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (rows, cols) = (taps(0, oh, h), taps(1, ow, w));
+    let mut out = Vec::with_capacity(nb * c * oh * ow);
+    with_f32(x.candle(), |xv| {
+        for plane in xv.chunks_exact(h * w).take(nb * c) {
+            for ys in &rows {
+                for xs in &cols {
+                    let mut acc = f32::NEG_INFINITY;
+                    let mut nan = false;
+                    for &iy in ys {
+                        let row = &plane[iy * w..(iy + 1) * w];
+                        for &ix in xs {
+                            let v = row[ix];
+                            acc = if v > acc { v } else { acc };
+                            nan |= v.is_nan();
+                        }
+                    }
+                    out.push(if nan { f32::NAN } else { acc });
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let mut shape = vec![nb, c];
+    shape.extend(&win.out);
+    Ok(Tensor::from_f32(&shape, out)?)
+}
+
 fn pool(n: &NodeInfo, i: &Inputs<'_>, mode: Mode) -> OpResult {
     let x = i.tensor(0)?;
     if x.rank() < 3 {
@@ -50,6 +100,10 @@ fn pool(n: &NodeInfo, i: &Inputs<'_>, mode: Mode) -> OpResult {
     let include_pad = n.attrs.int("count_include_pad", 0)? != 0;
     let p = n.attrs.int("p", 2)? as f64;
     let column_major = n.attrs.int("storage_order", 0)? != 0;
+    if mode == Mode::Max && n.outputs < 2 && spatial.len() == 2 && x.elem_type() == ElemType::F32 {
+        let y = max_pool_2d(x, &win)?;
+        return Ok(vec![Value::Tensor(y)]);
+    }
     let xv = x.to_f64_vec()?;
     let isz = numel(&spatial);
     let osz = numel(&win.out);

@@ -2,11 +2,12 @@
 //! `sequence_lens`, initial states, peepholes, `clip`, `input_forget`,
 //! `linear_before_reset`, `layout`, custom activations).
 //!
-//! Design: every step runs on the host in f64, one batch item at a time. It is
-//! correct and simple; the speed work of issue 5 should batch the input
-//! projection X·Wᵀ over all steps into one matmul.
+//! Design: computed in f64. The input projection X·Wᵀ of all steps is one matmul;
+//! the recurrent product h·Rᵀ is one small matmul per step and batch item, and the
+//! gates run on the host. Batching the recurrent product over batch items is
+//! left for later.
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 
 use crate::ops::common::from_f64;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
@@ -210,9 +211,15 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     } else {
         x.candle().transpose(0, 1)?.contiguous()?
     };
-    let xv = xs.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    let wv = w.to_f64_vec()?;
-    let rv = r.to_f64_vec()?;
+    let xs = xs.to_dtype(DType::F64)?.reshape((seq * batch, input))?;
+    let w64 = w.candle().to_dtype(DType::F64)?;
+    let r64 = r.candle().to_dtype(DType::F64)?;
+    // Only GRU without linear_before_reset reads R's rows on the host.
+    let rv = if cell == Cell::Gru && !lbr {
+        r.to_f64_vec()?
+    } else {
+        Vec::new()
+    };
     let bv = f64s(i.opt(3)?)?;
     let lens: Option<Vec<i64>> = i.opt(4)?.map(|t| t.to_i64_vec()).transpose()?;
     let h0 = f64s(i.opt(5)?)?;
@@ -233,8 +240,19 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     let gh = g * hidden;
     for d in 0..dirs {
         let reverse = direction == "reverse" || d == 1;
-        let wd = &wv[d * gh * input..(d + 1) * gh * input];
-        let rd = &rv[d * gh * hidden..(d + 1) * gh * hidden];
+        let rd = rv
+            .get(d * gh * hidden..(d + 1) * gh * hidden)
+            .unwrap_or(&[]);
+        // X Wᵀ for every step and batch item at once: [seq * batch, gates * hidden].
+        let gx_all: Vec<f64> = if seq * batch * gh * input == 0 {
+            vec![0.0; seq * batch * gh]
+        } else {
+            xs.matmul(&w64.get(d)?.t()?)?
+                .flatten_all()?
+                .to_vec1::<f64>()?
+        };
+        // Rᵀ row-major, so the per-step product reads it without repacking.
+        let rd_t = r64.get(d)?.t()?.contiguous()?;
         let (wb, rb) = match &bv {
             Some(b) => (
                 b[d * 2 * gh..d * 2 * gh + gh].to_vec(),
@@ -259,16 +277,18 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
             };
             for step in 0..len {
                 let t = if reverse { len - 1 - step } else { step };
-                let xt = &xv[(t * batch + b) * input..(t * batch + b + 1) * input];
                 // gx = x Wᵀ + Wb, gr = h Rᵀ + Rb, per gate row.
-                let mut gx = wb.clone();
-                let mut gr = rb.clone();
-                for row in 0..gh {
-                    let wr = &wd[row * input..(row + 1) * input];
-                    gx[row] += wr.iter().zip(xt).map(|(p, q)| p * q).sum::<f64>();
-                    let rr = &rd[row * hidden..(row + 1) * hidden];
-                    gr[row] += rr.iter().zip(&h).map(|(p, q)| p * q).sum::<f64>();
-                }
+                let xw = &gx_all[(t * batch + b) * gh..(t * batch + b + 1) * gh];
+                let gx: Vec<f64> = wb.iter().zip(xw).map(|(p, q)| p + q).collect();
+                let gr: Vec<f64> = if hidden == 0 {
+                    rb.clone()
+                } else {
+                    let hr = candle_core::Tensor::from_slice(&h, (1, hidden), &Device::Cpu)?
+                        .matmul(&rd_t)?
+                        .flatten_all()?
+                        .to_vec1::<f64>()?;
+                    rb.iter().zip(&hr).map(|(p, q)| p + q).collect()
+                };
                 match cell {
                     Cell::Rnn => {
                         for k in 0..hidden {

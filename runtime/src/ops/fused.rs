@@ -1,0 +1,157 @@
+//! Fused epilogues for the compute-heavy kernels (`Gemm`, `Conv`): bias add and an
+//! elementwise activation applied in the one pass that also builds the output
+//! buffer, and borrowed access to the f32 data of CPU tensors.
+//!
+//! Design: the planner ([`crate::plan`]) fuses a `Relu` that is the only reader of
+//! a `Gemm` or `Conv` output into that node by setting the private attribute
+//! [`FUSED_ACTIVATION`]; the kernel then applies it here instead of the executor
+//! allocating another tensor for it. The planner removes that key from every
+//! node it reads from a model, so only its own fusions set it.
+//!
+//! This module does not decide what to fuse; the planner does.
+
+use candle_core::{DType, Device, Storage};
+
+use crate::ops::{NodeInfo, OpError};
+
+/// The private attribute naming a fused activation (`"Relu"`).
+pub(crate) const FUSED_ACTIVATION: &str = "flotilla.fused_activation";
+
+/// An activation applied in an epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activation {
+    None,
+    Relu,
+}
+
+impl Activation {
+    /// The activation the planner fused into `n`.
+    pub(crate) fn of(n: &NodeInfo) -> Result<Self, OpError> {
+        match n.attrs.string(FUSED_ACTIVATION, "")? {
+            "" => Ok(Self::None),
+            "Relu" => Ok(Self::Relu),
+            other => Err(OpError::new(format!("unknown fused activation {other:?}"))),
+        }
+    }
+
+    /// True for operators the planner may fuse.
+    pub(crate) fn fusable(op_type: &str) -> bool {
+        op_type == "Relu"
+    }
+
+    #[inline]
+    fn apply(self, v: f32) -> f32 {
+        match self {
+            Self::None => v,
+            // NaN stays NaN, as Relu's kernel does.
+            Self::Relu => {
+                if v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            }
+        }
+    }
+}
+
+/// Calls `f` with the row-major f32 data of `t` without copying when `t` is a
+/// contiguous f32 tensor on the CPU, and with a host copy otherwise.
+pub(crate) fn with_f32<R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[f32]) -> Result<R, OpError>,
+) -> Result<R, OpError> {
+    if t.dtype() == DType::F32 && t.is_contiguous() && t.device().is_cpu() {
+        let (storage, layout) = t.storage_and_layout();
+        if let Storage::Cpu(cpu) = &*storage {
+            let data = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            let slice = data
+                .get(start..start + t.elem_count())
+                .ok_or_else(|| OpError::new("internal: tensor storage too short"))?;
+            return f(slice);
+        }
+    }
+    let copy = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    f(&copy)
+}
+
+/// `act(y[r, c] + bias[c])` for a row-major `[rows, cols]` matrix `y` (bias per
+/// column, as after a `Gemm`), as a new f32 tensor of `shape`.
+pub(crate) fn rows_epilogue(
+    y: &candle_core::Tensor,
+    bias: Option<&[f32]>,
+    act: Activation,
+    cols: usize,
+) -> Result<candle_core::Tensor, OpError> {
+    let shape = y.dims().to_vec();
+    let out = with_f32(y, |v| {
+        let mut out = Vec::with_capacity(v.len());
+        match bias {
+            Some(b) if b.len() == cols && cols > 0 => {
+                for row in v.chunks_exact(cols) {
+                    out.extend(row.iter().zip(b).map(|(x, b)| act.apply(x + b)));
+                }
+            }
+            Some(_) => return Err(OpError::new("internal: bias length mismatch")),
+            None => out.extend(v.iter().map(|&x| act.apply(x))),
+        }
+        Ok(out)
+    })?;
+    Ok(candle_core::Tensor::from_vec(out, shape, &Device::Cpu)?)
+}
+
+/// Appends `act(y[c, p] + bias[c])` for a `[channels, plane]` block `y` (bias per
+/// channel, as after a `Conv`) to `out`.
+pub(crate) fn channels_epilogue(
+    out: &mut Vec<f32>,
+    y: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    plane: usize,
+) {
+    if plane == 0 {
+        return;
+    }
+    for (c, row) in y.chunks_exact(plane).enumerate() {
+        let b = bias.and_then(|b| b.get(c)).copied().unwrap_or(0.0);
+        out.extend(row.iter().map(|&x| act.apply(x + b)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_epilogue_adds_the_bias_per_column_then_applies_relu() {
+        let y =
+            candle_core::Tensor::from_vec(vec![1f32, -2., -3., 4.], (2, 2), &Device::Cpu).unwrap();
+        let r = rows_epilogue(&y, Some(&[1.0, 1.0]), Activation::Relu, 2).unwrap();
+        let v: Vec<f32> = r.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(v, vec![2., 0., 0., 5.]);
+    }
+
+    #[test]
+    fn channels_epilogue_adds_the_bias_per_channel() {
+        let mut out = Vec::new();
+        channels_epilogue(
+            &mut out,
+            &[1., 2., 3., 4.],
+            Some(&[10., 20.]),
+            Activation::None,
+            2,
+        );
+        assert_eq!(out, vec![11., 12., 23., 24.]);
+    }
+
+    #[test]
+    fn with_f32_reads_a_transposed_tensor_in_logical_order() {
+        let t = candle_core::Tensor::from_vec(vec![1f32, 2., 3., 4.], (2, 2), &Device::Cpu)
+            .unwrap()
+            .t()
+            .unwrap();
+        let v = with_f32(&t, |s| Ok(s.to_vec())).unwrap();
+        assert_eq!(v, vec![1., 3., 2., 4.]);
+    }
+}
