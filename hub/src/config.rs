@@ -12,7 +12,7 @@
 //! [api]
 //! listen = "127.0.0.1:8440"           # port 0 picks a free port
 //! max_json_bytes = 1048576
-//! max_upload_bytes = 68719476736
+//! max_upload_bytes = 8589934592         # registration holds a model in memory once
 //! max_pending_uploads = 256
 //! ```
 //! Environment: `FLOTILLA_HUB_DATA_DIR`, `FLOTILLA_HUB_KEYS_DIR`,
@@ -41,11 +41,16 @@ pub struct HubConfig {
     pub max_json_bytes: usize,
     /// Largest single upload PATCH body.
     pub max_patch_bytes: usize,
-    /// Largest file one upload may declare.
+    /// Largest file one upload may declare; also the memory one registration may use.
     pub max_upload_bytes: u64,
     /// Most uploads in progress at once.
     pub max_pending_uploads: usize,
 }
+
+/// Default largest upload. Registration reads a model (and a reference
+/// dataset) into memory once, so this is also the hub's per-registration memory
+/// budget: raise it only on hubs with the memory to match.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
 /// Default API address.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8440";
@@ -125,7 +130,7 @@ impl HubConfig {
                     "FLOTILLA_HUB_MAX_UPLOAD_BYTES {v:?} is not a number"
                 ))
             })?,
-            None => raw.api.max_upload_bytes.unwrap_or(64 * 1024 * 1024 * 1024),
+            None => raw.api.max_upload_bytes.unwrap_or(DEFAULT_MAX_UPLOAD_BYTES),
         };
         let max_json_bytes = raw.api.max_json_bytes.unwrap_or(1024 * 1024);
         if !(1024..=64 * 1024 * 1024).contains(&max_json_bytes) {

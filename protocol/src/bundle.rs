@@ -252,8 +252,10 @@ fn take_metadata<R: Read>(
         if md.roots.len() as u64 >= limits.max_root_rotations {
             return Err(layout("too many root versions"));
         }
-        md.roots
-            .insert(version, read_entry(entry, path, limits.max_root_bytes)?);
+        let held: u64 = md.roots.values().map(|r| r.len() as u64).sum();
+        let room = limits.max_root_chain_bytes.saturating_sub(held);
+        let raw = read_entry(entry, path, limits.max_root_bytes.min(room))?;
+        md.roots.insert(version, raw);
     } else if path == TIMESTAMP_PATH {
         md.timestamp = Some(read_entry(entry, path, limits.max_timestamp_bytes)?);
     } else if path == SNAPSHOT_PATH {

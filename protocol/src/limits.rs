@@ -35,6 +35,10 @@ pub struct Limits {
     pub max_name_len: usize,
     /// Most signatures on one metadata document considered before giving up.
     pub max_signatures: usize,
+    /// Most bytes of root metadata one bundle file may carry in all (its whole
+    /// root chain), so that a hostile bundle cannot make a verifier hold
+    /// `max_root_rotations` full-size roots.
+    pub max_root_chain_bytes: u64,
     /// Largest wire frame (CBOR, length prefix excluded) the hub accepts from an
     /// agent on any stream: hello, status, chunk requests. Agents send nothing big.
     pub max_agent_frame_bytes: u64,
@@ -86,6 +90,7 @@ impl Default for Limits {
             max_file_bytes: 64 * 1024 * 1024 * 1024,
             max_name_len: 1024,
             max_signatures: 64,
+            max_root_chain_bytes: 8 * 1024 * 1024,
             max_agent_frame_bytes: MIB,
             max_control_frame_bytes: max_roots_per_update as u64 * max_root_bytes
                 + max_timestamp_bytes

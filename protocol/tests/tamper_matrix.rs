@@ -673,3 +673,21 @@ fn a_truncated_bundle_is_rejected() {
     let cut = &clean[..clean.len() - 4096];
     assert!(verify(&fx, cut).is_err());
 }
+
+#[test]
+fn a_bundle_cannot_make_the_verifier_hold_an_endless_root_chain() {
+    let fx = Fixture::new(1000);
+    let mut repo = fx.repo();
+    for v in 2..40 {
+        repo.roots.insert(v, fx.root_v1.clone());
+    }
+    let bundle = fx.bundle_with(&repo, &fx.manifest_bytes, |_, _| {});
+    let limits = Limits {
+        max_root_chain_bytes: 16 * 1024,
+        ..Limits::default()
+    };
+    match verify_bundle(&bundle[..], &fx.root_v1, NOW, &limits, |_, _| Ok(())) {
+        Err(BundleError::Layout(m)) => assert!(m.contains("metadata/root/"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+}

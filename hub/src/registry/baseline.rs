@@ -15,6 +15,10 @@ use flotilla_protocol::manifest::{DriftBaseline, FeatureBaseline, FeatureDistrib
 pub const NUMERIC_BINS: usize = 10;
 /// Categories kept per categorical feature.
 pub const MAX_CATEGORIES: usize = 64;
+/// Largest reference dataset accepted, in bytes: the summary keeps every
+/// numeric value while it computes quantiles, so memory is bounded by a few
+/// times this.
+pub const MAX_DATASET_BYTES: u64 = 256 * 1024 * 1024;
 /// Columns accepted.
 pub const MAX_COLUMNS: usize = 4096;
 

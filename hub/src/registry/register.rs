@@ -70,10 +70,19 @@ impl Registry {
         };
         let baseline = match &req.dataset_upload {
             Some(id) => {
-                self.complete_upload(id)?;
+                let rec = self.complete_upload(id)?;
+                // The baseline keeps every numeric value (up to 8 bytes per
+                // value from as few as 2 bytes of CSV): bound the input.
+                if rec.size > super::baseline::MAX_DATASET_BYTES {
+                    return Err(RegistryError::TooLarge(format!(
+                        "reference dataset is {} bytes; at most {} are accepted (sample it first)",
+                        rec.size,
+                        super::baseline::MAX_DATASET_BYTES
+                    )));
+                }
                 let data = self
                     .uploads
-                    .read(id, self.limits.max_upload_bytes)
+                    .read(id, super::baseline::MAX_DATASET_BYTES)
                     .map_err(internal)?;
                 Some(
                     super::baseline::from_csv(&data)
