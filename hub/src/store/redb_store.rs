@@ -238,6 +238,29 @@ fn rereference(
     Ok(())
 }
 
+/// Appends `audit` to the chain and commits: the last step of every audited
+/// mutation, so that a change and its audit entry land together.
+fn commit_audited(
+    tx: redb::WriteTransaction,
+    audit: AuditDraft,
+    now: &str,
+) -> Result<AuditEntry, StoreError> {
+    let entry = chain_audit(&tx, audit, now)?;
+    tx.commit().map_err(be)?;
+    Ok(entry)
+}
+
+/// A record of a string-keyed table, read inside a write transaction.
+fn get_tx<T: DeserializeOwned>(
+    tx: &redb::WriteTransaction,
+    table: TableDefinition<'_, &str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>, StoreError> {
+    let t = tx.open_table(table).map_err(be)?;
+    let v = t.get(key).map_err(be)?;
+    v.map(|v| decode(v.value())).transpose()
+}
+
 fn write_trust(
     tx: &redb::WriteTransaction,
     state: &TrustState,
@@ -308,8 +331,7 @@ impl RegistryStore for RedbStore {
             }
         }
         write_trust(&tx, &reg.trust, &reg.publication)?;
-        let entry = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let entry = commit_audited(tx, audit, now)?;
         Ok((reg.view, entry))
     }
 
@@ -339,8 +361,7 @@ impl RegistryStore for RedbStore {
             .map_err(be)?
             .insert((name, version), encode(&view)?.as_slice())
             .map_err(be)?;
-        let entry = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let entry = commit_audited(tx, audit, now)?;
         Ok((view, entry))
     }
 
@@ -405,8 +426,7 @@ impl RegistryStore for RedbStore {
             let (state, publication) = republish(&state, &view.target)?;
             write_trust(&tx, &state, &publication)?;
         }
-        let entry = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let entry = commit_audited(tx, audit, now)?;
         Ok((freed, entry))
     }
 
@@ -422,8 +442,7 @@ impl RegistryStore for RedbStore {
         };
         let (state, publication) = republish(&state, "")?;
         write_trust(&tx, &state, &publication)?;
-        let entry = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let entry = commit_audited(tx, audit, now)?;
         Ok(Some(entry))
     }
 
@@ -434,19 +453,14 @@ impl RegistryStore for RedbStore {
         now: &str,
     ) -> Result<(EndpointView, AuditEntry), StoreError> {
         let tx = self.db.begin_write().map_err(be)?;
-        let old: Option<EndpointView> = {
-            let t = tx.open_table(ENDPOINTS).map_err(be)?;
-            let v = t.get(view.name.as_str()).map_err(be)?;
-            v.map(|v| decode(v.value())).transpose()?
-        };
+        let old: Option<EndpointView> = get_tx(&tx, ENDPOINTS, &view.name)?;
         view.revision = old.as_ref().map_or(1, |o| o.revision + 1);
         rereference(&tx, old.as_ref(), Some(&view))?;
         tx.open_table(ENDPOINTS)
             .map_err(be)?
             .insert(view.name.as_str(), encode(&view)?.as_slice())
             .map_err(be)?;
-        let entry = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let entry = commit_audited(tx, audit, now)?;
         Ok((view, entry))
     }
 
@@ -457,21 +471,14 @@ impl RegistryStore for RedbStore {
         now: &str,
     ) -> Result<AuditEntry, StoreError> {
         let tx = self.db.begin_write().map_err(be)?;
-        let old: EndpointView = {
-            let t = tx.open_table(ENDPOINTS).map_err(be)?;
-            let v = t.get(name).map_err(be)?;
-            match v {
-                Some(v) => decode(v.value())?,
-                None => return Err(StoreError::NotFound(format!("endpoint {name}"))),
-            }
-        };
+        let old: EndpointView = get_tx(&tx, ENDPOINTS, name)?
+            .ok_or_else(|| StoreError::NotFound(format!("endpoint {name}")))?;
         rereference(&tx, Some(&old), None)?;
         tx.open_table(ENDPOINTS)
             .map_err(be)?
             .remove(name)
             .map_err(be)?;
-        let entry = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let entry = commit_audited(tx, audit, now)?;
         Ok(entry)
     }
 
@@ -495,8 +502,7 @@ impl RegistryStore for RedbStore {
             .map_err(be)?
             .insert(hash, encode(&record)?.as_slice())
             .map_err(be)?;
-        let e = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let e = commit_audited(tx, audit, now)?;
         Ok(e)
     }
 
@@ -525,8 +531,7 @@ impl RegistryStore for RedbStore {
             .map_err(be)?
             .insert(device.id.as_str(), encode(&device)?.as_slice())
             .map_err(be)?;
-        chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        commit_audited(tx, audit, now)?;
         Ok(device)
     }
 
@@ -546,14 +551,8 @@ impl RegistryStore for RedbStore {
         now: &str,
     ) -> Result<DeviceView, StoreError> {
         let tx = self.db.begin_write().map_err(be)?;
-        let mut device: DeviceView = {
-            let t = tx.open_table(DEVICES).map_err(be)?;
-            let v = t.get(id).map_err(be)?;
-            match v {
-                Some(v) => decode(v.value())?,
-                None => return Err(StoreError::NotFound(format!("device {id}"))),
-            }
-        };
+        let mut device: DeviceView = get_tx(&tx, DEVICES, id)?
+            .ok_or_else(|| StoreError::NotFound(format!("device {id}")))?;
         f(&mut device)?;
         tx.open_table(DEVICES)
             .map_err(be)?
@@ -650,8 +649,7 @@ impl RegistryStore for RedbStore {
 
     fn append_audit(&self, audit: AuditDraft, now: &str) -> Result<AuditEntry, StoreError> {
         let tx = self.db.begin_write().map_err(be)?;
-        let e = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let e = commit_audited(tx, audit, now)?;
         Ok(e)
     }
 
@@ -695,8 +693,7 @@ impl RegistryStore for RedbStore {
             }
             t.insert(hash, encode(&record)?.as_slice()).map_err(be)?;
         }
-        let e = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let e = commit_audited(tx, audit, now)?;
         Ok(e)
     }
 
@@ -730,8 +727,7 @@ impl RegistryStore for RedbStore {
             };
             t.remove(hash.as_str()).map_err(be)?;
         }
-        let e = chain_audit(&tx, audit, now)?;
-        tx.commit().map_err(be)?;
+        let e = commit_audited(tx, audit, now)?;
         Ok(e)
     }
 
