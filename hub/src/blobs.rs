@@ -54,7 +54,11 @@ impl ChunkStore for FsChunks {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir)?;
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        // Unique per write: two registrations storing the same new chunk at
+        // once must not share a temporary file.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_data()?;
@@ -156,6 +160,21 @@ mod tests {
         assert!(s.get(&d).is_err());
         s.remove(&d).unwrap();
         assert!(!s.has(&d));
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_chunk_both_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsChunks::open(dir.path()).unwrap();
+        let data = vec![7u8; 1 << 20];
+        let d = Sha256Digest::of(&data);
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8).map(|_| sc.spawn(|| s.put(&d, &data))).collect();
+            for h in hs {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(s.get(&d).unwrap(), data);
     }
 
     #[test]

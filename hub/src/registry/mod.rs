@@ -91,6 +91,10 @@ pub struct Registry {
     events: EventBus,
     limits: RegistryLimits,
     expiries: Expiries,
+    // Readers: registrations between storing chunks and committing their
+    // references. Writer: removal of unreferenced chunks, which re-checks the
+    // reference count under it, so no registration's chunk is removed.
+    chunk_gc: std::sync::RwLock<()>,
     // invariant: an upload id is in here while a PATCH or registration uses it.
     busy_uploads: Mutex<HashSet<String>>,
 }
@@ -161,6 +165,7 @@ impl Registry {
             events,
             limits,
             expiries: Expiries::default(),
+            chunk_gc: std::sync::RwLock::new(()),
             busy_uploads: Mutex::new(HashSet::new()),
         }
     }
@@ -450,11 +455,7 @@ impl Registry {
             AuditDraft::new(actor, "model.version.delete", &object, reason),
             &now.to_string(),
         )?;
-        for d in freed {
-            if let Err(e) = self.chunks.remove(&Sha256Digest(d)) {
-                tracing::warn!(error = %e, "could not remove an unreferenced chunk");
-            }
-        }
+        self.remove_unreferenced(&freed.into_iter().map(Sha256Digest).collect::<Vec<_>>());
         self.emit(
             "model.version.deleted",
             &object,
@@ -503,6 +504,21 @@ impl Registry {
             &now.to_string(),
         )?;
         Ok(refreshed.is_some())
+    }
+
+    /// Removes those of `candidates` that no version references, once no
+    /// registration is between storing chunks and committing (see `chunk_gc`).
+    fn remove_unreferenced(&self, candidates: &[Sha256Digest]) {
+        let Ok(_exclusive) = self.chunk_gc.write() else {
+            return;
+        };
+        for d in candidates {
+            if self.store.chunk_refs(&d.0).unwrap_or(1) == 0 {
+                if let Err(e) = self.chunks.remove(d) {
+                    tracing::warn!(error = %e, "could not remove an unreferenced chunk");
+                }
+            }
+        }
     }
 
     /// The manifest of a version, for downloads.

@@ -115,6 +115,9 @@ impl Registry {
 
         // Store chunks, remembering which ones this registration added so that a
         // failure below can take them back.
+        // Chunk removal (delete, failed registrations) waits for registrations
+        // that may be counting on a chunk to commit their references first.
+        let in_flight = self.chunk_gc.read().map_err(internal)?;
         let mut added = Vec::new();
         let mut reused = 0u64;
         let mut seen = std::collections::HashSet::new();
@@ -127,7 +130,8 @@ impl Registry {
                 Ok(true) => added.push(c.digest),
                 Ok(false) => reused += 1,
                 Err(e) => {
-                    self.forget_chunks(&added);
+                    drop(in_flight);
+                    self.remove_unreferenced(&added);
                     return Err(internal(format!("storing chunk {}: {e}", c.digest)));
                 }
             }
@@ -244,7 +248,8 @@ impl Registry {
         let (mut view, _) = match self.store.register(name, &mut build, audit, &now_s) {
             Ok(r) => r,
             Err(e) => {
-                self.forget_chunks(&added);
+                drop(in_flight);
+                self.remove_unreferenced(&added);
                 return Err(e.into());
             }
         };
@@ -278,13 +283,5 @@ impl Registry {
             )));
         }
         Ok(rec)
-    }
-
-    fn forget_chunks(&self, added: &[Sha256Digest]) {
-        for d in added {
-            if self.store.chunk_refs(&d.0).unwrap_or(1) == 0 {
-                let _ = self.chunks.remove(d);
-            }
-        }
     }
 }
