@@ -37,6 +37,86 @@ pub enum Command {
     /// Exit status: 0 when no test failed (or, with --floor, when every suite meets
     /// its floor), 1 otherwise, 2 on usage or I/O errors.
     Conformance(ConformanceArgs),
+    /// Enrol this node with a hub: generate the device key here, trade a
+    /// one-time token for a device certificate, pin the hub's CA and TUF root,
+    /// and write DATA/agent.toml.
+    ///
+    /// The hub is trusted only if its CA certificate has the SHA-256
+    /// fingerprint given (`flotilla hub info` prints it). The device key
+    /// (DATA/device-key.pem, mode 0600) never leaves the node.
+    ///
+    /// Example:
+    ///   flotilla-agent enroll --data-dir /var/lib/flotilla --hub hub.example:7443 \
+    ///     --token fe_... --hub-ca-fingerprint 3f2a...
+    ///
+    /// Exit status: 0 enrolled, 1 the hub is not the pinned one, 2 bad usage or
+    /// already enrolled, 3 files could not be written, 4 the hub refused the
+    /// token, 7 the hub could not be reached.
+    Enroll(EnrollArgs),
+    /// Run the agent: hold a QUIC connection to the hub, fetch, verify, stage,
+    /// activate and trial what the hub's signed director document names, and
+    /// roll back on its own when a trial fails.
+    ///
+    /// Reads DATA/agent.toml (written by `enroll`; `--config FILE` overrides it;
+    /// FLOTILLA_AGENT_HUB and FLOTILLA_AGENT_DATA_DIR override values in it).
+    /// Logs go to stderr (RUST_LOG=debug for more); status goes to
+    /// DATA/status.json. Stops cleanly on Ctrl-C or SIGTERM.
+    Run(RunArgs),
+    /// Show what the agent on DATA runs: connection, trusted metadata
+    /// versions, each deployment's state and what serves.
+    ///
+    /// Exit status: 0 shown, 3 no status in DATA.
+    Status(StatusArgs),
+}
+
+/// Arguments of `enroll`.
+#[derive(Debug, clap::Args)]
+pub struct EnrollArgs {
+    /// Data directory to create (key, certificates, pinned root, agent.toml).
+    #[arg(long, value_name = "DIR", env = "FLOTILLA_AGENT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The hub's QUIC address, HOST:PORT (`flotilla hub info` prints it).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub hub: String,
+    /// The one-time enrolment token (`flotilla device token create`).
+    #[arg(long, value_name = "TOKEN", env = "FLOTILLA_ENROL_TOKEN")]
+    pub token: String,
+    /// SHA-256 fingerprint of the hub's device CA (64 hex digits).
+    #[arg(long, value_name = "SHA256")]
+    pub hub_ca_fingerprint: String,
+    /// Enrol again even if DIR already holds an enrolment.
+    #[arg(long)]
+    pub force: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, env = "FLOTILLA_OUTPUT")]
+    pub output: OutputFormat,
+}
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Data directory written by `enroll`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "FLOTILLA_AGENT_DATA_DIR",
+        required_unless_present = "config"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file (default: DIR/agent.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The agent's data directory.
+    #[arg(long, value_name = "DIR", env = "FLOTILLA_AGENT_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text, env = "FLOTILLA_OUTPUT")]
+    pub output: OutputFormat,
 }
 
 /// Arguments of `conformance`.
@@ -81,6 +161,131 @@ pub enum OutputFormat {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Conformance(args) => run_conformance(&args),
+        Command::Enroll(args) => run_enroll(&args),
+        Command::Run(args) => run_agent(&args),
+        Command::Status(args) => Ok(run_status(&args)),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run_enroll(args: &EnrollArgs) -> anyhow::Result<ExitCode> {
+    use crate::enrol::{enrol, EnrolError, EnrolOptions};
+    let opts = EnrolOptions {
+        data_dir: args.data_dir.clone(),
+        hub: args.hub.clone(),
+        token: args.token.clone(),
+        fingerprint: args.hub_ca_fingerprint.clone(),
+        force: args.force,
+    };
+    match runtime()?.block_on(enrol(&opts)) {
+        Ok(done) => {
+            if args.output == OutputFormat::Json {
+                println!("{}", serde_json::to_string_pretty(&done)?);
+            } else {
+                println!(
+                    "enrolled as {} (root v{}); configuration in {}",
+                    done.device_id,
+                    done.root_version,
+                    done.config.display()
+                );
+                println!(
+                    "start it with: flotilla-agent run --data-dir {}",
+                    args.data_dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            let code = match e {
+                EnrolError::Untrusted { .. } => 1,
+                EnrolError::Usage(_) => 2,
+                EnrolError::Io { .. } => 3,
+                EnrolError::Refused(_) => 4,
+                EnrolError::Unreachable { .. } | EnrolError::BadAnswer(_) => 7,
+            };
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+fn run_agent(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let path = match (&args.config, &args.data_dir) {
+        (Some(c), _) => c.clone(),
+        (None, Some(d)) => crate::config::DataFiles::new(d).config(),
+        (None, None) => anyhow::bail!("give --data-dir or --config"),
+    };
+    let mut config = match crate::config::AgentConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(3));
+        }
+    };
+    if let (Some(_), Some(d)) = (&args.config, &args.data_dir) {
+        config.data_dir = d.clone();
+    }
+    let rt = runtime()?;
+    rt.block_on(async move {
+        crate::sync::Agent::open(config)?
+            .run(shutdown_signal())
+            .await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_status(args: &StatusArgs) -> ExitCode {
+    let path = crate::config::DataFiles::new(&args.data_dir).status();
+    match crate::sync::AgentStatus::read(&path) {
+        Ok(s) => {
+            if args.output == OutputFormat::Json {
+                match serde_json::to_string_pretty(&s) {
+                    Ok(j) => println!("{j}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(3);
+                    }
+                }
+            } else {
+                print!("{}", s.text());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        () = term => {},
     }
 }
 

@@ -1,10 +1,11 @@
 //! The node-side process of Flotilla.
 //!
-//! The agent will sync signed bundles from the hub, verify and stage them, serve
-//! them through the Open Inference Protocol and publish telemetry (issues 4, 6, 7).
-//! Today it holds the conformance runner for the ONNX executor of
-//! `flotilla-runtime`: the command that proves the executor against the ONNX
-//! project's own backend test data.
+//! The agent enrols with a hub (`enroll`), holds a QUIC connection to it
+//! (`run`), fetches only the chunks it lacks, verifies everything against its
+//! pinned TUF root, stages bundles, activates them atomically, runs a trial and
+//! rolls back on its own when the trial fails. It also holds the conformance
+//! runner for the ONNX executor of `flotilla-runtime`. Serving (Open Inference
+//! Protocol) and telemetry come with issues 6 and 7.
 //!
 //! It does not implement operators (that is `flotilla-runtime`).
 //!
@@ -13,6 +14,18 @@
 //! - [`cli`]: the command line (clap derive) and what each subcommand does.
 //! - [`conformance`]: finds ONNX backend test folders, runs them, compares outputs,
 //!   writes reports and checks pass counts against a floor file.
+//! - [`config`]: `agent.toml`, environment overrides, the data dir's files.
+//! - [`enrol`]: `enroll`: device key, CSR, pinned CA, certificate, pinned root.
+//! - [`sync`]: `run`: the event loop driving the protocol's `Reconciler`.
+//! - [`store`]: the agent's redb file: chunks, record, trusted metadata.
+//! - [`slots`]: staging bundles on disk atomically, and trials.
+//! - [`inventory`]: CPUs, memory and accelerators for the hello.
 
 pub mod cli;
+pub mod config;
 pub mod conformance;
+pub mod enrol;
+pub mod inventory;
+pub mod slots;
+pub mod store;
+pub mod sync;

@@ -14,12 +14,27 @@
 //! max_json_bytes = 1048576
 //! max_upload_bytes = 8589934592         # registration holds a model in memory once
 //! max_pending_uploads = 256
+//! [sync]                              # QUIC: enrolment and sync with agents
+//! listen = "0.0.0.0:7443"             # port 0 picks a free port
+//! advertise = "hub.example:7443"      # what `flotilla hub info` prints; default: bound address
+//! cert_names = ["hub.example"]        # extra names in the hub's certificate
+//! max_connections = 10000
+//! bandwidth_bytes_per_sec = 0         # all chunk traffic together; 0 = unlimited
+//! connection_bandwidth_bytes_per_sec = 0  # per connection; 0 = unlimited
+//! hello_timeout_secs = 10
+//! stall_timeout_secs = 30
 //! ```
 //! Environment: `FLOTILLA_HUB_DATA_DIR`, `FLOTILLA_HUB_KEYS_DIR`,
-//! `FLOTILLA_HUB_API_LISTEN`, `FLOTILLA_HUB_MAX_UPLOAD_BYTES`.
+//! `FLOTILLA_HUB_API_LISTEN`, `FLOTILLA_HUB_MAX_UPLOAD_BYTES`,
+//! `FLOTILLA_HUB_SYNC_LISTEN` (alias `FLOTILLA_SYNC_LISTEN`),
+//! `FLOTILLA_HUB_SYNC_ADVERTISE`, and for tests
+//! only `FLOTILLA_TEST_FAULTS` (see [`crate::sync::faults`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::sync::faults::FaultSpec;
 
 use serde::Deserialize;
 
@@ -45,7 +60,37 @@ pub struct HubConfig {
     pub max_upload_bytes: u64,
     /// Most uploads in progress at once.
     pub max_pending_uploads: usize,
+    /// The QUIC listener agents enrol and sync with.
+    pub sync: SyncConfig,
+    /// Test-only faults the hub injects (`FLOTILLA_TEST_FAULTS`); none in production.
+    pub faults: FaultSpec,
 }
+
+/// `[sync]`: the QUIC listener and its limits (docs/security.md, "QUIC sync limits").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Listen address (UDP).
+    pub listen: SocketAddr,
+    /// Address agents are told to dial; `None`: the bound address.
+    pub advertise: Option<String>,
+    /// Names (DNS or IP) the hub's certificate carries besides `flotilla-hub`.
+    pub cert_names: Vec<String>,
+    /// Most connections at once, handshakes included; more are refused.
+    pub max_connections: usize,
+    /// Chunk bytes per second to all agents together (0: unlimited).
+    pub bandwidth_bytes_per_sec: u64,
+    /// Chunk bytes per second to one agent (0: unlimited).
+    pub connection_bandwidth_bytes_per_sec: u64,
+    /// Longest wait for a handshake, an agent's hello or an enrolment request.
+    pub hello_timeout: Duration,
+    /// Longest silence on a chunk stream before it is dropped.
+    pub stall_timeout: Duration,
+}
+
+/// Default QUIC address.
+pub const DEFAULT_SYNC_LISTEN: &str = "0.0.0.0:7443";
+/// Default connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// Default largest upload. Registration reads a model (and a reference
 /// dataset) into memory once, so this is also the hub's per-registration memory
@@ -64,6 +109,21 @@ struct RawConfig {
     keys_dir: Option<PathBuf>,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    sync: RawSync,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSync {
+    listen: Option<String>,
+    advertise: Option<String>,
+    cert_names: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    bandwidth_bytes_per_sec: Option<u64>,
+    connection_bandwidth_bytes_per_sec: Option<u64>,
+    hello_timeout_secs: Option<u64>,
+    stall_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +142,8 @@ pub struct Flags {
     pub data_dir: Option<PathBuf>,
     /// `--api-listen`.
     pub api_listen: Option<String>,
+    /// `--sync-listen`.
+    pub sync_listen: Option<String>,
 }
 
 impl HubConfig {
@@ -147,6 +209,12 @@ impl HubConfig {
                 "api.max_pending_uploads must be positive".into(),
             ));
         }
+        let sync = SyncConfig::resolve(raw.sync, env, flags)?;
+        let faults = match env("FLOTILLA_TEST_FAULTS") {
+            Some(v) => FaultSpec::parse(&v)
+                .map_err(|e| ConfigError(format!("FLOTILLA_TEST_FAULTS: {e}")))?,
+            None => FaultSpec::default(),
+        };
         Ok(Self {
             data_dir,
             keys_dir,
@@ -155,6 +223,77 @@ impl HubConfig {
             max_patch_bytes: MAX_PATCH_BYTES,
             max_upload_bytes,
             max_pending_uploads,
+            sync,
+            faults,
+        })
+    }
+}
+
+impl SyncConfig {
+    fn resolve(
+        raw: RawSync,
+        env: &dyn Fn(&str) -> Option<String>,
+        flags: &Flags,
+    ) -> Result<Self, ConfigError> {
+        let listen = flags
+            .sync_listen
+            .clone()
+            .or_else(|| env("FLOTILLA_HUB_SYNC_LISTEN"))
+            // The shorter name end-to-end harnesses use.
+            .or_else(|| env("FLOTILLA_SYNC_LISTEN"))
+            .or(raw.listen)
+            .unwrap_or_else(|| DEFAULT_SYNC_LISTEN.into());
+        let listen: SocketAddr = listen.parse().map_err(|_| {
+            ConfigError(format!(
+                "sync.listen {listen:?} is not an address like 0.0.0.0:7443"
+            ))
+        })?;
+        let advertise = env("FLOTILLA_HUB_SYNC_ADVERTISE").or(raw.advertise);
+        if let Some(a) = &advertise {
+            if a.is_empty()
+                || a.len() > 255
+                || a.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError(format!(
+                    "sync.advertise {a:?} must be a HOST:PORT without spaces"
+                )));
+            }
+        }
+        let cert_names = raw.cert_names.unwrap_or_default();
+        for n in &cert_names {
+            let plain = !n.is_empty()
+                && n.len() <= 253
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'));
+            if !plain {
+                return Err(ConfigError(format!(
+                    "sync.cert_names: {n:?} is not a DNS name or IP address"
+                )));
+            }
+        }
+        let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError("sync.max_connections must be positive".into()));
+        }
+        let secs = |key: &str, v: Option<u64>, default: u64| {
+            let v = v.unwrap_or(default);
+            if (1..=3600).contains(&v) {
+                Ok(Duration::from_secs(v))
+            } else {
+                Err(ConfigError(format!(
+                    "sync.{key} {v} must be between 1 and 3600 seconds"
+                )))
+            }
+        };
+        Ok(Self {
+            listen,
+            advertise,
+            cert_names,
+            max_connections,
+            bandwidth_bytes_per_sec: raw.bandwidth_bytes_per_sec.unwrap_or(0),
+            connection_bandwidth_bytes_per_sec: raw.connection_bandwidth_bytes_per_sec.unwrap_or(0),
+            hello_timeout: secs("hello_timeout_secs", raw.hello_timeout_secs, 10)?,
+            stall_timeout: secs("stall_timeout_secs", raw.stall_timeout_secs, 30)?,
         })
     }
 }
@@ -178,6 +317,7 @@ mod tests {
         let flags = Flags {
             data_dir: Some("/flag".into()),
             api_listen: Some("127.0.0.1:3".into()),
+            sync_listen: None,
         };
         let c = HubConfig::resolve(Some(file), &env, &flags).unwrap();
         assert_eq!(
@@ -212,5 +352,65 @@ mod tests {
         assert!(!e.to_string().contains('\n'), "{e}");
         let env = |k: &str| (k == "FLOTILLA_HUB_MAX_UPLOAD_BYTES").then(|| "lots".to_string());
         assert!(HubConfig::resolve(None, &env, &flags).is_err());
+    }
+
+    #[test]
+    fn sync_defaults_and_overrides() {
+        let flags = Flags {
+            data_dir: Some("/d".into()),
+            ..Flags::default()
+        };
+        let c = HubConfig::resolve(None, &no_env, &flags).unwrap();
+        assert_eq!(c.sync.listen.to_string(), DEFAULT_SYNC_LISTEN);
+        assert_eq!(c.sync.max_connections, 10_000);
+        assert_eq!(
+            (
+                c.sync.hello_timeout.as_secs(),
+                c.sync.stall_timeout.as_secs()
+            ),
+            (10, 30)
+        );
+        assert_eq!(c.sync.advertise, None);
+        assert_eq!(c.faults, FaultSpec::default());
+        let file = "[sync]\nlisten = \"127.0.0.1:1\"\nadvertise = \"hub.example:7443\"\nbandwidth_bytes_per_sec = 1000\n";
+        let env = |k: &str| (k == "FLOTILLA_HUB_SYNC_LISTEN").then(|| "127.0.0.1:2".to_string());
+        let c = HubConfig::resolve(Some(file), &env, &flags).unwrap();
+        assert_eq!(c.sync.listen.port(), 2);
+        let short = |k: &str| (k == "FLOTILLA_SYNC_LISTEN").then(|| "127.0.0.1:4".to_string());
+        let c4 = HubConfig::resolve(Some(file), &short, &flags).unwrap();
+        assert_eq!(c4.sync.listen.port(), 4);
+        assert_eq!(c.sync.advertise.as_deref(), Some("hub.example:7443"));
+        assert_eq!(c.sync.bandwidth_bytes_per_sec, 1000);
+        let flags = Flags {
+            sync_listen: Some("127.0.0.1:0".into()),
+            ..flags
+        };
+        let c = HubConfig::resolve(Some(file), &env, &flags).unwrap();
+        assert_eq!(c.sync.listen.port(), 0, "port 0 is allowed");
+    }
+
+    #[test]
+    fn bad_sync_settings_name_their_key() {
+        let flags = Flags {
+            data_dir: Some("/d".into()),
+            ..Flags::default()
+        };
+        for (file, key) in [
+            ("[sync]\nlisten = \"x\"", "sync.listen"),
+            ("[sync]\nmax_connections = 0", "sync.max_connections"),
+            ("[sync]\nhello_timeout_secs = 0", "sync.hello_timeout_secs"),
+            (
+                "[sync]\nstall_timeout_secs = 99999",
+                "sync.stall_timeout_secs",
+            ),
+            ("[sync]\ncert_names = [\"a b\"]", "sync.cert_names"),
+            ("[sync]\nadvertise = \"\"", "sync.advertise"),
+        ] {
+            let e = HubConfig::resolve(Some(file), &no_env, &flags).unwrap_err();
+            assert!(e.to_string().contains(key), "{file}: {e}");
+        }
+        let env = |k: &str| (k == "FLOTILLA_TEST_FAULTS").then(|| "explode".to_string());
+        let e = HubConfig::resolve(None, &env, &flags).unwrap_err();
+        assert!(e.to_string().contains("FLOTILLA_TEST_FAULTS"), "{e}");
     }
 }

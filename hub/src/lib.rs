@@ -1,8 +1,9 @@
 //! Flotilla's hub: it holds the model registry, packages model versions into
-//! signed bundles, and (in later work) serves the fleet over QUIC and REST.
+//! signed bundles, and serves the fleet over QUIC (enrolment, metadata push,
+//! chunks) and REST (operators).
 //!
-//! Today it provides the signing side of the trust chain and the `flotilla`
-//! operator CLI. It does not verify bundles the way an agent must (that logic is
+//! It provides the signing side of the trust chain, the device CA and the
+//! `flotilla` operator CLI. It does not verify bundles the way an agent must (that logic is
 //! in `flotilla-protocol`, which the CLI calls), and it never needs root's
 //! private keys except in `keys` commands run offline.
 //!
@@ -11,6 +12,8 @@
 //!   root chain and the latest published metadata.
 //! - [`packer`]: model file → manifest → signed bundle file.
 //! - [`cli`]: the `flotilla` command line.
+//! - [`sync`]: the QUIC endpoint agents enrol and sync with.
+//! - [`server`]: start-up, listeners and shutdown.
 
 pub mod api;
 pub mod audit;
@@ -24,6 +27,7 @@ pub mod packer;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod tokens;
 
 /// The current time from the system clock, as the protocol crate takes it.

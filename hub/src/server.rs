@@ -1,10 +1,15 @@
 //! Starting and stopping the hub: data directory, keys, store, first admin
-//! token, the API listener, graceful shutdown.
+//! token, the API listener, the QUIC sync endpoint, graceful shutdown.
 //!
 //! Zero-configuration start: on a first start without keys the hub creates
 //! them (warning that production root keys belong offline) and writes an admin
 //! token to `DATA/admin-token` (0600). It prints each address it bound as one
-//! line on stdout, so scripts and tests can use port 0.
+//! line on stdout, so scripts and tests can use port 0:
+//!
+//! ```text
+//! flotilla-hub: API listening on http://127.0.0.1:8440
+//! flotilla-hub: sync listening on 0.0.0.0:7443 (QUIC)
+//! ```
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -20,17 +25,21 @@ use crate::events::EventBus;
 use crate::keystore;
 use crate::registry::{Registry, RegistryLimits};
 use crate::store::{RedbStore, RegistryStore, TokenRecord};
+use crate::sync::SyncServer;
 
 /// How often the hub checks whether its timestamp metadata needs re-signing.
 pub const TRUST_REFRESH_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// A hub ready to serve: its listener is bound.
+/// A hub ready to serve: its listeners are bound.
 #[derive(Debug)]
 pub struct Hub {
     /// The address the API listens on.
     pub api_addr: SocketAddr,
+    /// The UDP address the QUIC sync endpoint listens on.
+    pub sync_addr: SocketAddr,
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    sync: SyncServer,
     /// The registry (for in-process users such as tests and later services).
     pub registry: Arc<Registry>,
 }
@@ -71,10 +80,18 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
             max_pending_uploads: config.max_pending_uploads,
         },
     ));
+    registry.load_device_certs()?;
+    let stale = registry.mark_all_offline()?;
+    if stale > 0 {
+        tracing::info!(devices = stale, "marked devices offline after a restart");
+    }
+    let roots = Arc::new(roots);
+    let sync = SyncServer::bind(&config.sync, config.faults, registry.clone(), roots.clone())?;
     let state = AppState {
         registry: registry.clone(),
-        roots: Arc::new(roots),
+        roots,
         max_patch_bytes: config.max_patch_bytes,
+        sync_addr: sync.advertised().to_string(),
     };
     let router = api::router(state, config.max_json_bytes);
     let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -83,8 +100,10 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
     let api_addr = listener.local_addr()?;
     Ok(Hub {
         api_addr,
+        sync_addr: sync.local_addr(),
         listener,
         router,
+        sync,
         registry,
     })
 }
@@ -122,12 +141,23 @@ fn bootstrap_admin(store: &dyn RegistryStore, config: &HubConfig) -> anyhow::Res
 }
 
 impl Hub {
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves the API and QUIC sync until `shutdown` completes, then finishes
+    /// in-flight requests and closes agent connections.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.api_addr, "API listening");
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sync = tokio::spawn(self.sync.serve(stopped.clone()));
+        let trigger = tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let mut api_stopped = stopped;
+        let api_shutdown = async move {
+            let _ = api_stopped.wait_for(|s| *s).await;
+        };
         let registry = self.registry.clone();
         let refresher = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TRUST_REFRESH_CHECK);
@@ -147,9 +177,14 @@ impl Hub {
             }
         });
         let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
+            .with_graceful_shutdown(api_shutdown)
             .await;
         refresher.abort();
+        // Dropping the trigger drops the sender: the sync endpoint stops too.
+        trigger.abort();
+        if let Err(e) = sync.await {
+            tracing::error!(error = %e, "QUIC sync task failed");
+        }
         served?;
         tracing::info!("hub stopped");
         Ok(())

@@ -366,7 +366,16 @@ fn device_tokens_and_hub_info_from_the_cli() {
             .success()
     );
     let info = json(&flotilla(&cfg, &["--output", "json", "hub", "info"]));
-    assert_eq!(info["ca_fingerprint"].as_str().unwrap().len(), 64);
+    let fingerprint = info["ca_fingerprint"].as_str().unwrap();
+    assert_eq!(fingerprint.len(), 64);
+    assert_eq!(info["sync_addr"], hub.sync_addr.to_string());
+    let o = flotilla(&cfg, &["hub", "info"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", err(&o));
+    assert!(
+        text.contains(&hub.sync_addr.to_string()) && text.contains(fingerprint),
+        "the text form names the QUIC address and the fingerprint: {text}"
+    );
     let t = json(&flotilla(
         &cfg,
         &[

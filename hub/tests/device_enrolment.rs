@@ -39,8 +39,14 @@ fn a_device_enrols_once_and_its_director_document_follows_endpoints_and_labels()
     let dir = tempfile::tempdir().unwrap();
     let hub = HubProcess::start(dir.path());
     let c = hub.client(&hub.admin);
-    let (s, info) = c.get("/api/v1/hub/info");
+    let (s, info) = c.get("/api/v1/hub");
     assert_eq!(s, 200);
+    assert_eq!(info["sync_addr"], hub.sync_addr.to_string());
+    assert_eq!(
+        c.get("/api/v1/hub/info").1,
+        info,
+        "the old path still answers"
+    );
     let fingerprint = info["ca_fingerprint"].as_str().unwrap().to_string();
 
     let (s, tok) = c.send(

@@ -1,9 +1,9 @@
-//! `/api/v1/devices`, `/api/v1/enroll`, `/api/v1/hub/info`: device identity.
+//! `/api/v1/devices`, `/api/v1/enroll`, `/api/v1/hub`: device identity.
 //!
 //! Enrolment carries its own credential (the one-time token), so it needs no
-//! bearer token. Off-spec for now: it runs over the REST API; it moves to the
-//! hub's QUIC endpoint with the distribution work (issue 4), where the device
-//! pins the CA by fingerprint before it sends its token.
+//! bearer token. Agents enrol over QUIC (`crate::sync`), where they pin the CA
+//! by fingerprint before they send their token; `POST /api/v1/enroll` remains
+//! for tools that fetched the CA fingerprint some other trusted way.
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -113,14 +113,16 @@ pub(super) async fn director(
     Ok(([(header::CONTENT_TYPE, "application/json")], doc).into_response())
 }
 
-/// What technicians pin: the device CA's fingerprint.
-#[utoipa::path(get, path = "/api/v1/hub/info", responses((status = 200, body = HubInfo)))]
+/// Where agents connect (the QUIC address) and what technicians pin (the
+/// device CA's fingerprint). Any authenticated caller. Also served at
+/// `/api/v1/hub/info`.
+#[utoipa::path(get, path = "/api/v1/hub", responses((status = 200, body = HubInfo), (status = 401, body = Problem)))]
 pub(super) async fn info(State(s): State<AppState>, _c: Caller) -> Json<HubInfo> {
     let ca = s.registry.ca();
     Json(HubInfo {
-        version: env!("CARGO_PKG_VERSION").into(),
+        sync_addr: s.sync_addr.clone(),
         ca_fingerprint: ca.fingerprint(),
         ca_pem: ca.cert_pem(),
-        quic_addr: None,
+        version: env!("CARGO_PKG_VERSION").into(),
     })
 }

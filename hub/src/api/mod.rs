@@ -43,6 +43,8 @@ pub struct AppState {
     pub roots: Arc<Vec<(u64, Vec<u8>)>>,
     /// Largest upload PATCH body.
     pub max_patch_bytes: usize,
+    /// The QUIC address agents are told to dial (`GET /api/v1/hub`).
+    pub sync_addr: String,
 }
 
 /// Runs registry work on the blocking pool.
@@ -162,6 +164,8 @@ pub fn router(state: AppState, max_json_bytes: usize) -> Router {
                 .delete(endpoints::delete),
         )
         .route("/api/v1/enroll", post(devices::enroll))
+        .route("/api/v1/hub", get(devices::info))
+        // The first release's path, kept for its clients.
         .route("/api/v1/hub/info", get(devices::info))
         .route("/api/v1/devices", get(devices::list))
         .route("/api/v1/devices/tokens", post(devices::create_token))

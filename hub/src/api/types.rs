@@ -377,6 +377,75 @@ pub struct DeviceView {
     pub director_version: u64,
     /// Hash of its current desired state, to bump the version only on change.
     pub director_digest: String,
+    /// Whether it holds a QUIC sync connection to this hub now.
+    #[serde(default)]
+    pub connected: bool,
+    /// When the hub last heard from it over QUIC (connect, status report,
+    /// disconnect; at least every few minutes while connected).
+    #[serde(default)]
+    pub last_seen: Option<String>,
+    /// The agent version its last hello named.
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    /// The hardware its last hello listed.
+    #[serde(default)]
+    pub inventory: Option<InventoryView>,
+    /// The latest status of each of its deployments, by endpoint and deployment.
+    // invariant: at most one entry per (endpoint, deployment), sorted by them.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentReport>,
+}
+
+/// A device's hardware, as its agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InventoryView {
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Physical memory, in bytes.
+    pub memory_bytes: u64,
+    /// Accelerators, CPU excluded.
+    pub accelerators: Vec<AcceleratorView>,
+}
+
+/// One accelerator of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AcceleratorView {
+    /// Kind in manifest terms (`cuda`).
+    pub kind: String,
+    /// Model name as the driver reports it.
+    pub name: String,
+    /// Device memory, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// Where one deployment on one device stands, as its agent last reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeploymentReport {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// Deployment name.
+    pub deployment: String,
+    /// Target path of the bundle manifest the state is about.
+    pub target: String,
+    /// `fetching`, `staged`, `trial`, `active`, `failed` or `rolled_back`.
+    pub state: String,
+    /// Why, for `failed` and `rolled_back`.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// For `fetching`: bytes of the bundle's distinct chunks already stored.
+    #[serde(default)]
+    pub have_bytes: Option<u64>,
+    /// For `fetching`: bytes of all the bundle's distinct chunks.
+    #[serde(default)]
+    pub need_bytes: Option<u64>,
+    /// Target path of the version serving traffic now, if any.
+    pub active: Option<String>,
+    /// Version of the director document the status answers.
+    pub director_version: u64,
+    /// When the deployment entered this state, by the device's clock.
+    pub since: String,
+    /// When the hub received the report.
+    pub reported_at: String,
 }
 
 /// `POST /api/v1/devices/tokens`: a one-time, expiring enrolment token.
@@ -443,15 +512,16 @@ pub struct UpdateLabels {
     pub reason: String,
 }
 
-/// `GET /api/v1/hub/info`: what technicians pin.
+/// `GET /api/v1/hub`: where agents connect and what technicians pin.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct HubInfo {
-    /// Hub version.
-    pub version: String,
-    /// SHA-256 of the device CA certificate (DER), hex.
+    /// The QUIC address agents enrol and sync with (`sync.advertise`, else the
+    /// bound address).
+    pub sync_addr: String,
+    /// SHA-256 of the device CA certificate (DER), lowercase hex.
     pub ca_fingerprint: String,
     /// The device CA certificate (PEM).
     pub ca_pem: String,
-    /// The QUIC address agents sync with, once the QUIC listener runs.
-    pub quic_addr: Option<String>,
+    /// Hub version.
+    pub version: String,
 }

@@ -10,9 +10,18 @@ const AFTER_HELP: &str = "\
 Start on embedded defaults (keys and an admin token are created on first start):
   flotilla-hub serve --data-dir ./hub-data --api-listen 127.0.0.1:0
 
+Start with QUIC sync on a free loopback port too:
+  flotilla-hub serve --data-dir ./hub-data --api-listen 127.0.0.1:0 --sync-listen 127.0.0.1:0
+
 Configuration: a TOML file (--config or FLOTILLA_HUB_CONFIG), then environment
 (FLOTILLA_HUB_DATA_DIR, FLOTILLA_HUB_KEYS_DIR, FLOTILLA_HUB_API_LISTEN,
-FLOTILLA_HUB_MAX_UPLOAD_BYTES), then flags. Logs: FLOTILLA_LOG (e.g. info).
+FLOTILLA_HUB_MAX_UPLOAD_BYTES, FLOTILLA_HUB_SYNC_LISTEN or FLOTILLA_SYNC_LISTEN,
+FLOTILLA_HUB_SYNC_ADVERTISE),
+then flags. Logs: FLOTILLA_LOG (e.g. info).
+
+Each bound address is one line on stdout:
+  flotilla-hub: API listening on http://ADDR
+  flotilla-hub: sync listening on ADDR (QUIC)
 
 Exit codes: 0 clean shutdown, 2 bad usage or configuration, 1 runtime failure.";
 
@@ -37,6 +46,10 @@ enum Command {
         /// API address; port 0 picks a free port (the printed line says which).
         #[arg(long)]
         api_listen: Option<String>,
+        /// QUIC sync address (UDP); port 0 picks a free port (the printed line
+        /// says which).
+        #[arg(long)]
+        sync_listen: Option<String>,
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
@@ -44,6 +57,7 @@ enum Command {
 
 fn main() -> ExitCode {
     flotilla_hub::init_logging("info");
+    flotilla_net::tls::install_default_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -66,6 +80,7 @@ fn main() -> ExitCode {
             config,
             data_dir,
             api_listen,
+            sync_listen,
         } => {
             let text = match config.as_ref().map(std::fs::read_to_string).transpose() {
                 Ok(t) => t,
@@ -81,6 +96,7 @@ fn main() -> ExitCode {
                 &Flags {
                     data_dir,
                     api_listen,
+                    sync_listen,
                 },
             ) {
                 Ok(c) => c,
@@ -98,8 +114,9 @@ fn main() -> ExitCode {
             };
             let result = runtime.block_on(async {
                 let hub = flotilla_hub::server::start(&config).await?;
-                // One line scripts and tests read to learn the bound address.
+                // Lines scripts and tests read to learn the bound addresses.
                 println!("flotilla-hub: API listening on http://{}", hub.api_addr);
+                println!("flotilla-hub: sync listening on {} (QUIC)", hub.sync_addr);
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
                 hub.serve(flotilla_hub::server::shutdown_signal()).await

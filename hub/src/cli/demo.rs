@@ -240,6 +240,7 @@ fn hub_demo(
         &Flags {
             data_dir: Some(dir.join("hub")),
             api_listen: Some("127.0.0.1:0".into()),
+            sync_listen: Some("127.0.0.1:0".into()),
         },
     )
     .map_err(CliError::input)?;

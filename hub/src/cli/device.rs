@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::client::{segment, HubClient};
 use super::credentials::{self, HubFlags};
 use super::model::syntax;
-use super::text::table;
+use super::text::{human_bytes, table};
 use super::{emit, CliError, Output, Report};
 use crate::api::types::{
     CreateEnrolToken, DeviceStatus, DeviceView, EnrolTokenView, HubInfo, ReasonBody, UpdateLabels,
@@ -121,15 +121,16 @@ impl Report for Devices {
             return "no devices".into();
         }
         table(
-            &["ID", "STATUS", "LABELS", "ENROLLED"],
+            &["ID", "STATUS", "CONNECTED", "LABELS", "LAST SEEN"],
             self.0
                 .iter()
                 .map(|d| {
                     vec![
                         d.id.clone(),
                         status(d.status).into(),
+                        if d.connected { "yes" } else { "no" }.into(),
                         labels_text(&d.labels),
-                        d.enrolled_at.clone(),
+                        d.last_seen.clone().unwrap_or_else(|| "never".into()),
                     ]
                 })
                 .collect(),
@@ -151,16 +152,66 @@ struct Device(DeviceView);
 impl Report for Device {
     fn text(&self) -> String {
         let d = &self.0;
-        format!(
-            "device {} ({})\n  labels: {}\n  enrolled: {}\n  certificate sha256: {}\n  director version: {}{}",
+        let mut out = format!(
+            "device {} ({}, {})\n  labels: {}\n  enrolled: {}\n  certificate sha256: {}\n  director version: {}\n  last seen: {}",
             d.id,
             status(d.status),
+            if d.connected { "connected" } else { "not connected" },
             labels_text(&d.labels),
             d.enrolled_at,
             d.cert_sha256,
             d.director_version,
-            d.revoked_at.as_ref().map(|t| format!("\n  revoked: {t}")).unwrap_or_default()
-        )
+            d.last_seen.as_deref().unwrap_or("never"),
+        );
+        if let Some(t) = &d.revoked_at {
+            out.push_str(&format!("\n  revoked: {t}"));
+        }
+        if let Some(v) = &d.agent_version {
+            out.push_str(&format!("\n  agent version: {v}"));
+        }
+        if let Some(i) = &d.inventory {
+            let accel: Vec<String> = i
+                .accelerators
+                .iter()
+                .map(|a| format!("{} {} ({})", a.kind, a.name, human_bytes(a.memory_bytes)))
+                .collect();
+            out.push_str(&format!(
+                "\n  hardware: {} CPUs, {} memory{}",
+                i.cpus,
+                human_bytes(i.memory_bytes),
+                if accel.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", accel.join(", "))
+                }
+            ));
+        }
+        if !d.deployments.is_empty() {
+            out.push_str("\n  deployments:\n");
+            out.push_str(&table(
+                &["ENDPOINT", "DEPLOYMENT", "STATE", "TARGET", "SINCE"],
+                d.deployments
+                    .iter()
+                    .map(|r| {
+                        let state = match (&r.reason, r.have_bytes, r.need_bytes) {
+                            (Some(why), _, _) => format!("{} ({why})", r.state),
+                            (None, Some(have), Some(need)) => {
+                                format!("{} ({have}/{need} bytes)", r.state)
+                            }
+                            _ => r.state.clone(),
+                        };
+                        vec![
+                            r.endpoint.clone(),
+                            r.deployment.clone(),
+                            state,
+                            r.target.clone(),
+                            r.since.clone(),
+                        ]
+                    })
+                    .collect(),
+            ));
+        }
+        out
     }
 }
 
@@ -171,13 +222,12 @@ struct Info(HubInfo);
 impl Report for Info {
     fn text(&self) -> String {
         format!(
-            "hub version {}\n  device CA fingerprint (sha256): {}\n  QUIC address: {}",
+            "hub version {}\n  QUIC sync address: {}\n  device CA fingerprint (sha256): {}\n\nenrol a node with:\n  flotilla-agent enroll --hub {} --hub-ca-fingerprint {} --token TOKEN",
             self.0.version,
+            self.0.sync_addr,
             self.0.ca_fingerprint,
-            self.0
-                .quic_addr
-                .as_deref()
-                .unwrap_or("(not serving QUIC yet)")
+            self.0.sync_addr,
+            self.0.ca_fingerprint,
         )
     }
 }
@@ -252,7 +302,7 @@ pub(crate) fn run(cmd: DeviceCommand, output: Output, flags: &HubFlags) -> Resul
 pub(crate) fn info(output: Output, flags: &HubFlags) -> Result<(), CliError> {
     let client = HubClient::new(credentials::connection(flags)?);
     let i: HubInfo = client
-        .get("/api/v1/hub/info", &[])
+        .get("/api/v1/hub", &[])
         .map_err(|e| client.cli_error(e))?;
     emit(output, &Info(i));
     Ok(())

@@ -154,7 +154,9 @@ Examples:
 
 #[derive(Debug, Subcommand)]
 enum HubCommand {
-    /// Print the hub's version and the device CA fingerprint technicians pin.
+    /// Print the hub's QUIC sync address and the device CA fingerprint
+    /// technicians pin when they enrol a node.
+    #[command(after_help = "Example:\n  flotilla hub info\n  flotilla hub info --output json")]
     Info,
 }
 

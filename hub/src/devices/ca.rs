@@ -44,6 +44,27 @@ fn cert_err(e: rcgen::Error) -> CaError {
 /// Device certificate lifetime.
 pub const DEVICE_CERT_DAYS: i64 = 365;
 
+/// Lifetime of the hub's own QUIC certificate. Its key is new at every start
+/// and never stored, so the certificate lives as long as one hub process may.
+pub const HUB_CERT_DAYS: i64 = 5 * 365;
+
+/// The hub's QUIC identity: a leaf certificate signed by the device CA and
+/// its private key (PKCS#8), both DER.
+pub struct HubCertificate {
+    /// The leaf certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// Its private key (PKCS#8 DER). Held in memory only.
+    pub key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for HubCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubCertificate")
+            .field("cert_sha256", &Sha256Digest::of(&self.cert_der).to_hex())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The device CA.
 pub struct DeviceCa {
     key: KeyPair,
@@ -158,6 +179,44 @@ impl DeviceCa {
         let cert = req.signed_by(&self.issuer, &self.key).map_err(cert_err)?;
         Ok(cert.der().to_vec())
     }
+
+    /// Issues the hub's own QUIC server certificate with a fresh key: subject
+    /// alternative names [`flotilla_net::HUB_SERVER_NAME`] (what agents verify)
+    /// plus `names` (DNS names or IP addresses), extended key usage serverAuth,
+    /// valid from a day before `now` for [`HUB_CERT_DAYS`].
+    pub fn issue_hub_cert(
+        &self,
+        names: &[String],
+        now: UtcTime,
+    ) -> Result<HubCertificate, CaError> {
+        let mut sans = vec![flotilla_net::HUB_SERVER_NAME.to_string()];
+        sans.extend(
+            names
+                .iter()
+                .filter(|n| n.as_str() != flotilla_net::HUB_SERVER_NAME)
+                .cloned(),
+        );
+        let mut p = CertificateParams::new(sans).map_err(cert_err)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, flotilla_net::HUB_SERVER_NAME);
+        dn.push(DnType::OrganizationName, "Flotilla fleet");
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let (y, m, d) = ymd(now.plus_secs(-86_400));
+        p.not_before = rcgen::date_time_ymd(y, m, d);
+        let (y, m, d) = ymd(now.plus_secs(HUB_CERT_DAYS * 86_400));
+        p.not_after = rcgen::date_time_ymd(y, m, d);
+        let key = KeyPair::generate().map_err(cert_err)?;
+        let cert = p
+            .signed_by(&key, &self.issuer, &self.key)
+            .map_err(cert_err)?;
+        Ok(HubCertificate {
+            cert_der: cert.der().to_vec(),
+            key_der: key.serialize_der(),
+        })
+    }
 }
 
 /// PEM armour.
@@ -196,6 +255,25 @@ mod tests {
                 .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn the_hub_certificate_names_the_fixed_server_name_and_is_fresh_each_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DeviceCa::load_or_create(dir.path()).unwrap();
+        let names = vec!["hub.example".to_string(), "10.0.0.7".to_string()];
+        let a = ca.issue_hub_cert(&names, UtcTime(1_900_000_000)).unwrap();
+        let b = ca.issue_hub_cert(&[], UtcTime(1_900_000_000)).unwrap();
+        assert_ne!(a.key_der, b.key_der, "a fresh key every start");
+        let params = CertificateParams::from_ca_cert_der(&a.cert_der.clone().into()).unwrap();
+        let sans = format!("{:?}", params.subject_alt_names);
+        for n in ["flotilla-hub", "hub.example", "10.0.0.7"] {
+            assert!(sans.contains(n), "{n} missing from {sans}");
+        }
+        assert!(
+            !format!("{a:?}").contains("key_der"),
+            "Debug never shows the key"
+        );
     }
 
     #[test]

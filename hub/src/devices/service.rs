@@ -14,6 +14,15 @@ use crate::registry::endpoints::desired_state;
 use crate::registry::{filter, Registry, RegistryError};
 use crate::store::{EnrolTokenRecord, StoreError};
 
+/// A device just enrolled, and its certificate.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// The new device record.
+    pub device: DeviceView,
+    /// Its certificate (DER), signed by the device CA.
+    pub cert_der: Vec<u8>,
+}
+
 /// Longest enrolment token lifetime.
 pub const MAX_ENROL_TTL_SECS: u64 = 7 * 86_400;
 /// Director document lifetime; agents need a fresh one before then.
@@ -61,15 +70,33 @@ impl Registry {
         })
     }
 
-    /// Enrols a device: uses up its token and signs its CSR.
+    /// Enrols a device: uses up its token and signs its CSR (PEM).
     pub fn enroll(
         &self,
         req: EnrolRequest,
         root_json: &[u8],
     ) -> Result<EnrolResponse, RegistryError> {
-        let ca = self.ca();
         let csr = pem_to_der(&req.csr_pem)
             .map_err(|e| RegistryError::BadRequest(format!("csr_pem: {e}")))?;
+        let enrolled = self.enroll_der(&req.token, &csr)?;
+        let ca = self.ca();
+        Ok(EnrolResponse {
+            device_id: enrolled.device.id,
+            certificate_pem: super::ca::pem_encode("CERTIFICATE", &enrolled.cert_der),
+            ca_pem: ca.cert_pem(),
+            ca_fingerprint: ca.fingerprint(),
+            root_json: String::from_utf8_lossy(root_json).into_owned(),
+            labels: enrolled.device.labels,
+        })
+    }
+
+    /// Enrols a device from a DER certificate signing request (the QUIC
+    /// enrolment path): uses up the token, signs the CSR as a new device id,
+    /// and makes the certificate acceptable at the very next handshake.
+    /// An unknown, used or expired token is `Unauthorized`; a bad CSR is
+    /// `BadRequest` and leaves the token unused.
+    pub fn enroll_der(&self, token: &str, csr_der: &[u8]) -> Result<Enrolled, RegistryError> {
+        let ca = self.ca();
         let suffix = crate::tokens::generate()
             .map_err(|_| RegistryError::Internal("random number generator failed".into()))?;
         let id = format!("dev-{}", &suffix[4..20]);
@@ -82,7 +109,7 @@ impl Registry {
                 ));
             }
             cert = ca
-                .sign_device_csr(&csr, &id, now)
+                .sign_device_csr(csr_der, &id, now)
                 .map_err(|e| StoreError::Rejected(e.to_string()))?;
             Ok(DeviceView {
                 id: id.clone(),
@@ -93,12 +120,17 @@ impl Registry {
                 revoked_at: None,
                 director_version: 0,
                 director_digest: String::new(),
+                connected: false,
+                last_seen: None,
+                agent_version: None,
+                inventory: None,
+                deployments: Vec::new(),
             })
         };
         let device = self
             .store()
             .enroll(
-                &crate::tokens::hash(&req.token),
+                &crate::tokens::hash(token),
                 &mut make,
                 AuditDraft::new(
                     &id,
@@ -114,19 +146,16 @@ impl Registry {
                 }
                 other => other.into(),
             })?;
+        self.device_certs().record(&device);
         self.emit(
             "device.enrolled",
             &format!("device/{id}"),
             &id,
             serde_json::json!({"labels": device.labels}),
         );
-        Ok(EnrolResponse {
-            device_id: device.id,
-            certificate_pem: super::ca::pem_encode("CERTIFICATE", &cert),
-            ca_pem: ca.cert_pem(),
-            ca_fingerprint: ca.fingerprint(),
-            root_json: String::from_utf8_lossy(root_json).into_owned(),
-            labels: device.labels,
+        Ok(Enrolled {
+            device,
+            cert_der: cert,
         })
     }
 
@@ -202,6 +231,7 @@ impl Registry {
             )),
             &now,
         )?;
+        self.device_certs().record(&d);
         self.emit(
             "device.revoked",
             &format!("device/{id}"),

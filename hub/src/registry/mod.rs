@@ -88,6 +88,8 @@ pub struct Registry {
     uploads: UploadFiles,
     keys: OnlineKeys,
     ca: crate::devices::ca::DeviceCa,
+    // Changed in the same call as each enrolment and revocation.
+    device_certs: Arc<crate::devices::certs::DeviceCerts>,
     events: EventBus,
     limits: RegistryLimits,
     expiries: Expiries,
@@ -162,6 +164,7 @@ impl Registry {
             uploads,
             keys,
             ca,
+            device_certs: Arc::default(),
             events,
             limits,
             expiries: Expiries::default(),
@@ -183,6 +186,18 @@ impl Registry {
     /// The device CA.
     pub fn ca(&self) -> &crate::devices::ca::DeviceCa {
         &self.ca
+    }
+
+    /// The certificates of enrolled devices, for QUIC handshakes. Empty until
+    /// [`Registry::load_device_certs`].
+    pub fn device_certs(&self) -> &Arc<crate::devices::certs::DeviceCerts> {
+        &self.device_certs
+    }
+
+    /// Loads the device certificate map from the store (once, at start).
+    pub fn load_device_certs(&self) -> Result<(), RegistryError> {
+        self.device_certs.load(&self.store.devices()?);
+        Ok(())
     }
 
     /// The event bus.
@@ -534,6 +549,18 @@ impl Registry {
     /// A stored chunk.
     pub fn chunk(&self, digest: &Sha256Digest) -> Result<Vec<u8>, RegistryError> {
         self.chunks.get(digest).map_err(internal)
+    }
+
+    /// A stored chunk, or `None` when the hub has none with this digest.
+    pub fn chunk_if_present(
+        &self,
+        digest: &Sha256Digest,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        match self.chunks.get(digest) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(internal(e)),
+        }
     }
 
     /// Audit entries after `since`.

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,40 +13,60 @@ use std::time::Duration;
 pub struct HubProcess {
     pub child: Child,
     pub url: String,
+    /// The QUIC sync address (UDP, loopback).
+    pub sync_addr: SocketAddr,
     pub data: PathBuf,
     pub admin: String,
 }
 
 impl HubProcess {
     pub fn start(data: &Path) -> Self {
+        Self::start_with_env(data, &[])
+    }
+
+    /// Starts a hub with extra environment variables (e.g. `FLOTILLA_TEST_FAULTS`).
+    pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
             .args(["serve", "--data-dir"])
             .arg(data)
             .args(["--api-listen", "127.0.0.1:0"])
+            .args(["--sync-listen", "127.0.0.1:0"])
             .env("FLOTILLA_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("hub starts");
         let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("hub prints its address");
-        let url = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
+        let mut lines = BufReader::new(stdout);
+        let mut url = None;
+        let mut sync_addr = None;
+        // `flotilla-hub: API listening on http://ADDR`, then
+        // `flotilla-hub: sync listening on ADDR (QUIC)`.
+        while url.is_none() || sync_addr.is_none() {
+            let mut line = String::new();
+            let n = lines
+                .read_line(&mut line)
+                .expect("hub prints its addresses");
+            assert!(n > 0, "the hub exited before printing its addresses");
+            let line = line.trim();
+            if let Some(u) = line.strip_prefix("flotilla-hub: API listening on ") {
+                url = Some(u.to_string());
+            } else if let Some(rest) = line.strip_prefix("flotilla-hub: sync listening on ") {
+                let addr = rest.strip_suffix(" (QUIC)").unwrap_or(rest);
+                sync_addr = Some(addr.parse().expect("a socket address"));
+            } else {
+                panic!("unexpected line {line:?}");
+            }
+        }
         let admin = std::fs::read_to_string(data.join("admin-token"))
             .expect("admin token")
             .trim()
             .to_string();
         Self {
             child,
-            url,
+            url: url.unwrap(),
+            sync_addr: sync_addr.unwrap(),
             data: data.to_path_buf(),
             admin,
         }

@@ -15,12 +15,14 @@
 //! - [`control`]: control-stream frames: hello, metadata, status, ping, goodbye.
 //! - [`status`]: a deployment's status as the agent reports it.
 //! - [`chunk`]: chunk-stream frames: request, data, missing.
+//! - [`enrol`]: enrolment frames: token and CSR for a device certificate.
 //! - [`bytes`]: opaque byte strings (chunks, signed documents).
 
 pub mod bytes;
 pub mod chunk;
 pub mod codec;
 pub mod control;
+pub mod enrol;
 pub mod status;
 
 #[cfg(test)]
@@ -32,6 +34,7 @@ pub use codec::{encode_frame, FrameDecoder};
 pub use control::{
     AcceleratorInfo, AgentHello, ControlFrame, Inventory, MetadataUpdate, TrustedVersions,
 };
+pub use enrol::EnrolFrame;
 pub use status::{DeploymentState, DeploymentStatus};
 
 use crate::limits::Limits;

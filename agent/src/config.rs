@@ -1,0 +1,278 @@
+//! The agent's configuration: `DATA/agent.toml`, written by `enroll`, with
+//! environment overrides and command-line flags on top.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `FLOTILLA_AGENT_*`
+//! environment variables, flags. Every path the agent writes lives under
+//! `data_dir`; the files enrolment leaves there are named by [`DataFiles`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration is unusable; one line each.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("config {path}: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of range or an override does not parse.
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// Everything `flotilla-agent run` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Where the agent keeps its key, certificates, store and bundles.
+    pub data_dir: PathBuf,
+    /// The device id the hub assigned at enrolment.
+    pub device_id: String,
+    /// The hub.
+    pub hub: HubSection,
+    /// Sync pacing.
+    #[serde(default)]
+    pub sync: SyncSection,
+}
+
+/// `[hub]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSection {
+    /// The hub's QUIC address, `HOST:PORT`.
+    pub addr: String,
+}
+
+/// `[sync]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSection {
+    /// First reconnect delay, in milliseconds (doubles up to the maximum, with jitter).
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay, in milliseconds.
+    pub reconnect_max_ms: u64,
+    /// Parallel chunk streams.
+    pub chunk_streams: usize,
+    /// Seconds a new version's trial (load and self-test) may take.
+    pub trial_timeout_secs: u64,
+}
+
+impl Default for SyncSection {
+    fn default() -> Self {
+        Self {
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            chunk_streams: 4,
+            trial_timeout_secs: 120,
+        }
+    }
+}
+
+/// The files in a data directory.
+#[derive(Debug, Clone)]
+pub struct DataFiles {
+    dir: PathBuf,
+}
+
+impl DataFiles {
+    /// The files under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    /// `agent.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("agent.toml")
+    }
+    /// The device's private key (PEM, 0600; never leaves the node).
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("device-key.pem")
+    }
+    /// The device certificate (PEM).
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("device.pem")
+    }
+    /// The hub's device CA (PEM), pinned at enrolment.
+    pub fn hub_ca(&self) -> PathBuf {
+        self.dir.join("hub-ca.pem")
+    }
+    /// The TUF root pinned at enrolment.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root.json")
+    }
+    /// The agent's redb store.
+    pub fn store(&self) -> PathBuf {
+        self.dir.join("agent.redb")
+    }
+    /// Staged and active bundles.
+    pub fn deployments(&self) -> PathBuf {
+        self.dir.join("deployments")
+    }
+    /// The running agent's status (JSON, replaced atomically).
+    pub fn status(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+}
+
+impl AgentConfig {
+    /// Reads `path`, then applies environment overrides.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut c: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            reason: e.message().to_string(),
+        })?;
+        c.apply_env(|k| std::env::var(k).ok())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Applies `FLOTILLA_AGENT_HUB` and `FLOTILLA_AGENT_DATA_DIR`.
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(h) = var("FLOTILLA_AGENT_HUB") {
+            self.hub.addr = h;
+        }
+        if let Some(d) = var("FLOTILLA_AGENT_DATA_DIR") {
+            self.data_dir = PathBuf::from(d);
+        }
+        Ok(())
+    }
+
+    /// Checks ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.device_id.is_empty() {
+            return Err(ConfigError::Invalid("device_id is empty".into()));
+        }
+        if self.hub.addr.rsplit_once(':').is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "hub.addr {:?} is not HOST:PORT",
+                self.hub.addr
+            )));
+        }
+        let s = &self.sync;
+        if !(1..=64).contains(&s.chunk_streams) {
+            return Err(ConfigError::Invalid(
+                "sync.chunk_streams must be between 1 and 64".into(),
+            ));
+        }
+        if s.reconnect_min_ms == 0 || s.reconnect_max_ms < s.reconnect_min_ms {
+            return Err(ConfigError::Invalid(
+                "sync.reconnect_min_ms must be > 0 and <= sync.reconnect_max_ms".into(),
+            ));
+        }
+        if s.trial_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "sync.trial_timeout_secs must be > 0".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The files of this agent's data directory.
+    pub fn files(&self) -> DataFiles {
+        DataFiles::new(&self.data_dir)
+    }
+
+    /// The TOML text of this configuration.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::from(
+            "# flotilla-agent configuration, written by `flotilla-agent enroll`.\n\
+             # Environment overrides: FLOTILLA_AGENT_HUB, FLOTILLA_AGENT_DATA_DIR.\n",
+        );
+        out.push_str(&format!(
+            "data_dir = {}\ndevice_id = {}\n\n[hub]\naddr = {}\n\n[sync]\nreconnect_min_ms = {}\nreconnect_max_ms = {}\nchunk_streams = {}\ntrial_timeout_secs = {}\n",
+            toml_str(&self.data_dir.display().to_string()),
+            toml_str(&self.device_id),
+            toml_str(&self.hub.addr),
+            self.sync.reconnect_min_ms,
+            self.sync.reconnect_max_ms,
+            self.sync.chunk_streams,
+            self.sync.trial_timeout_secs,
+        ));
+        out
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Resolves `HOST:PORT` to a socket address.
+pub async fn resolve(addr: &str) -> Result<SocketAddr, ConfigError> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ConfigError::Invalid(format!("cannot resolve hub address {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| ConfigError::Invalid(format!("hub address {addr} resolves to nothing")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AgentConfig {
+        AgentConfig {
+            data_dir: PathBuf::from("/var/lib/flotilla \"agent\""),
+            device_id: "dev-1".into(),
+            hub: HubSection {
+                addr: "hub.example:7443".into(),
+            },
+            sync: SyncSection::default(),
+        }
+    }
+
+    #[test]
+    fn the_written_toml_reads_back_and_env_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, sample().to_toml()).unwrap();
+        let back = AgentConfig::load(&path).unwrap();
+        assert_eq!(back, sample());
+        let mut c = back;
+        c.apply_env(|k| (k == "FLOTILLA_AGENT_HUB").then(|| "10.0.0.1:1".to_string()))
+            .unwrap();
+        assert_eq!(c.hub.addr, "10.0.0.1:1");
+    }
+
+    #[test]
+    fn bad_values_get_one_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "data_dir = 3\n").unwrap();
+        let e = AgentConfig::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with("config "), "{e}");
+        let mut c = sample();
+        c.sync.chunk_streams = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("chunk_streams"));
+        c = sample();
+        c.hub.addr = "nohost".into();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,535 @@
+//! [`AgentStore`]: the agent's one redb file, `DATA/agent.redb`.
+//!
+//! It holds three things, each in its own table:
+//!
+//! - the content-addressed chunk store (SHA-256 digest → bytes), shared by every
+//!   version of every deployment, with running totals for [`AgentStore::chunk_stats`];
+//! - the reconciler's [`AgentRecord`], one key, replaced whole by each `Persist`;
+//! - the trusted TUF metadata and director document ([`TrustDocs`]), replaced
+//!   together in one transaction so that a crash never leaves a mix of two updates.
+//!
+//! Design: chunk writes commit with [`Durability::None`] (no fsync): redb makes
+//! them durable with the next [`Durability::Immediate`] commit (redb commits are
+//! ordered, so a durable commit makes every earlier one durable too). The
+//! driver's `Persist` is an Immediate [`AgentStore::save_record`], and the
+//! reconciler emits one after a fetch's `WriteChunk`s and before any record that
+//! relies on those chunks surviving a crash (a `staged`, `active` or `previous`
+//! slot, whose chunks must all be in the store). Reads in this process see
+//! non-durable chunks at once, so `Stage` may run before that `Persist`. A crash
+//! before it loses at most chunks of a fetch still `pending` in the last durable
+//! record, which the restored reconciler asks the store about again.
+//!
+//! It does not verify chunk bytes against their digests (the reconciler does that
+//! before it asks for a write, and staging checks again on the way out), decode
+//! TUF metadata, or decide what to keep (the reconciler's `CollectGarbage` does).
+
+use std::path::{Path, PathBuf};
+
+use flotilla_protocol::digest::Sha256Digest;
+use flotilla_protocol::reconcile::{AgentRecord, ReconcileError};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+/// File name of the store inside the agent's data directory.
+pub const STORE_FILE: &str = "agent.redb";
+
+/// Chunk digest → chunk bytes.
+const CHUNKS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// Running totals of [`CHUNKS`], kept in the same transactions as its writes.
+// invariant: `count` and `bytes` equal the number and total length of CHUNKS' rows.
+const CHUNK_TOTALS: TableDefinition<'_, &str, u64> = TableDefinition::new("chunk_totals");
+/// The reconciler record, under [`RECORD_KEY`].
+const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
+/// Trusted metadata documents by role name.
+const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust");
+
+const RECORD_KEY: &str = "record";
+const COUNT_KEY: &str = "count";
+const BYTES_KEY: &str = "bytes";
+
+/// The signed documents the agent trusts, as raw bytes (verified again by
+/// `TrustedSet::restore` after a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDocs {
+    /// The newest trusted root metadata.
+    pub root: Vec<u8>,
+    /// Trusted timestamp metadata, once an update succeeded.
+    pub timestamp: Option<Vec<u8>>,
+    /// Trusted snapshot metadata, once an update succeeded.
+    pub snapshot: Option<Vec<u8>>,
+    /// Trusted targets metadata, once an update succeeded.
+    pub targets: Option<Vec<u8>>,
+    /// The director document applied last.
+    pub director: Option<Vec<u8>>,
+}
+
+/// Why the agent store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create data dir {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// Another process (or another store in this one) has the database open.
+    #[error("an agent is already running on data dir {dir} ({path} is locked)")]
+    AlreadyRunning {
+        /// The data directory.
+        dir: PathBuf,
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The database file could not be opened or created.
+    #[error("cannot open agent store {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<redb::DatabaseError>,
+    },
+    /// A transaction failed.
+    #[error("agent store {path}: {op}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// What redb said.
+        source: Box<redb::Error>,
+    },
+    /// The saved reconciler record does not decode.
+    #[error("agent store {path}: saved reconciler record: {source}")]
+    Record {
+        /// The database file.
+        path: PathBuf,
+        /// Why it does not decode.
+        source: Box<ReconcileError>,
+    },
+}
+
+/// The agent's redb database. Cheap to share behind an `Arc`: every method takes
+/// `&self`, and redb serialises write transactions.
+#[derive(Debug)]
+pub struct AgentStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl AgentStore {
+    /// Opens (creating it and `data_dir` if needed) `data_dir/agent.redb`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::AlreadyRunning`] when another agent holds the file,
+    /// [`StoreError::CreateDir`], [`StoreError::Open`] or [`StoreError::Db`].
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(STORE_FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyRunning {
+                dir: data_dir.to_owned(),
+                path: path.clone(),
+            },
+            source => StoreError::Open {
+                path: path.clone(),
+                source: Box::new(source),
+            },
+        })?;
+        let store = Self { db, path };
+        let tx = store.db.begin_write().map_err(store.err("create tables"))?;
+        {
+            tx.open_table(CHUNKS).map_err(store.err("create tables"))?;
+            tx.open_table(CHUNK_TOTALS)
+                .map_err(store.err("create tables"))?;
+            tx.open_table(STATE).map_err(store.err("create tables"))?;
+            tx.open_table(TRUST).map_err(store.err("create tables"))?;
+        }
+        tx.commit().map_err(store.err("create tables"))?;
+        Ok(store)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Splits `digests` into those the store holds and those it lacks, each in
+    /// the order given.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn has_chunks(
+        &self,
+        digests: &[Sha256Digest],
+    ) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>), StoreError> {
+        const OP: &str = "query chunks";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
+        let mut present = Vec::new();
+        let mut absent = Vec::new();
+        for d in digests {
+            if table.get(&d.0).map_err(self.err(OP))?.is_some() {
+                present.push(*d);
+            } else {
+                absent.push(*d);
+            }
+        }
+        Ok((present, absent))
+    }
+
+    /// Stores one chunk (replacing any under the same digest), without fsync: see
+    /// the module docs for when it becomes durable.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn put_chunk(&self, digest: &Sha256Digest, bytes: &[u8]) -> Result<(), StoreError> {
+        self.put_chunks(&[(*digest, bytes)])
+    }
+
+    /// Stores several chunks in one transaction, without fsync.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn put_chunks(&self, chunks: &[(Sha256Digest, &[u8])]) -> Result<(), StoreError> {
+        const OP: &str = "write chunks";
+        let mut tx = self.db.begin_write().map_err(self.err(OP))?;
+        tx.set_durability(Durability::None).map_err(self.err(OP))?;
+        {
+            let mut table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
+            let mut totals = tx.open_table(CHUNK_TOTALS).map_err(self.err(OP))?;
+            let (mut count, mut bytes) = read_totals(&totals).map_err(self.err(OP))?;
+            for (digest, data) in chunks {
+                let old = table.insert(&digest.0, *data).map_err(self.err(OP))?;
+                match old {
+                    Some(old) => bytes = bytes.saturating_sub(old.value().len() as u64),
+                    None => count += 1,
+                }
+                bytes += data.len() as u64;
+            }
+            totals.insert(COUNT_KEY, count).map_err(self.err(OP))?;
+            totals.insert(BYTES_KEY, bytes).map_err(self.err(OP))?;
+        }
+        tx.commit().map_err(self.err(OP))
+    }
+
+    /// The bytes of chunk `digest`, if held.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn get_chunk(&self, digest: &Sha256Digest) -> Result<Option<Vec<u8>>, StoreError> {
+        const OP: &str = "read chunk";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
+        let value = table.get(&digest.0).map_err(self.err(OP))?;
+        Ok(value.map(|v| v.value().to_vec()))
+    }
+
+    /// Deletes these chunks (those not held are skipped) in one durable
+    /// transaction; returns how many were deleted.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn remove_chunks(&self, digests: &[Sha256Digest]) -> Result<usize, StoreError> {
+        const OP: &str = "remove chunks";
+        let tx = self.db.begin_write().map_err(self.err(OP))?;
+        let mut removed = 0usize;
+        {
+            let mut table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
+            let mut totals = tx.open_table(CHUNK_TOTALS).map_err(self.err(OP))?;
+            let (mut count, mut bytes) = read_totals(&totals).map_err(self.err(OP))?;
+            for d in digests {
+                if let Some(old) = table.remove(&d.0).map_err(self.err(OP))? {
+                    removed += 1;
+                    count = count.saturating_sub(1);
+                    bytes = bytes.saturating_sub(old.value().len() as u64);
+                }
+            }
+            totals.insert(COUNT_KEY, count).map_err(self.err(OP))?;
+            totals.insert(BYTES_KEY, bytes).map_err(self.err(OP))?;
+        }
+        tx.commit().map_err(self.err(OP))?;
+        Ok(removed)
+    }
+
+    /// How many chunks the store holds and their total size in bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn chunk_stats(&self) -> Result<(u64, u64), StoreError> {
+        const OP: &str = "read chunk totals";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let totals = tx.open_table(CHUNK_TOTALS).map_err(self.err(OP))?;
+        read_totals(&totals).map_err(self.err(OP))
+    }
+
+    /// Replaces the reconciler record, durably (fsync before returning).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn save_record(&self, record: &AgentRecord) -> Result<(), StoreError> {
+        const OP: &str = "save record";
+        let mut tx = self.db.begin_write().map_err(self.err(OP))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(self.err(OP))?;
+        {
+            let mut table = tx.open_table(STATE).map_err(self.err(OP))?;
+            table
+                .insert(RECORD_KEY, record.encode().as_slice())
+                .map_err(self.err(OP))?;
+        }
+        tx.commit().map_err(self.err(OP))
+    }
+
+    /// The reconciler record saved last, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`], or [`StoreError::Record`] when it does not decode.
+    pub fn load_record(&self) -> Result<Option<AgentRecord>, StoreError> {
+        const OP: &str = "load record";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let table = tx.open_table(STATE).map_err(self.err(OP))?;
+        let Some(raw) = table.get(RECORD_KEY).map_err(self.err(OP))? else {
+            return Ok(None);
+        };
+        AgentRecord::decode(raw.value())
+            .map(Some)
+            .map_err(|source| StoreError::Record {
+                path: self.path.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    /// Replaces every trusted document at once, durably: a `None` field deletes
+    /// what was saved for it.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn save_trust(&self, docs: &TrustDocs) -> Result<(), StoreError> {
+        const OP: &str = "save trusted metadata";
+        let mut tx = self.db.begin_write().map_err(self.err(OP))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(self.err(OP))?;
+        {
+            let mut table = tx.open_table(TRUST).map_err(self.err(OP))?;
+            let entries = [
+                ("root", Some(&docs.root)),
+                ("timestamp", docs.timestamp.as_ref()),
+                ("snapshot", docs.snapshot.as_ref()),
+                ("targets", docs.targets.as_ref()),
+                ("director", docs.director.as_ref()),
+            ];
+            for (role, doc) in entries {
+                match doc {
+                    Some(bytes) => {
+                        table.insert(role, bytes.as_slice()).map_err(self.err(OP))?;
+                    }
+                    None => {
+                        table.remove(role).map_err(self.err(OP))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(self.err(OP))
+    }
+
+    /// The trusted documents saved last; `None` before the first
+    /// [`AgentStore::save_trust`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn load_trust(&self) -> Result<Option<TrustDocs>, StoreError> {
+        const OP: &str = "load trusted metadata";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let table = tx.open_table(TRUST).map_err(self.err(OP))?;
+        let get = |role: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            let v = table.get(role).map_err(self.err(OP))?;
+            Ok(v.map(|v| v.value().to_vec()))
+        };
+        let Some(root) = get("root")? else {
+            return Ok(None);
+        };
+        Ok(Some(TrustDocs {
+            root,
+            timestamp: get("timestamp")?,
+            snapshot: get("snapshot")?,
+            targets: get("targets")?,
+            director: get("director")?,
+        }))
+    }
+
+    /// Maps a redb error to [`StoreError::Db`] for operation `op`.
+    fn err<E: Into<redb::Error>>(&self, op: &'static str) -> impl FnOnce(E) -> StoreError + '_ {
+        move |e| StoreError::Db {
+            path: self.path.clone(),
+            op,
+            source: Box::new(e.into()),
+        }
+    }
+}
+
+/// The chunk count and byte total.
+fn read_totals(
+    totals: &impl ReadableTable<&'static str, u64>,
+) -> Result<(u64, u64), redb::StorageError> {
+    let count = totals.get(COUNT_KEY)?.map_or(0, |v| v.value());
+    let bytes = totals.get(BYTES_KEY)?.map_or(0, |v| v.value());
+    Ok((count, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_protocol::reconcile::{DeploymentKey, DeploymentRecord};
+
+    fn d(n: u8) -> Sha256Digest {
+        Sha256Digest::of(&[n])
+    }
+
+    fn record() -> AgentRecord {
+        AgentRecord {
+            schema_version: flotilla_protocol::reconcile::record::RECORD_SCHEMA_VERSION,
+            director_version: Some(7),
+            deployments: vec![DeploymentRecord {
+                key: DeploymentKey::new("fraud", "blue"),
+                active: None,
+                trial: None,
+                previous: None,
+                staged: None,
+                pending: None,
+                rejected: None,
+            }],
+        }
+    }
+
+    fn trust() -> TrustDocs {
+        TrustDocs {
+            root: b"root".to_vec(),
+            timestamp: Some(b"ts".to_vec()),
+            snapshot: Some(b"snap".to_vec()),
+            targets: Some(b"targets".to_vec()),
+            director: Some(b"director".to_vec()),
+        }
+    }
+
+    #[test]
+    fn chunks_round_trip_and_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(store.chunk_stats().unwrap(), (0, 0));
+        store.put_chunk(&d(1), b"one").unwrap();
+        store
+            .put_chunks(&[(d(2), b"two!".as_slice()), (d(3), b"three".as_slice())])
+            .unwrap();
+        // Writing a chunk again replaces it without counting it twice.
+        store.put_chunk(&d(1), b"one").unwrap();
+        assert_eq!(store.get_chunk(&d(2)).unwrap().unwrap(), b"two!");
+        assert_eq!(store.get_chunk(&d(9)).unwrap(), None);
+        assert_eq!(store.chunk_stats().unwrap(), (3, 12));
+
+        let (present, absent) = store.has_chunks(&[d(3), d(9), d(1)]).unwrap();
+        assert_eq!(present, vec![d(3), d(1)]);
+        assert_eq!(absent, vec![d(9)]);
+
+        assert_eq!(store.remove_chunks(&[d(1), d(9), d(3)]).unwrap(), 2);
+        assert_eq!(store.chunk_stats().unwrap(), (1, 4));
+        assert_eq!(store.get_chunk(&d(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn record_round_trips_and_starts_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_record().unwrap(), None);
+        store.save_record(&record()).unwrap();
+        assert_eq!(store.load_record().unwrap(), Some(record()));
+    }
+
+    #[test]
+    fn trust_documents_are_replaced_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_trust().unwrap(), None);
+        store.save_trust(&trust()).unwrap();
+        assert_eq!(store.load_trust().unwrap(), Some(trust()));
+        let root_only = TrustDocs {
+            root: b"root v2".to_vec(),
+            timestamp: None,
+            snapshot: None,
+            targets: None,
+            director: None,
+        };
+        store.save_trust(&root_only).unwrap();
+        assert_eq!(store.load_trust().unwrap(), Some(root_only));
+    }
+
+    #[test]
+    fn reopening_keeps_chunks_record_and_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = AgentStore::open(dir.path()).unwrap();
+            store
+                .put_chunk(&d(1), b"non-durable until the record")
+                .unwrap();
+            store.save_record(&record()).unwrap();
+            store.save_trust(&trust()).unwrap();
+        }
+        let store = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.get_chunk(&d(1)).unwrap().unwrap(),
+            b"non-durable until the record"
+        );
+        assert_eq!(store.chunk_stats().unwrap(), (1, 28));
+        assert_eq!(store.load_record().unwrap(), Some(record()));
+        assert_eq!(store.load_trust().unwrap(), Some(trust()));
+    }
+
+    #[test]
+    fn opening_a_store_twice_says_an_agent_is_already_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = AgentStore::open(dir.path()).unwrap();
+        let err = AgentStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyRunning { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("already running"), "{msg}");
+        assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
+    }
+
+    #[test]
+    fn a_garbled_record_gets_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AgentStore::open(dir.path()).unwrap();
+        let tx = store.db.begin_write().unwrap();
+        tx.open_table(STATE)
+            .unwrap()
+            .insert(RECORD_KEY, b"\xff garbage".as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+        let err = store.load_record().unwrap_err();
+        assert!(matches!(err, StoreError::Record { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn a_data_dir_that_cannot_be_created_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"x").unwrap();
+        let err = AgentStore::open(&file.join("data")).unwrap_err();
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+    }
+}

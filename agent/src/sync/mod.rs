@@ -1,0 +1,749 @@
+//! `flotilla-agent run`: the event loop that drives the sans-IO
+//! [`Reconciler`] against the hub, the store and the filesystem.
+//!
+//! Design: one task owns all state ([`Agent`]); the network, trials and timers
+//! talk to it through one channel of [`Event`]s. After every event the loop
+//! performs the reconciler's actions in order; a `Persist` is durable (redb
+//! Immediate commit) before the next action runs, which is what makes
+//! activation atomic across `kill -9` (see `flotilla_protocol::reconcile`).
+//!
+//! Trust: every `MetadataUpdate` goes through the TUF client workflow
+//! ([`Updater`]) from the trusted set persisted in the store; the director
+//! document is verified against it ([`verify_director`]); manifests are fetched
+//! by digest and checked against trusted targets ([`DesiredState::from_verified`]);
+//! chunks are checked by the reconciler. A rejected update (rollback, expired
+//! timestamp, bad signature) changes nothing: the current version keeps serving
+//! and the reason shows in `flotilla-agent status`.
+
+mod link;
+pub mod status;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use flotilla_net::tls::{sync_client_config, TransportSettings};
+use flotilla_net::Backoff;
+use flotilla_protocol::digest::Sha256Digest;
+use flotilla_protocol::director::{verify_director, DirectorDocument};
+use flotilla_protocol::limits::Limits;
+use flotilla_protocol::reconcile::{
+    manifest_refs, Action, DeploymentKey, DesiredState, ReconcileConfig, ReconcileError, Reconciler,
+};
+use flotilla_protocol::time::UtcTime;
+use flotilla_protocol::tuf::{TrustedSet, Updater};
+use flotilla_protocol::wire::{
+    AgentHello, ChunkFrame, ControlFrame, MetadataUpdate, TrustedVersions,
+};
+use tokio::sync::mpsc;
+
+use crate::config::{AgentConfig, DataFiles};
+use crate::slots;
+use crate::store::{AgentStore, TrustDocs};
+use link::Link;
+pub use status::AgentStatus;
+
+/// What reaches the event loop.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A control frame on connection `generation`.
+    Control(u64, ControlFrame),
+    /// A chunk-stream frame on connection `generation`.
+    Chunk(u64, ChunkFrame),
+    /// Connection `generation` ended.
+    LinkLost(u64, String),
+    /// A dial attempt finished.
+    Connected(u64, Result<Link, String>),
+    /// A trial finished.
+    Trial {
+        key: DeploymentKey,
+        target: String,
+        result: Result<(), String>,
+    },
+}
+
+/// The seconds clock the reconciler and TUF run on.
+pub fn now() -> UtcTime {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    UtcTime(secs)
+}
+
+/// A director document verified and waiting for its manifests.
+#[derive(Debug)]
+struct PendingDesired {
+    doc: DirectorDocument,
+    manifests: BTreeMap<String, Vec<u8>>,
+    // digest -> (target, length)
+    wanted: BTreeMap<Sha256Digest, (String, u64)>,
+}
+
+/// The agent's state, owned by the event loop.
+#[derive(Debug)]
+pub struct Agent {
+    config: AgentConfig,
+    files: DataFiles,
+    limits: Limits,
+    store: Arc<AgentStore>,
+    trusted: TrustedSet,
+    docs: TrustDocs,
+    director: Option<DirectorDocument>,
+    reconciler: Reconciler,
+    pending: Option<PendingDesired>,
+    serving: BTreeMap<DeploymentKey, String>,
+    link: Option<Link>,
+    generation: u64,
+    dialling: bool,
+    next_dial: tokio::time::Instant,
+    backoff: Backoff,
+    outstanding: BTreeSet<Sha256Digest>,
+    last_error: Option<String>,
+    fetched_bytes: u64,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: Option<mpsc::UnboundedReceiver<Event>>,
+}
+
+impl Agent {
+    /// Opens the store and restores trust and the reconciler from it.
+    pub fn open(config: AgentConfig) -> anyhow::Result<Self> {
+        let files = config.files();
+        let limits = Limits::default();
+        let store = Arc::new(AgentStore::open(&files.store())?);
+        let docs = match store.load_trust()? {
+            Some(d) => d,
+            None => {
+                let root = std::fs::read(files.root()).with_context(|| {
+                    format!("reading the pinned root {}", files.root().display())
+                })?;
+                TrustDocs {
+                    root,
+                    timestamp: None,
+                    snapshot: None,
+                    targets: None,
+                    director: None,
+                }
+            }
+        };
+        let trusted = TrustedSet::restore(
+            &docs.root,
+            docs.timestamp.as_deref(),
+            docs.snapshot.as_deref(),
+            docs.targets.as_deref(),
+            &limits,
+        )
+        .context("the trusted metadata in the store does not verify")?;
+        let rc = ReconcileConfig {
+            trial_timeout_secs: config.sync.trial_timeout_secs as i64,
+            ..ReconcileConfig::default()
+        };
+        let reconciler = match store.load_record()? {
+            Some(record) => Reconciler::restore(&record, rc, limits, now())
+                .context("the agent record in the store cannot be restored")?,
+            None => Reconciler::new(rc, limits),
+        };
+        // The director was verified before it was stored; its body is re-read
+        // without an expiry check (expiry stops updates, not serving).
+        let director = docs.director.as_deref().and_then(|raw| {
+            verify_director(raw, &trusted, &config.device_id, None, UtcTime(0), &limits).ok()
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let backoff = Backoff::new(
+            Duration::from_millis(config.sync.reconnect_min_ms),
+            Duration::from_millis(config.sync.reconnect_max_ms),
+        );
+        Ok(Self {
+            config,
+            files,
+            limits,
+            store,
+            trusted,
+            docs,
+            director,
+            reconciler,
+            pending: None,
+            serving: BTreeMap::new(),
+            link: None,
+            generation: 0,
+            dialling: false,
+            next_dial: tokio::time::Instant::now(),
+            backoff,
+            outstanding: BTreeSet::new(),
+            last_error: None,
+            fetched_bytes: 0,
+            tx,
+            rx: Some(rx),
+        })
+    }
+
+    fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
+        let read = |p: PathBuf| {
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))
+        };
+        let der = |text: String, what: &str| -> anyhow::Result<Vec<u8>> {
+            Ok(pem::parse(text)
+                .with_context(|| format!("{what} is not PEM"))?
+                .into_contents())
+        };
+        let ca = der(read(self.files.hub_ca())?, "hub-ca.pem")?;
+        let cert = der(read(self.files.cert())?, "device.pem")?;
+        let key = der(read(self.files.key())?, "device-key.pem")?;
+        Ok(sync_client_config(
+            ca.into(),
+            vec![cert.into()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.into()),
+            &TransportSettings::default(),
+        )?)
+    }
+
+    fn hello(&self) -> AgentHello {
+        AgentHello {
+            device_id: self.config.device_id.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            inventory: crate::inventory::inventory(),
+            state: self.reconciler.statuses(),
+            trusted: self.trusted_versions(),
+        }
+    }
+
+    fn trusted_versions(&self) -> TrustedVersions {
+        TrustedVersions {
+            root: self.trusted.root().body.version,
+            timestamp: self.trusted.timestamp().map(|t| t.body.version),
+            snapshot: self.trusted.snapshot().map(|t| t.body.version),
+            targets: self.trusted.targets().map(|t| t.body.version),
+            director: self.director.as_ref().map(|d| d.version),
+        }
+    }
+
+    /// Runs until `shutdown` completes or the store fails.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let mut events = self.rx.take().context("the agent's event loop runs once")?;
+        flotilla_net::tls::install_default_provider();
+        let client = self.client_config()?;
+        let addr: SocketAddr = crate::config::resolve(&self.config.hub.addr).await?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse()?
+        } else {
+            "0.0.0.0:0".parse()?
+        };
+        let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
+        tracing::info!(device = %self.config.device_id, hub = %addr, "agent starting");
+        // Resume from the record: re-derive the desired state from the stored
+        // director if the record is behind it, then act.
+        self.resume_director(now());
+        self.perform().await?;
+        self.write_status();
+        tokio::pin!(shutdown);
+        loop {
+            if self.link.is_none()
+                && !self.dialling
+                && tokio::time::Instant::now() >= self.next_dial
+            {
+                self.dial(&endpoint, &client, addr);
+            }
+            let timeout = self
+                .reconciler
+                .poll_timeout()
+                .map(|t| {
+                    let secs = (t.0 - now().0).max(0) as u64;
+                    tokio::time::Instant::now() + Duration::from_secs(secs)
+                })
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let wake = if self.link.is_none() && !self.dialling {
+                timeout.min(self.next_dial)
+            } else {
+                timeout
+            };
+            tokio::select! {
+                () = &mut shutdown => break,
+                ev = events.recv() => match ev {
+                    Some(ev) => self.handle(ev, &endpoint, &client, addr),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    self.reconciler.handle_timeout(now());
+                }
+            }
+            self.perform().await?;
+            self.write_status();
+        }
+        if let Some(link) = self.link.take() {
+            link.send(ControlFrame::Goodbye {
+                reason: "agent shutting down".into(),
+            });
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            link.close("agent shutting down");
+        }
+        endpoint.wait_idle().await;
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+
+    fn dial(&mut self, endpoint: &quinn::Endpoint, client: &quinn::ClientConfig, addr: SocketAddr) {
+        self.dialling = true;
+        self.generation += 1;
+        let generation = self.generation;
+        let tx = self.tx.clone();
+        let endpoint = endpoint.clone();
+        let client = client.clone();
+        let hello = self.hello();
+        let streams = self.config.sync.chunk_streams;
+        let limits = self.limits;
+        tokio::spawn(async move {
+            let r = link::connect(link::Dial {
+                endpoint: &endpoint,
+                config: client,
+                addr,
+                hello,
+                streams,
+                generation,
+                limits,
+                events: tx.clone(),
+            })
+            .await;
+            let _ = tx.send(Event::Connected(generation, r));
+        });
+    }
+
+    fn lost(&mut self, why: String) {
+        if let Some(link) = self.link.take() {
+            link.close("reconnecting");
+        }
+        let delay = self.backoff.next_delay();
+        tracing::warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "lost the hub");
+        self.last_error = Some(format!("hub connection: {why}"));
+        self.next_dial = tokio::time::Instant::now() + delay;
+    }
+
+    fn handle(
+        &mut self,
+        ev: Event,
+        _endpoint: &quinn::Endpoint,
+        _client: &quinn::ClientConfig,
+        _addr: SocketAddr,
+    ) {
+        let current = |g: u64, s: &Self| s.link.as_ref().is_some_and(|l| l.generation == g);
+        match ev {
+            Event::Connected(g, r) => {
+                self.dialling = false;
+                if g != self.generation {
+                    return;
+                }
+                match r {
+                    Ok(mut link) => {
+                        tracing::info!(hub = %self.config.hub.addr, "connected to the hub");
+                        self.backoff.reset();
+                        self.last_error = None;
+                        // Whatever was in flight on the last connection is asked again.
+                        let again: Vec<Sha256Digest> = self.outstanding.iter().copied().collect();
+                        if !again.is_empty() {
+                            link.request(again, self.limits.max_digests_per_request);
+                        }
+                        self.link = Some(link);
+                    }
+                    Err(why) => self.lost(why),
+                }
+            }
+            Event::LinkLost(g, why) => {
+                if current(g, self) {
+                    self.lost(why);
+                }
+            }
+            Event::Control(g, frame) => {
+                if !current(g, self) {
+                    return;
+                }
+                match frame {
+                    ControlFrame::MetadataUpdate(u) => self.handle_metadata(&u, now()),
+                    ControlFrame::Ping { nonce } => {
+                        if let Some(l) = &self.link {
+                            l.send(ControlFrame::Pong { nonce });
+                        }
+                    }
+                    ControlFrame::Goodbye { reason } => {
+                        self.lost(format!("hub said goodbye: {reason}"))
+                    }
+                    ControlFrame::Pong { .. } => {}
+                    other => {
+                        tracing::warn!(frame = ?std::mem::discriminant(&other), "unexpected control frame from the hub");
+                    }
+                }
+            }
+            Event::Chunk(g, frame) => {
+                if !current(g, self) {
+                    return;
+                }
+                match frame {
+                    ChunkFrame::ChunkData { digest, bytes } => {
+                        self.outstanding.remove(&digest);
+                        self.handle_chunk(digest, bytes.into_vec());
+                    }
+                    ChunkFrame::ChunkMissing { digest } => {
+                        tracing::warn!(%digest, "the hub lacks a chunk; it is asked again later");
+                        self.reconciler.handle_chunk_missing(digest);
+                    }
+                    ChunkFrame::ChunkRequest { .. } => {
+                        tracing::warn!("the hub sent a chunk request; ignored");
+                    }
+                    _ => {}
+                }
+            }
+            Event::Trial {
+                key,
+                target,
+                result,
+            } => {
+                if let Err(reason) = &result {
+                    tracing::warn!(deployment = %key, %target, %reason, "trial failed");
+                } else {
+                    tracing::info!(deployment = %key, %target, "trial passed");
+                }
+                if let Err(e) = self
+                    .reconciler
+                    .handle_trial_result(&key, &target, result, now())
+                {
+                    tracing::warn!(error = %e, "stale trial result ignored");
+                }
+            }
+        }
+    }
+
+    fn handle_chunk(&mut self, digest: Sha256Digest, bytes: Vec<u8>) {
+        if let Some(p) = &mut self.pending {
+            if let Some((target, len)) = p.wanted.get(&digest).cloned() {
+                if Sha256Digest::of(&bytes) == digest && bytes.len() as u64 == len {
+                    p.wanted.remove(&digest);
+                    p.manifests.insert(target, bytes);
+                    if p.wanted.is_empty() {
+                        self.apply_pending(now());
+                    }
+                } else {
+                    tracing::warn!(%digest, "manifest bytes do not match their digest; asking again");
+                    self.request(vec![digest]);
+                }
+                return;
+            }
+        }
+        let len = bytes.len() as u64;
+        match self.reconciler.handle_chunk(digest, bytes, now()) {
+            Ok(true) => self.fetched_bytes += len,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "chunk rejected; fetching it again");
+                self.last_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn request(&mut self, digests: Vec<Sha256Digest>) {
+        self.outstanding.extend(digests.iter().copied());
+        if let Some(link) = &mut self.link {
+            link.request(digests, self.limits.max_digests_per_request);
+        }
+    }
+
+    /// A metadata update from the hub: TUF workflow, director, manifests.
+    fn handle_metadata(&mut self, u: &MetadataUpdate, now: UtcTime) {
+        let base_root = self.trusted.root().body.version;
+        let trusted_targets = self.docs.targets.clone();
+        let updated = Updater::run(self.trusted.clone(), now, self.limits, |f| {
+            u.answer(f, base_root, trusted_targets.as_deref())
+                .map(<[u8]>::to_vec)
+        });
+        let trusted = match updated {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "metadata update rejected; the current version keeps serving");
+                self.last_error = Some(format!("metadata update rejected: {e}"));
+                return;
+            }
+        };
+        let mut docs = TrustDocs {
+            root: u
+                .roots
+                .last()
+                .map(|r| r.as_slice().to_vec())
+                .unwrap_or_else(|| self.docs.root.clone()),
+            timestamp: Some(u.timestamp.as_slice().to_vec()),
+            snapshot: Some(u.snapshot.as_slice().to_vec()),
+            targets: u
+                .targets
+                .as_ref()
+                .map(|t| t.as_slice().to_vec())
+                .or_else(|| self.docs.targets.clone()),
+            director: self.docs.director.clone(),
+        };
+        let mut director = self.director.clone();
+        if let Some(raw) = &u.director {
+            let known = self.director.as_ref().map(|d| d.version);
+            match verify_director(
+                raw.as_slice(),
+                &trusted,
+                &self.config.device_id,
+                known,
+                now,
+                &self.limits,
+            ) {
+                Ok(doc) => {
+                    docs.director = Some(raw.as_slice().to_vec());
+                    director = Some(doc);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "director document rejected");
+                    self.last_error = Some(format!("director document rejected: {e}"));
+                }
+            }
+        }
+        if let Err(e) = self.store.save_trust(&docs) {
+            tracing::error!(error = %e, "could not persist trusted metadata");
+            self.last_error = Some(format!("store: {e}"));
+            return;
+        }
+        self.trusted = trusted;
+        self.docs = docs;
+        self.director = director;
+        if let Some(e) = &self.last_error {
+            if !e.starts_with("director document rejected") && !e.starts_with("chunk") {
+                self.last_error = None;
+            }
+        }
+        self.resume_director(now);
+    }
+
+    /// Brings the reconciler up to the trusted director document, fetching
+    /// the manifests it lacks first.
+    fn resume_director(&mut self, now: UtcTime) {
+        let Some(doc) = self.director.clone() else {
+            return;
+        };
+        if self.reconciler.director_version() == Some(doc.version) && self.pending.is_none() {
+            return;
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.doc.version == doc.version)
+        {
+            return;
+        }
+        let refs = match manifest_refs(&doc) {
+            Ok(r) => r,
+            Err(e) => {
+                self.last_error = Some(format!("director document: {e}"));
+                return;
+            }
+        };
+        let mut pending = PendingDesired {
+            doc,
+            manifests: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+        };
+        for r in refs {
+            match self.reconciler.manifest_bytes(&r.target) {
+                Some(b) if Sha256Digest::of(b) == r.sha256 => {
+                    pending.manifests.insert(r.target, b.to_vec());
+                }
+                _ => {
+                    pending.wanted.insert(r.sha256, (r.target, r.length));
+                }
+            }
+        }
+        let wanted: Vec<Sha256Digest> = pending.wanted.keys().copied().collect();
+        self.pending = Some(pending);
+        if wanted.is_empty() {
+            self.apply_pending(now);
+        } else {
+            self.request(wanted);
+        }
+    }
+
+    fn apply_pending(&mut self, now: UtcTime) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let desired =
+            match DesiredState::from_verified(&p.doc, &p.manifests, &self.trusted, &self.limits) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "desired state rejected");
+                    self.last_error = Some(format!("desired state rejected: {e}"));
+                    return;
+                }
+            };
+        match self.reconciler.handle_desired(desired, now) {
+            Ok(()) => tracing::info!(director_version = p.doc.version, "new desired state"),
+            Err(ReconcileError::StaleDesired { .. }) => {}
+            Err(e) => self.last_error = Some(format!("desired state: {e}")),
+        }
+    }
+
+    /// Performs the reconciler's actions in order.
+    async fn perform(&mut self) -> anyhow::Result<()> {
+        while let Some(action) = self.reconciler.poll_action() {
+            let now = now();
+            match action {
+                Action::QueryStore { digests } => {
+                    let (present, absent) = self.store.has_chunks(&digests)?;
+                    self.reconciler.handle_store_answer(&present, &absent, now);
+                }
+                Action::FetchChunks { digests } => self.request(digests),
+                Action::WriteChunk { digest, bytes } => {
+                    self.store.put_chunk(&digest, &bytes)?;
+                }
+                Action::Stage { key, slot } => {
+                    let store = self.store.clone();
+                    let root = self.files.deployments();
+                    let k = key.clone();
+                    let s = slot.clone();
+                    let staged = tokio::task::spawn_blocking(move || {
+                        slots::stage(&root, &k, &s, &store).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("staging task failed: {e}")));
+                    match staged {
+                        Ok(dir) => {
+                            tracing::info!(deployment = %key, target = slot.target(), dir = %dir.display(), "staged")
+                        }
+                        Err(reason) => {
+                            tracing::warn!(deployment = %key, %reason, "staging failed");
+                            let _ = self.reconciler.handle_action_failed(
+                                &key,
+                                slot.target(),
+                                reason,
+                                now,
+                            );
+                        }
+                    }
+                }
+                Action::Activate { key, target } => {
+                    tracing::info!(deployment = %key, %target, "active");
+                    self.serving.insert(key, target);
+                }
+                Action::RunTrial { key, target } => self.start_trial(key, target),
+                Action::Commit { key, target } => {
+                    tracing::info!(deployment = %key, %target, "committed");
+                    self.prune(&key);
+                }
+                Action::RollBack {
+                    key,
+                    from,
+                    to,
+                    reason,
+                } => {
+                    tracing::warn!(deployment = %key, %from, to = ?to, %reason, "rolled back");
+                    match to {
+                        Some(t) => {
+                            self.serving.insert(key, t);
+                        }
+                        None => {
+                            self.serving.remove(&key);
+                        }
+                    }
+                }
+                Action::Retire { key } => {
+                    tracing::info!(deployment = %key, "retired");
+                    self.serving.remove(&key);
+                    if let Err(e) = slots::retire(&self.files.deployments(), &key) {
+                        tracing::warn!(deployment = %key, error = %e, "could not remove retired files");
+                    }
+                }
+                Action::Persist(record) => self.store.save_record(&record)?,
+                Action::Report(status) => {
+                    if let Some(l) = &self.link {
+                        l.send(ControlFrame::DeploymentStatus(status));
+                    }
+                }
+                Action::CollectGarbage { digests } => {
+                    let unused: Vec<Sha256Digest> = digests
+                        .into_iter()
+                        .filter(|d| !self.reconciler.is_referenced(d))
+                        .collect();
+                    let n = self.store.remove_chunks(&unused)?;
+                    tracing::debug!(removed = n, "collected unreferenced chunks");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn start_trial(&mut self, key: DeploymentKey, target: String) {
+        let Some(slot) = self.reconciler.active(&key).cloned() else {
+            return;
+        };
+        let dir = slots::bundle_dir(&self.files.deployments(), &key, &target);
+        let limit = Duration::from_secs(self.config.sync.trial_timeout_secs);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let manifest = slot.manifest().clone();
+            let run =
+                tokio::task::spawn_blocking(move || slots::trial(&dir, &manifest).map(|_| ()));
+            let result = match tokio::time::timeout(limit, run).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(format!("trial task failed: {e}")),
+                Err(_) => Err(format!("trial did not finish within {}s", limit.as_secs())),
+            };
+            let _ = tx.send(Event::Trial {
+                key,
+                target,
+                result,
+            });
+        });
+    }
+
+    /// Drops version directories of `key` that no slot holds any more.
+    fn prune(&self, key: &DeploymentKey) {
+        let record = self.reconciler.record();
+        let keep: Vec<String> = record
+            .deployments
+            .iter()
+            .filter(|d| &d.key == key)
+            .flat_map(|d| {
+                [&d.active, &d.staged, &d.previous]
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.target.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        if let Err(e) = slots::prune(&self.files.deployments(), key, &keep) {
+            tracing::warn!(deployment = %key, error = %e, "could not prune old versions");
+        }
+    }
+
+    fn write_status(&self) {
+        let s = AgentStatus {
+            device_id: self.config.device_id.clone(),
+            hub: self.config.hub.addr.clone(),
+            connected: self.link.is_some(),
+            updated_at: now().to_string(),
+            pid: std::process::id(),
+            last_error: self.last_error.clone(),
+            trusted: self.trusted_versions(),
+            deployments: self.reconciler.statuses(),
+            serving: self
+                .serving
+                .iter()
+                .map(|(k, t)| (k.to_string(), t.clone()))
+                .collect(),
+            chunks: self
+                .store
+                .chunk_stats()
+                .ok()
+                .map(|(n, b)| status::ChunkStats { count: n, bytes: b }),
+            fetched_bytes: self.fetched_bytes,
+        };
+        if let Err(e) = s.write(&self.files.status()) {
+            tracing::warn!(error = %e, "could not write status.json");
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Distribution end to end: real `flotilla-hub`, `flotilla` and
+//! `flotilla-agent` processes on loopback, in temp dirs. An agent enrols over
+//! QUIC with a pinned CA, pulls what its endpoint names, verifies, stages and
+//! activates it; a new version moves only the chunks that changed; the agent
+//! survives `kill -9` at any point, corrupted chunks, replayed documents,
+//! revocation and a hub restart.
+// Test helpers outside #[test] functions unwrap too: a failure is a test failure.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use flotilla_runtime::generate::{mlp, with_replaced_initializer};
+use support::{active_on, free_udp_port, write_model, Agent, Hub};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// An MLP of about 8 MiB: 16 layers of 256x512 float32 weights.
+fn model(seed: u64) -> Vec<u8> {
+    let mut layers = vec![256usize];
+    layers.extend(std::iter::repeat_n(512usize, 8));
+    layers.push(10);
+    mlp(&layers, seed)
+}
+
+fn target(name: &str, v: u64) -> String {
+    format!("models/{name}/{v}/manifest.cbor")
+}
+
+/// The bytes of the model file the agent serves for `target`.
+fn served_file(agent: &Agent, target: &str) -> Option<Vec<u8>> {
+    // DATA/deployments/ENDPOINT/DEPLOYMENT/DIR/: find the dir whose manifest
+    // is this target's and read its .onnx file.
+    let root = agent.data.join("deployments");
+    for ep in std::fs::read_dir(&root).ok()?.flatten() {
+        for dep in std::fs::read_dir(ep.path()).ok()?.flatten() {
+            for ver in std::fs::read_dir(dep.path()).ok()?.flatten() {
+                let m = std::fs::read(ver.path().join("manifest.cbor")).ok()?;
+                let manifest =
+                    flotilla_protocol::manifest::BundleManifest::decode(&m, &Default::default())
+                        .ok()?;
+                if manifest.target_path() == target {
+                    return std::fs::read(ver.path().join(&manifest.entrypoint)).ok();
+                }
+            }
+        }
+    }
+    None
+}
+
+fn fetched(s: &serde_json::Value) -> u64 {
+    s["fetched_bytes"].as_u64().unwrap()
+}
+
+fn setup(dir: &Path, faults: Option<&str>) -> (Hub, Agent, Vec<u8>) {
+    let hub = Hub::start(&dir.join("hub"), "127.0.0.1:0", faults);
+    let v1 = model(1);
+    let p1 = write_model(dir, "v1.onnx", &v1);
+    assert_eq!(hub.register(&p1, "fraud"), 1);
+    hub.set_endpoint("fraud", "fraud", 1, "a", true);
+    let agent = Agent::enrol(&hub, &dir.join("agent"), "a");
+    (hub, agent, v1)
+}
+
+#[test]
+fn an_enrolled_agent_pulls_activates_and_moves_only_changed_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut agent, v1) = setup(dir.path(), None);
+    // Enrolment left a complete data dir.
+    for f in [
+        "agent.toml",
+        "device.pem",
+        "device-key.pem",
+        "hub-ca.pem",
+        "root.json",
+    ] {
+        assert!(agent.data.join(f).exists(), "{f} missing");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(agent.data.join("device-key.pem"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the device key is private");
+
+    agent.start();
+    let t1 = target("fraud", 1);
+    let s = agent.wait_for("v1 active", WAIT, |s| active_on(s, &t1));
+    assert_eq!(
+        served_file(&agent, &t1).as_deref(),
+        Some(&v1[..]),
+        "v1 staged byte for byte"
+    );
+    let first = fetched(&s);
+    assert!(
+        first as usize >= v1.len(),
+        "fetched {first} of {}",
+        v1.len()
+    );
+
+    // The hub sees the device and its deployment.
+    let devices = hub.json(&["device", "list"]);
+    let id = s["device_id"].as_str().unwrap();
+    assert!(devices.to_string().contains(id), "{devices}");
+
+    // v2 changes one tensor: the agent fetches a small fraction of it.
+    let v2 = with_replaced_initializer(&v1, "fc5.weight", 77).unwrap();
+    let p2 = write_model(dir.path(), "v2.onnx", &v2);
+    assert_eq!(hub.register(&p2, "fraud"), 2);
+    hub.set_endpoint("fraud", "fraud", 2, "a", false);
+    let t2 = target("fraud", 2);
+    let s = agent.wait_for("v2 active", WAIT, |s| active_on(s, &t2));
+    assert_eq!(served_file(&agent, &t2).as_deref(), Some(&v2[..]));
+    let delta = fetched(&s) - first;
+    eprintln!(
+        "v2: fetched {delta} of {} bytes ({:.1}%)",
+        v2.len(),
+        100.0 * delta as f64 / v2.len() as f64
+    );
+    assert!(
+        delta * 4 < v2.len() as u64,
+        "a one-tensor change moved {delta} of {} bytes",
+        v2.len()
+    );
+}
+
+#[test]
+fn the_agent_survives_kill_9_at_random_points_and_never_serves_a_partial_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut agent, v1) = setup(dir.path(), None);
+    agent.start();
+    let t1 = target("fraud", 1);
+    agent.wait_for("v1 active", WAIT, |s| active_on(s, &t1));
+    let v2 = with_replaced_initializer(&v1, "fc3.weight", 5).unwrap();
+    let v2 = with_replaced_initializer(&v2, "fc7.weight", 6).unwrap();
+    let p2 = write_model(dir.path(), "v2.onnx", &v2);
+    hub.register(&p2, "fraud");
+    agent.kill9();
+    hub.set_endpoint("fraud", "fraud", 2, "a", false);
+    let t2 = target("fraud", 2);
+
+    // Deterministic "random" kill points (xorshift), 0..1500 ms after start.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        agent.start();
+        std::thread::sleep(Duration::from_millis(x % 1500));
+        agent.kill9();
+        // Whatever the status says serves must be complete on disk.
+        if let Some(s) = agent.status() {
+            for (_, t) in s["serving"].as_object().unwrap() {
+                let t = t.as_str().unwrap();
+                let want = if t == t1 { &v1 } else { &v2 };
+                assert_eq!(
+                    served_file(&agent, t).as_deref(),
+                    Some(&want[..]),
+                    "round {round}: serving {t} from an incomplete bundle"
+                );
+            }
+        }
+    }
+    agent.start();
+    agent.wait_for("v2 active after the kills", WAIT, |s| active_on(s, &t2));
+    assert_eq!(served_file(&agent, &t2).as_deref(), Some(&v2[..]));
+}
+
+#[test]
+fn corrupted_chunks_are_refetched_and_replayed_directors_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, mut agent, v1) = setup(dir.path(), Some("corrupt-chunks=3,replay-director"));
+    agent.start();
+    let t1 = target("fraud", 1);
+    agent.wait_for("v1 active despite corrupt chunks", WAIT, |s| {
+        active_on(s, &t1)
+    });
+    assert_eq!(served_file(&agent, &t1).as_deref(), Some(&v1[..]));
+    assert!(
+        agent.log_text().contains("chunk rejected"),
+        "the corrupt chunks were seen and rejected:\n{}",
+        agent.log_text()
+    );
+    // A second version makes the hub replay the first director document.
+    let v2 = with_replaced_initializer(&v1, "fc2.weight", 9).unwrap();
+    let p2 = write_model(dir.path(), "v2.onnx", &v2);
+    hub.register(&p2, "fraud");
+    hub.set_endpoint("fraud", "fraud", 2, "a", false);
+    let t2 = target("fraud", 2);
+    agent.wait_for("v2 active", WAIT, |s| active_on(s, &t2));
+    std::thread::sleep(Duration::from_millis(500));
+    let s = agent.status().unwrap();
+    assert!(
+        active_on(&s, &t2),
+        "the replayed document did not roll the agent back: {s:#}"
+    );
+    assert!(
+        agent.log_text().contains("director document rejected"),
+        "the replay was seen and rejected:\n{}",
+        agent.log_text()
+    );
+}
+
+#[test]
+fn a_revoked_device_is_refused_and_a_hub_restart_is_survived() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_udp_port();
+    let sync = format!("127.0.0.1:{port}");
+    let mut hub = Hub::start(&dir.path().join("hub"), &sync, None);
+    let v1 = model(1);
+    let p1 = write_model(dir.path(), "v1.onnx", &v1);
+    hub.register(&p1, "fraud");
+    hub.set_endpoint("fraud", "fraud", 1, "a", true);
+    let mut a = Agent::enrol(&hub, &dir.path().join("a"), "a");
+    let mut b = Agent::enrol(&hub, &dir.path().join("b"), "a");
+    a.start();
+    b.start();
+    let t1 = target("fraud", 1);
+    a.wait_for("a active", WAIT, |s| active_on(s, &t1));
+    let sb = b.wait_for("b active", WAIT, |s| active_on(s, &t1));
+
+    // Revoke b: its connection is closed and it cannot come back.
+    let id_b = sb["device_id"].as_str().unwrap().to_string();
+    let o = hub.cli(&["device", "revoke", &id_b, "--reason", "stolen"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    b.wait_for("b disconnected", WAIT, |s| s["connected"] == false);
+
+    // Restart the hub on the same address: a reconnects, b stays out.
+    hub.kill();
+    let hub = Hub::start(&dir.path().join("hub"), &sync, None);
+    let v2 = with_replaced_initializer(&v1, "fc1.weight", 3).unwrap();
+    let p2 = write_model(dir.path(), "v2.onnx", &v2);
+    hub.register(&p2, "fraud");
+    hub.set_endpoint("fraud", "fraud", 2, "a", false);
+    let t2 = target("fraud", 2);
+    a.wait_for("a on v2 after the hub restart", WAIT, |s| active_on(s, &t2));
+    std::thread::sleep(Duration::from_secs(2));
+    let sb = b.status().unwrap();
+    assert_eq!(
+        sb["connected"], false,
+        "a revoked device got back in: {sb:#}"
+    );
+    assert!(
+        active_on(&sb, &t1),
+        "the revoked device keeps what it had: {sb:#}"
+    );
+    assert!(!active_on(&sb, &t2));
+}
