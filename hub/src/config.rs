@@ -27,7 +27,7 @@
 //! Environment: `FLOTILLA_HUB_DATA_DIR`, `FLOTILLA_HUB_KEYS_DIR`,
 //! `FLOTILLA_HUB_API_LISTEN`, `FLOTILLA_HUB_MAX_UPLOAD_BYTES`,
 //! `FLOTILLA_HUB_SYNC_LISTEN` (alias `FLOTILLA_SYNC_LISTEN`),
-//! `FLOTILLA_HUB_SYNC_ADVERTISE`, and for tests
+//! `FLOTILLA_HUB_SYNC_ADVERTISE`, `FLOTILLA_HUB_TIMESTAMP_EXPIRY_SECS`, and for tests
 //! only `FLOTILLA_TEST_FAULTS` (see [`crate::sync::faults`]).
 
 use std::net::SocketAddr;
@@ -62,6 +62,10 @@ pub struct HubConfig {
     pub max_pending_uploads: usize,
     /// The QUIC listener agents enrol and sync with.
     pub sync: SyncConfig,
+    /// Lifetime of each signed timestamp.json (`[trust] timestamp_expiry_secs`,
+    /// `FLOTILLA_HUB_TIMESTAMP_EXPIRY_SECS`): how long an agent cut off from
+    /// the hub keeps accepting updates. The hub re-signs at half-life.
+    pub timestamp_expiry_secs: i64,
     /// Test-only faults the hub injects (`FLOTILLA_TEST_FAULTS`); none in production.
     pub faults: FaultSpec,
 }
@@ -97,6 +101,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// budget: raise it only on hubs with the memory to match.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 
+/// Default lifetime of a signed timestamp.json: 7 days.
+pub const DEFAULT_TIMESTAMP_EXPIRY_SECS: i64 = 7 * 86_400;
+
 /// Default API address.
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:8440";
 /// Largest upload PATCH body (the CLI sends 8 MiB).
@@ -111,6 +118,14 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     sync: RawSync,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    timestamp_expiry_secs: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -210,6 +225,22 @@ impl HubConfig {
             ));
         }
         let sync = SyncConfig::resolve(raw.sync, env, flags)?;
+        let timestamp_expiry_secs = match env("FLOTILLA_HUB_TIMESTAMP_EXPIRY_SECS") {
+            Some(v) => v.parse().map_err(|_| {
+                ConfigError(format!(
+                    "FLOTILLA_HUB_TIMESTAMP_EXPIRY_SECS {v:?} is not a number"
+                ))
+            })?,
+            None => raw
+                .trust
+                .timestamp_expiry_secs
+                .unwrap_or(DEFAULT_TIMESTAMP_EXPIRY_SECS),
+        };
+        if !(2..=30 * 86_400).contains(&timestamp_expiry_secs) {
+            return Err(ConfigError(format!(
+                "trust.timestamp_expiry_secs {timestamp_expiry_secs} must be between 2 and 2592000 (30 days)"
+            )));
+        }
         let faults = match env("FLOTILLA_TEST_FAULTS") {
             Some(v) => FaultSpec::parse(&v)
                 .map_err(|e| ConfigError(format!("FLOTILLA_TEST_FAULTS: {e}")))?,
@@ -224,6 +255,7 @@ impl HubConfig {
             max_upload_bytes,
             max_pending_uploads,
             sync,
+            timestamp_expiry_secs,
             faults,
         })
     }

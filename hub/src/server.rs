@@ -27,8 +27,14 @@ use crate::registry::{Registry, RegistryLimits};
 use crate::store::{RedbStore, RegistryStore, TokenRecord};
 use crate::sync::SyncServer;
 
-/// How often the hub checks whether its timestamp metadata needs re-signing.
+/// Longest interval between two checks whether the timestamp needs re-signing
+/// (it is re-signed at half its lifetime; short lifetimes check more often).
 pub const TRUST_REFRESH_CHECK: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How often to check for re-signing, given the timestamp lifetime.
+pub fn trust_refresh_interval(timestamp_secs: i64) -> std::time::Duration {
+    std::time::Duration::from_secs((timestamp_secs / 4).max(1) as u64).min(TRUST_REFRESH_CHECK)
+}
 
 /// A hub ready to serve: its listeners are bound.
 #[derive(Debug)]
@@ -40,6 +46,8 @@ pub struct Hub {
     listener: tokio::net::TcpListener,
     router: axum::Router,
     sync: SyncServer,
+    // Test fault: never re-sign the timestamp (a hub whose timestamp key is gone).
+    freeze_timestamp: bool,
     /// The registry (for in-process users such as tests and later services).
     pub registry: Arc<Registry>,
 }
@@ -68,7 +76,7 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
     bootstrap_admin(store.as_ref(), config)?;
     let ca = crate::devices::ca::DeviceCa::load_or_create(&config.data_dir.join("ca"))?;
 
-    let registry = Arc::new(Registry::new(
+    let mut registry = Registry::new(
         store,
         chunks,
         uploads,
@@ -79,7 +87,9 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
             max_upload_bytes: config.max_upload_bytes,
             max_pending_uploads: config.max_pending_uploads,
         },
-    ));
+    );
+    registry.set_timestamp_expiry(config.timestamp_expiry_secs);
+    let registry = Arc::new(registry);
     registry.load_device_certs()?;
     let stale = registry.mark_all_offline()?;
     if stale > 0 {
@@ -104,6 +114,7 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
         listener,
         router,
         sync,
+        freeze_timestamp: config.faults.freeze_timestamp,
         registry,
     })
 }
@@ -159,10 +170,15 @@ impl Hub {
             let _ = api_stopped.wait_for(|s| *s).await;
         };
         let registry = self.registry.clone();
+        let every = trust_refresh_interval(registry.timestamp_expiry_secs());
+        let frozen = self.freeze_timestamp;
         let refresher = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(TRUST_REFRESH_CHECK);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
+                if frozen {
+                    continue;
+                }
                 let r = registry.clone();
                 match tokio::task::spawn_blocking(move || r.refresh_trust_if_due(crate::now()))
                     .await

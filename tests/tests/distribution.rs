@@ -276,3 +276,40 @@ fn a_revoked_device_is_refused_and_a_hub_restart_is_survived() {
     );
     assert!(!active_on(&sb, &t2));
 }
+
+#[test]
+fn an_expired_timestamp_stops_updates_but_the_current_version_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hub");
+    // Timestamps live 6 s and the hub never re-signs them (test fault).
+    let hub = Hub::start_with_env(
+        &data,
+        "127.0.0.1:0",
+        Some("freeze-timestamp"),
+        &[("FLOTILLA_HUB_TIMESTAMP_EXPIRY_SECS", "6")],
+    );
+    let v1 = model(1);
+    let v2 = with_replaced_initializer(&v1, "fc4.weight", 4).unwrap();
+    let p1 = write_model(dir.path(), "v1.onnx", &v1);
+    let p2 = write_model(dir.path(), "v2.onnx", &v2);
+    hub.register(&p1, "fraud");
+    // v2 is registered now, so that no new publication happens later.
+    hub.register(&p2, "fraud");
+    hub.set_endpoint("fraud", "fraud", 1, "a", true);
+    let mut agent = Agent::enrol(&hub, &dir.path().join("agent"), "a");
+    agent.start();
+    let t1 = target("fraud", 1);
+    agent.wait_for("v1 active", WAIT, |s| active_on(s, &t1));
+    // Let the timestamp expire, then point the endpoint at v2: the hub pushes
+    // a new director with the expired timestamp.
+    std::thread::sleep(Duration::from_secs(7));
+    hub.set_endpoint("fraud", "fraud", 2, "a", false);
+    let s = agent.wait_for("the expired update refused", WAIT, |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("expired"))
+    });
+    assert!(active_on(&s, &t1), "v1 keeps serving: {s:#}");
+    assert_eq!(s["serving"]["fraud/blue"], t1.as_str());
+    assert!(served_file(&agent, &t1).is_some());
+}

@@ -148,6 +148,16 @@ fn sign_next(
 }
 
 impl Registry {
+    /// Signs timestamps that expire `secs` after signing (default 7 days).
+    pub fn set_timestamp_expiry(&mut self, secs: i64) {
+        self.expiries.timestamp_secs = secs;
+    }
+
+    /// The timestamp lifetime in seconds.
+    pub fn timestamp_expiry_secs(&self) -> i64 {
+        self.expiries.timestamp_secs
+    }
+
     /// A registry over its store, chunk store, upload files and online keys.
     pub fn new(
         store: Arc<dyn RegistryStore>,

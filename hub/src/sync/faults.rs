@@ -8,7 +8,10 @@
 //!   the fault reaches the agent's chunk verification;
 //! - `replay-director`: remember the first signed director document sent to
 //!   each device; whenever a newer one is pushed, push the old one again in an
-//!   extra `MetadataUpdate` right after (a rollback attempt).
+//!   extra `MetadataUpdate` right after (a rollback attempt);
+//! - `freeze-timestamp`: never re-sign timestamp.json before it expires (a hub
+//!   whose timestamp key is gone, or a freeze attack), so agents receive
+//!   expired metadata.
 //!
 //! None is on unless the variable is set, and the hub warns loudly at start
 //! when one is. This module does not decide when a chunk or an update is sent.
@@ -24,6 +27,8 @@ pub struct FaultSpec {
     pub corrupt_chunks: u64,
     /// Replay each device's first director document after a newer one.
     pub replay_director: bool,
+    /// Never refresh timestamp.json before it expires.
+    pub freeze_timestamp: bool,
 }
 
 impl FaultSpec {
@@ -38,9 +43,10 @@ impl FaultSpec {
                     })?;
                 }
                 None if item == "replay-director" => spec.replay_director = true,
+                None if item == "freeze-timestamp" => spec.freeze_timestamp = true,
                 _ => {
                     return Err(format!(
-                        "unknown fault {item:?} (known: corrupt-chunks=N, replay-director)"
+                        "unknown fault {item:?} (known: corrupt-chunks=N, replay-director, freeze-timestamp)"
                     ))
                 }
             }
@@ -50,7 +56,7 @@ impl FaultSpec {
 
     /// Whether any fault is on.
     pub fn any(&self) -> bool {
-        self.corrupt_chunks > 0 || self.replay_director
+        self.corrupt_chunks > 0 || self.replay_director || self.freeze_timestamp
     }
 }
 
@@ -62,6 +68,9 @@ impl std::fmt::Display for FaultSpec {
         }
         if self.replay_director {
             parts.push("replay-director".into());
+        }
+        if self.freeze_timestamp {
+            parts.push("freeze-timestamp".into());
         }
         f.write_str(&parts.join(","))
     }
@@ -141,13 +150,16 @@ mod tests {
         assert!(FaultSpec::parse("corrupt-chunks=lots").is_err());
         assert!(FaultSpec::parse("drop-everything").is_err());
         assert!(!FaultSpec::default().any());
+        let frozen = FaultSpec::parse("freeze-timestamp").unwrap();
+        assert!(frozen.freeze_timestamp && frozen.any());
+        assert_eq!(frozen.to_string(), "freeze-timestamp");
     }
 
     #[test]
     fn only_the_first_n_payloads_are_corrupted() {
         let f = Faults::new(FaultSpec {
             corrupt_chunks: 2,
-            replay_director: false,
+            ..FaultSpec::default()
         });
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -163,8 +175,8 @@ mod tests {
         assert_eq!(off.director_sent("d", 1, b"v1"), None);
         assert_eq!(off.director_sent("d", 2, b"v2"), None);
         let on = Faults::new(FaultSpec {
-            corrupt_chunks: 0,
             replay_director: true,
+            ..FaultSpec::default()
         });
         assert_eq!(on.director_sent("d", 1, b"v1"), None);
         assert_eq!(on.director_sent("d", 1, b"v1 again"), None);

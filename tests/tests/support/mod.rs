@@ -46,7 +46,18 @@ pub struct Hub {
 impl Hub {
     /// Starts a hub on `data` with its QUIC sync on `sync_listen`.
     pub fn start(data: &Path, sync_listen: &str, faults: Option<&str>) -> Self {
+        Self::start_with_env(data, sync_listen, faults, &[])
+    }
+
+    /// Like [`Hub::start`], with extra environment variables.
+    pub fn start_with_env(
+        data: &Path,
+        sync_listen: &str,
+        faults: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut cmd = Command::new(bin("flotilla-hub"));
+        cmd.envs(env.iter().copied());
         cmd.args(["serve", "--data-dir"])
             .arg(data)
             .args(["--api-listen", "127.0.0.1:0"])
