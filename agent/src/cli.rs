@@ -3,8 +3,10 @@
 //! Each subcommand is a variant of [`Command`]; [`run`] carries it out and returns
 //! the process exit code. This module only wires arguments to library calls.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -67,6 +69,94 @@ pub enum Command {
     ///
     /// Exit status: 0 shown, 3 no status in DATA.
     Status(StatusArgs),
+    /// Serve a model on this machine without any hub: the scoring API that
+    /// applications on a node call (Open Inference Protocol v2 REST, as Triton,
+    /// KServe and MLServer speak it), for local debugging.
+    ///
+    /// `--model FILE.onnx` serves an ONNX file (its signature read from the
+    /// graph); `--bundle FILE.bundle --root root.json` verifies a signed bundle
+    /// against the pinned root first, exactly as the agent does, stages it and
+    /// runs its trial. The model is served as endpoint NAME (default: the file
+    /// stem, or the bundle's model name) with one deployment, `local`.
+    ///
+    /// Prints exactly one line on stdout once bound:
+    /// `scoring listening on http://ADDR`. Logs go to stderr. Runs until Ctrl-C
+    /// or SIGTERM.
+    ///
+    /// Example:
+    ///   flotilla-agent serve --model mlp.onnx --listen 127.0.0.1:0
+    ///   curl -s localhost:PORT/v2/models/mlp
+    ///
+    /// Exit status: 0 stopped by a signal, 1 the model or bundle could not be
+    /// loaded or verified, 2 bad usage or the address could not be bound.
+    Serve(ServeArgs),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The ONNX model to serve.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "bundle",
+        conflicts_with = "bundle"
+    )]
+    pub model: Option<PathBuf>,
+    /// A signed bundle file (`flotilla bundle pack`) to verify and serve.
+    #[arg(long, value_name = "FILE", requires = "root")]
+    pub bundle: Option<PathBuf>,
+    /// The pinned TUF root (root.json) the bundle must verify against.
+    #[arg(long, value_name = "FILE", requires = "bundle")]
+    pub root: Option<PathBuf>,
+    /// Endpoint name, the model name in the v2 paths (default: the file stem,
+    /// or the bundle's model name).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Address to listen on, IP:PORT; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8441")]
+    pub listen: SocketAddr,
+    /// Model executions running at once (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = positive)]
+    pub max_concurrency: Option<usize>,
+    /// Requests waiting for an execution before new ones get 429.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub max_queue: usize,
+    /// Milliseconds a request may take before it gets 504.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// Batch requests arriving within this many microseconds of each other
+    /// (off unless given).
+    #[arg(long, value_name = "US")]
+    pub batch_window_us: Option<u64>,
+    /// Most rows in one batch.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = positive)]
+    pub max_batch: usize,
+    /// Largest request body in bytes; larger ones get 413.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = positive)]
+    pub max_body_bytes: usize,
+}
+
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive integer")),
+    }
+}
+
+impl ServeArgs {
+    /// The server configuration these flags ask for.
+    pub fn serve_config(&self) -> crate::serve::ServeConfig {
+        let defaults = crate::serve::ServeConfig::default();
+        crate::serve::ServeConfig {
+            max_concurrency: self.max_concurrency.unwrap_or(defaults.max_concurrency),
+            max_queue: self.max_queue,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            batch_window: self.batch_window_us.map(Duration::from_micros),
+            max_batch: self.max_batch,
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
 }
 
 /// Arguments of `enroll`.
@@ -164,6 +254,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enroll(args) => run_enroll(&args),
         Command::Run(args) => run_agent(&args),
         Command::Status(args) => Ok(run_status(&args)),
+        Command::Serve(args) => run_serve(&args),
     }
 }
 
@@ -271,6 +362,63 @@ fn run_status(args: &StatusArgs) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+fn run_serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    use crate::serve::{self, local, Serving};
+    init_logging();
+    let loaded = match (&args.model, &args.bundle, &args.root) {
+        (Some(model), _, _) => local::load_onnx_file(model, args.name.as_deref()),
+        (None, Some(bundle), Some(root)) => load_bundle_here(bundle, root, args.name.as_deref()),
+        _ => anyhow::bail!("give --model FILE, or --bundle FILE with --root FILE"),
+    };
+    let local = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let serving = Serving::new(args.serve_config());
+    local.install(&serving);
+    tracing::info!(model = %local.name, target = %local.target, "model loaded");
+    let rt = runtime()?;
+    let listen = args.listen;
+    let result = rt.block_on(async move {
+        let (addr, served) = serve::bind(serving, listen, shutdown_signal())
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        println!("scoring listening on http://{addr}");
+        served.await.context("serving")
+    });
+    // A run still going on a blocking thread is not waited for past this.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Verifies, stages and trials `bundle` in a scratch dir, removed once loaded.
+fn load_bundle_here(
+    bundle: &std::path::Path,
+    root: &std::path::Path,
+    name: Option<&str>,
+) -> Result<crate::serve::local::LocalModel, String> {
+    let work = std::env::temp_dir().join(format!("flotilla-serve-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let loaded = crate::serve::local::load_bundle(
+        bundle,
+        root,
+        &work,
+        name,
+        flotilla_protocol::time::UtcTime(now),
+    );
+    // The model is in memory now; the staged files are not needed.
+    let _ = std::fs::remove_dir_all(&work);
+    loaded
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -15,6 +15,8 @@
 //! - [`time`]: TUF's UTC timestamps.
 //! - [`reconcile`]: the agent's sync-and-activation state machine (sans-IO).
 //! - [`wire`]: the hub<->agent frames and their length-prefixed CBOR codec.
+//! - [`telemetry`]: telemetry windows, mergeable histograms, drift statistics,
+//!   the agent's outbox policy and the hub's deduplication (sans-IO).
 
 pub mod bundle;
 pub mod chunking;
@@ -23,6 +25,7 @@ pub mod director;
 pub mod limits;
 pub mod manifest;
 pub mod reconcile;
+pub mod telemetry;
 pub mod time;
 pub mod tuf;
 pub mod wire;

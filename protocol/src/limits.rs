@@ -60,6 +60,27 @@ pub struct Limits {
     pub max_accelerators: usize,
     /// Longest free-text reason (a failure, a goodbye), in bytes.
     pub max_reason_len: usize,
+    /// Largest encoded telemetry record (a window, an ack, an event) accepted
+    /// from MQTT, in bytes; also the largest window an agent's outbox keeps.
+    pub max_telemetry_bytes: u64,
+    /// Most endpoint+deployment entries, and most drift observations, one
+    /// telemetry window may carry. A merged window holds the union over its
+    /// span, so this is above `max_deployments`.
+    pub max_window_series: usize,
+    /// Most entries in one of a window's small keyed maps: error kinds of one
+    /// deployment, temperature sensors of the node.
+    pub max_window_map_entries: usize,
+    /// Most features (inputs plus outputs) one drift observation may carry.
+    pub max_drift_features: usize,
+    /// Most bins (numeric bins, or named categories) one feature's drift
+    /// counts may carry.
+    pub max_feature_bins: usize,
+    /// Byte budget of the agent's telemetry outbox: past it the outbox merges
+    /// its oldest windows (and holds this much in memory). Not a bound on
+    /// peer input; here because it sizes what the agent keeps.
+    pub max_outbox_bytes: u64,
+    /// Longest event data (JSON text), in bytes.
+    pub max_event_data_bytes: usize,
 }
 
 impl Default for Limits {
@@ -104,6 +125,17 @@ impl Default for Limits {
             max_roots_per_update,
             max_accelerators: 64,
             max_reason_len: 4096,
+            max_telemetry_bytes: MIB,
+            max_window_series: 1024,
+            max_window_map_entries: 256,
+            // The hub's baseline builder accepts up to 4096 columns.
+            max_drift_features: 4096,
+            // The hub's baselines have 10 bins or 64 categories (plus other).
+            max_feature_bins: 1024,
+            // Hours of 10 s windows before compaction starts, well inside the
+            // agent's memory goal.
+            max_outbox_bytes: 4 * MIB,
+            max_event_data_bytes: 64 * KIB as usize,
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct Agent {
     outstanding: BTreeSet<Sha256Digest>,
     last_error: Option<String>,
     fetched_bytes: u64,
+    fetch_started: Option<(std::time::Instant, u64)>,
+    last_fetch: Option<status::FetchRun>,
     tx: mpsc::UnboundedSender<Event>,
     rx: Option<mpsc::UnboundedReceiver<Event>>,
 }
@@ -175,6 +177,8 @@ impl Agent {
             outstanding: BTreeSet::new(),
             last_error: None,
             fetched_bytes: 0,
+            fetch_started: None,
+            last_fetch: None,
             tx,
             rx: Some(rx),
         })
@@ -265,7 +269,16 @@ impl Agent {
             tokio::select! {
                 () = &mut shutdown => break,
                 ev = events.recv() => match ev {
-                    Some(ev) => self.handle(ev, &endpoint, &client, addr),
+                    Some(ev) => {
+                        self.handle(ev, &endpoint, &client, addr);
+                        // Take what else is ready, so chunk writes batch.
+                        for _ in 0..64 {
+                            match events.try_recv() {
+                                Ok(ev) => self.handle(ev, &endpoint, &client, addr),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => break,
                 },
                 () = tokio::time::sleep_until(wake) => {
@@ -434,7 +447,17 @@ impl Agent {
         }
         let len = bytes.len() as u64;
         match self.reconciler.handle_chunk(digest, bytes, now()) {
-            Ok(true) => self.fetched_bytes += len,
+            Ok(true) => {
+                self.fetched_bytes += len;
+                if self.outstanding.is_empty() && self.reconciler.chunks_in_flight() == 0 {
+                    if let Some((t, from)) = self.fetch_started.take() {
+                        self.last_fetch = Some(status::FetchRun {
+                            bytes: self.fetched_bytes - from,
+                            secs: t.elapsed().as_secs_f64(),
+                        });
+                    }
+                }
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "chunk rejected; fetching it again");
@@ -444,6 +467,9 @@ impl Agent {
     }
 
     fn request(&mut self, digests: Vec<Sha256Digest>) {
+        if self.fetch_started.is_none() {
+            self.fetch_started = Some((std::time::Instant::now(), self.fetched_bytes));
+        }
         self.outstanding.extend(digests.iter().copied());
         if let Some(link) = &mut self.link {
             link.request(digests, self.limits.max_digests_per_request);
@@ -585,19 +611,23 @@ impl Agent {
         }
     }
 
-    /// Performs the reconciler's actions in order.
+    /// Performs the reconciler's actions in order. Consecutive chunk writes
+    /// go to the store in one transaction, flushed before any other action.
     async fn perform(&mut self) -> anyhow::Result<()> {
+        let mut writes: Vec<(Sha256Digest, Vec<u8>)> = Vec::new();
         while let Some(action) = self.reconciler.poll_action() {
             let now = now();
+            if let Action::WriteChunk { digest, bytes } = action {
+                writes.push((digest, bytes));
+                continue;
+            }
+            self.flush_writes(&mut writes)?;
             match action {
                 Action::QueryStore { digests } => {
                     let (present, absent) = self.store.has_chunks(&digests)?;
                     self.reconciler.handle_store_answer(&present, &absent, now);
                 }
                 Action::FetchChunks { digests } => self.request(digests),
-                Action::WriteChunk { digest, bytes } => {
-                    self.store.put_chunk(&digest, &bytes)?;
-                }
                 Action::Stage { key, slot } => {
                     let store = self.store.clone();
                     let root = self.files.deployments();
@@ -672,6 +702,17 @@ impl Agent {
                 _ => {}
             }
         }
+        self.flush_writes(&mut writes)
+    }
+
+    fn flush_writes(&self, writes: &mut Vec<(Sha256Digest, Vec<u8>)>) -> anyhow::Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let batch: Vec<(Sha256Digest, &[u8])> =
+            writes.iter().map(|(d, b)| (*d, b.as_slice())).collect();
+        self.store.put_chunks(&batch)?;
+        writes.clear();
         Ok(())
     }
 
@@ -741,6 +782,7 @@ impl Agent {
                 .ok()
                 .map(|(n, b)| status::ChunkStats { count: n, bytes: b }),
             fetched_bytes: self.fetched_bytes,
+            last_fetch: self.last_fetch,
         };
         if let Err(e) = s.write(&self.files.status()) {
             tracing::warn!(error = %e, "could not write status.json");

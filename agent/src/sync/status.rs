@@ -42,6 +42,17 @@ pub struct AgentStatus {
     pub chunks: Option<ChunkStats>,
     /// Verified chunk bytes received from the hub since this process started.
     pub fetched_bytes: u64,
+    /// The last completed fetch: from the first request to the last chunk.
+    pub last_fetch: Option<FetchRun>,
+}
+
+/// One fetch, from the first chunk request until nothing was outstanding.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct FetchRun {
+    /// Verified chunk bytes received.
+    pub bytes: u64,
+    /// Wall-clock seconds.
+    pub secs: f64,
 }
 
 impl AgentStatus {

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Distribution benchmark (issue 4), release build, loopback, this machine:
+#  1. one agent pulling a ~1 GiB bundle over QUIC, goodput against curl
+#     downloading the same bytes over HTTPS/TCP from `openssl s_server` on the
+#     same machine, interleaved, ROUNDS rounds, medians;
+#  2. SWARM agents pulling one ~100 MiB bundle at once: total time until all
+#     are active, and the hub's peak memory (VmHWM).
+# Usage: bench/sync/run.sh [ROUNDS] [SWARM]
+set -euo pipefail
+ROUNDS=${1:-3}
+SWARM=${2:-50}
+cd "$(dirname "$0")/../.."
+cargo build --release --bins -p flotilla-hub -p flotilla-agent
+cargo build --release -p flotilla-e2e --example gen_mlp
+T=${CARGO_TARGET_DIR:-target}/release
+W=$(mktemp -d /tmp/flotilla-bench-sync.XXXXXX)
+PIDS=()
+cleanup() {
+  rc=$?
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  if [ "$rc" -eq 0 ]; then rm -rf "$W"; else echo "failed (exit $rc); files kept in $W" >&2; fi
+}
+trap cleanup EXIT
+
+"$T/examples/gen_mlp" "$W/big.onnx" 4096 16 1 >/dev/null     # 16 x 64 MiB
+"$T/examples/gen_mlp" "$W/mid.onnx" 2048 6 2 >/dev/null      # 6 x 16 MiB
+BIG=$(stat -c %s "$W/big.onnx"); MID=$(stat -c %s "$W/mid.onnx")
+
+"$T/flotilla-hub" serve --data-dir "$W/hub" --api-listen 127.0.0.1:0 --sync-listen 127.0.0.1:0 >"$W/hub.out" 2>"$W/hub.err" &
+HUB=$!; PIDS+=("$HUB")
+for _ in $(seq 100); do grep -q "sync listening" "$W/hub.out" 2>/dev/null && break; sleep 0.1; done
+export FLOTILLA_HUB=$(grep -o 'http://[0-9.:]*' "$W/hub.out" | head -1)
+export FLOTILLA_TOKEN=$(cat "$W/hub/admin-token")
+export FLOTILLA_CONFIG="$W/cli.toml"
+SYNC=$(grep "sync listening" "$W/hub.out" | grep -oE '[0-9.]+:[0-9]+' | head -1)
+FP=$("$T/flotilla" --output json hub info | python3 -c 'import json,sys; print(json.load(sys.stdin)["ca_fingerprint"])')
+"$T/flotilla" model register "$W/big.onnx" --name big --reason bench >/dev/null
+"$T/flotilla" model register "$W/mid.onnx" --name mid --reason bench >/dev/null
+"$T/flotilla" endpoint create big --deployment blue=big:1 --traffic blue=100 --selector site=big --reason bench >/dev/null
+"$T/flotilla" endpoint create mid --deployment blue=mid:1 --traffic blue=100 --selector site=swarm --reason bench >/dev/null
+
+enrol() { # DIR SITE
+  local tok
+  tok=$("$T/flotilla" --output json device token create --labels "site=$2" --ttl 1h | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  "$T/flotilla-agent" enroll --data-dir "$1" --hub "$SYNC" --token "$tok" --hub-ca-fingerprint "$FP" >/dev/null
+}
+status_field() { # DIR PYEXPR
+  "$T/flotilla-agent" status --output json --data-dir "$1" 2>/dev/null | python3 -c "import json,sys
+try:
+    s=json.load(sys.stdin); print($2)
+except Exception: print('')"
+}
+
+# HTTPS peer: openssl s_server serving the same file.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=localhost -keyout "$W/k.pem" -out "$W/c.pem" 2>/dev/null
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+(cd "$W" && exec openssl s_server -WWW -accept "$PORT" -cert c.pem -key k.pem -quiet) >/dev/null 2>&1 &
+PIDS+=("$!")
+sleep 0.5
+
+echo "bundle: $BIG bytes; rounds: $ROUNDS"
+Q=(); C=()
+for r in $(seq "$ROUNDS"); do
+  ct=$(curl -sk -o /dev/null -w '%{time_total}' "https://127.0.0.1:$PORT/big.onnx")
+  C+=("$ct")
+  D="$W/agent-big-$r"; enrol "$D" big
+  "$T/flotilla-agent" run --data-dir "$D" 2>"$D.log" & A=$!; PIDS+=("$A")
+  f=""
+  for _ in $(seq 1200); do
+    f=$(status_field "$D" 's["last_fetch"]["secs"] if s.get("last_fetch") else ""')
+    [ -n "$f" ] && break; sleep 0.2
+  done
+  [ -n "$f" ] || { echo "round $r: the agent did not finish its fetch; see $D.log" >&2; exit 1; }
+  fb=$(status_field "$D" 's["last_fetch"]["bytes"]')
+  kill "$A" 2>/dev/null || true; wait "$A" 2>/dev/null || true
+  rm -rf "$D"
+  Q+=("$f")
+  python3 -c "print(f'round $r: quic agent {$fb/1048576/$f:.0f} MiB/s ({$f:.2f}s for $fb bytes), curl https {$BIG/1048576/$ct:.0f} MiB/s ({$ct:.2f}s)')"
+done
+python3 - "$BIG" "${Q[*]}" "${C[*]}" <<'PY'
+import statistics, sys
+size = int(sys.argv[1]); q = [float(x) for x in sys.argv[2].split()]; c = [float(x) for x in sys.argv[3].split()]
+mq, mc = statistics.median(q), statistics.median(c)
+print(f"median: agent {size/1048576/mq:.0f} MiB/s, curl {size/1048576/mc:.0f} MiB/s, ratio agent/curl = {mc/mq:.2f}x")
+PY
+
+echo "swarm: $SWARM agents pulling $MID bytes at once"
+for i in $(seq "$SWARM"); do enrol "$W/swarm-$i" swarm; done
+BASE=$(grep VmRSS /proc/$HUB/status | awk '{print $2}')
+# Reset the peak RSS counter (Linux: clear_refs 5) so the peak is the swarm's.
+echo 5 > /proc/$HUB/clear_refs 2>/dev/null || echo "(could not reset VmHWM; the peak includes registration)"
+start=$(date +%s.%N)
+SP=()
+for i in $(seq "$SWARM"); do
+  "$T/flotilla-agent" run --data-dir "$W/swarm-$i" 2>"$W/swarm-$i.log" & SP+=("$!"); PIDS+=("$!")
+done
+for _ in $(seq 6000); do
+  n=0
+  for i in $(seq "$SWARM"); do
+    grep -q '"state": "active"' "$W/swarm-$i/status.json" 2>/dev/null && n=$((n+1))
+  done
+  [ "$n" -eq "$SWARM" ] && break
+  sleep 0.2
+done
+end=$(date +%s.%N)
+PEAK=$(grep VmHWM /proc/$HUB/status | awk '{print $2}')
+python3 -c "print(f'swarm: {$n}/$SWARM active in {$end-$start:.1f}s; hub RSS before {$BASE/1024:.0f} MiB, peak during the swarm {$PEAK/1024:.0f} MiB (VmHWM)')"
+for p in "${SP[@]}"; do kill "$p" 2>/dev/null || true; done
