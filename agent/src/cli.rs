@@ -196,6 +196,9 @@ pub struct RunArgs {
     /// Configuration file (default: DIR/agent.toml).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Scoring API address (overrides `[serve] listen`; port 0 picks a free one).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `status`.
@@ -330,6 +333,9 @@ fn run_agent(args: &RunArgs) -> anyhow::Result<ExitCode> {
     };
     if let (Some(_), Some(d)) = (&args.config, &args.data_dir) {
         config.data_dir = d.clone();
+    }
+    if let Some(l) = args.listen {
+        config.serve.listen = l;
     }
     let rt = runtime()?;
     rt.block_on(async move {

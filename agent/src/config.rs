@@ -48,7 +48,30 @@ pub struct AgentConfig {
     /// Sync pacing.
     #[serde(default)]
     pub sync: SyncSection,
+    /// The scoring API.
+    #[serde(default)]
+    pub serve: ServeSection,
 }
+
+/// `[serve]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSection {
+    /// Where applications call the agent (Open Inference Protocol v2); port 0
+    /// picks a free one. The agent prints the bound address on stdout.
+    pub listen: SocketAddr,
+}
+
+impl Default for ServeSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_SCORING_PORT)),
+        }
+    }
+}
+
+/// Default scoring port.
+pub const DEFAULT_SCORING_PORT: u16 = 8441;
 
 /// `[hub]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -150,8 +173,16 @@ impl AgentConfig {
         Ok(c)
     }
 
-    /// Applies `FLOTILLA_AGENT_HUB` and `FLOTILLA_AGENT_DATA_DIR`.
+    /// Applies `FLOTILLA_AGENT_HUB`, `FLOTILLA_AGENT_DATA_DIR` and
+    /// `FLOTILLA_AGENT_LISTEN`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(l) = var("FLOTILLA_AGENT_LISTEN") {
+            self.serve.listen = l.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "FLOTILLA_AGENT_LISTEN {l:?} is not an address like 127.0.0.1:8441"
+                ))
+            })?;
+        }
         if let Some(h) = var("FLOTILLA_AGENT_HUB") {
             self.hub.addr = h;
         }
@@ -200,10 +231,10 @@ impl AgentConfig {
     pub fn to_toml(&self) -> String {
         let mut out = String::from(
             "# flotilla-agent configuration, written by `flotilla-agent enroll`.\n\
-             # Environment overrides: FLOTILLA_AGENT_HUB, FLOTILLA_AGENT_DATA_DIR.\n",
+             # Environment overrides: FLOTILLA_AGENT_HUB, FLOTILLA_AGENT_DATA_DIR, FLOTILLA_AGENT_LISTEN.\n",
         );
         out.push_str(&format!(
-            "data_dir = {}\ndevice_id = {}\n\n[hub]\naddr = {}\n\n[sync]\nreconnect_min_ms = {}\nreconnect_max_ms = {}\nchunk_streams = {}\ntrial_timeout_secs = {}\n",
+            "data_dir = {}\ndevice_id = {}\n\n[hub]\naddr = {}\n\n[sync]\nreconnect_min_ms = {}\nreconnect_max_ms = {}\nchunk_streams = {}\ntrial_timeout_secs = {}\n\n[serve]\nlisten = {}\n",
             toml_str(&self.data_dir.display().to_string()),
             toml_str(&self.device_id),
             toml_str(&self.hub.addr),
@@ -211,6 +242,7 @@ impl AgentConfig {
             self.sync.reconnect_max_ms,
             self.sync.chunk_streams,
             self.sync.trial_timeout_secs,
+            toml_str(&self.serve.listen.to_string()),
         ));
         out
     }
@@ -241,6 +273,7 @@ mod tests {
                 addr: "hub.example:7443".into(),
             },
             sync: SyncSection::default(),
+            serve: ServeSection::default(),
         }
     }
 

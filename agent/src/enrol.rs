@@ -17,7 +17,7 @@ use flotilla_protocol::limits::Limits;
 use flotilla_protocol::tuf::TrustedSet;
 use flotilla_protocol::wire::{ByteBuf, EnrolFrame};
 
-use crate::config::{resolve, AgentConfig, DataFiles, HubSection, SyncSection};
+use crate::config::{resolve, AgentConfig, DataFiles, HubSection, ServeSection, SyncSection};
 
 /// How long enrolment waits for the hub.
 pub const ENROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -234,6 +234,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, EnrolError> {
             addr: opts.hub.clone(),
         },
         sync: SyncSection::default(),
+        serve: ServeSection::default(),
     };
     write(&files.config(), config.to_toml().as_bytes(), 0o644)?;
     Ok(Enrolled {

@@ -65,7 +65,7 @@ for r in $(seq "$ROUNDS"); do
   ct=$(curl -sk -o /dev/null -w '%{time_total}' "https://127.0.0.1:$PORT/big.onnx")
   C+=("$ct")
   D="$W/agent-big-$r"; enrol "$D" big
-  "$T/flotilla-agent" run --data-dir "$D" 2>"$D.log" & A=$!; PIDS+=("$A")
+  "$T/flotilla-agent" run --data-dir "$D" --listen 127.0.0.1:0 >/dev/null 2>"$D.log" & A=$!; PIDS+=("$A")
   f=""
   for _ in $(seq 1200); do
     f=$(status_field "$D" 's["last_fetch"]["secs"] if s.get("last_fetch") else ""')
@@ -93,7 +93,7 @@ echo 5 > /proc/$HUB/clear_refs 2>/dev/null || echo "(could not reset VmHWM; the 
 start=$(date +%s.%N)
 SP=()
 for i in $(seq "$SWARM"); do
-  "$T/flotilla-agent" run --data-dir "$W/swarm-$i" 2>"$W/swarm-$i.log" & SP+=("$!"); PIDS+=("$!")
+  "$T/flotilla-agent" run --data-dir "$W/swarm-$i" --listen 127.0.0.1:0 >/dev/null 2>"$W/swarm-$i.log" & SP+=("$!"); PIDS+=("$!")
 done
 for _ in $(seq 6000); do
   n=0

@@ -24,6 +24,9 @@
 //! hello_timeout_secs = 10
 //! stall_timeout_secs = 30
 //! ```
+//! `[mqtt]`, `[telemetry]`, `[webhooks]` and `[[alerts]]` are described in
+//! [`crate::telemetry::config`].
+//!
 //! Environment: `FLOTILLA_HUB_DATA_DIR`, `FLOTILLA_HUB_KEYS_DIR`,
 //! `FLOTILLA_HUB_API_LISTEN`, `FLOTILLA_HUB_MAX_UPLOAD_BYTES`,
 //! `FLOTILLA_HUB_SYNC_LISTEN` (alias `FLOTILLA_SYNC_LISTEN`),
@@ -34,7 +37,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::api::types::AlertRule;
 use crate::sync::faults::FaultSpec;
+use crate::telemetry::config::{
+    resolve_alerts, MqttConfig, RawMqtt, RawTelemetry, RawWebhooks, TelemetryConfig, WebhookConfig,
+};
 
 use serde::Deserialize;
 
@@ -44,7 +51,7 @@ use serde::Deserialize;
 pub struct ConfigError(pub String);
 
 /// Validated hub configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HubConfig {
     /// Where the database, chunks, uploads and (by default) keys live.
     pub data_dir: PathBuf,
@@ -68,6 +75,14 @@ pub struct HubConfig {
     pub timestamp_expiry_secs: i64,
     /// Test-only faults the hub injects (`FLOTILLA_TEST_FAULTS`); none in production.
     pub faults: FaultSpec,
+    /// `[mqtt]`: the broker and the fleet.
+    pub mqtt: MqttConfig,
+    /// `[telemetry]`: retention, default alert rules.
+    pub telemetry: TelemetryConfig,
+    /// `[webhooks]`: delivery retries.
+    pub webhooks: WebhookConfig,
+    /// `[[alerts]]`: alert rules from the file.
+    pub alerts: Vec<AlertRule>,
 }
 
 /// `[sync]`: the QUIC listener and its limits (docs/security.md, "QUIC sync limits").
@@ -120,6 +135,14 @@ struct RawConfig {
     sync: RawSync,
     #[serde(default)]
     trust: RawTrust,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
+    webhooks: RawWebhooks,
+    #[serde(default)]
+    alerts: Vec<AlertRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +182,14 @@ pub struct Flags {
     pub api_listen: Option<String>,
     /// `--sync-listen`.
     pub sync_listen: Option<String>,
+    /// `--mqtt-mode` (`embedded` or `external`).
+    pub mqtt_mode: Option<String>,
+    /// `--mqtt-listen` (embedded broker).
+    pub mqtt_listen: Option<String>,
+    /// `--mqtt-url` (external broker).
+    pub mqtt_url: Option<String>,
+    /// `--fleet`.
+    pub fleet: Option<String>,
 }
 
 impl HubConfig {
@@ -241,6 +272,10 @@ impl HubConfig {
                 "trust.timestamp_expiry_secs {timestamp_expiry_secs} must be between 2 and 2592000 (30 days)"
             )));
         }
+        let mqtt = MqttConfig::resolve(raw.mqtt, env, flags)?;
+        let telemetry = TelemetryConfig::resolve(raw.telemetry, env)?;
+        let webhooks = WebhookConfig::resolve(raw.webhooks, env)?;
+        let alerts = resolve_alerts(raw.alerts)?;
         let faults = match env("FLOTILLA_TEST_FAULTS") {
             Some(v) => FaultSpec::parse(&v)
                 .map_err(|e| ConfigError(format!("FLOTILLA_TEST_FAULTS: {e}")))?,
@@ -257,6 +292,10 @@ impl HubConfig {
             sync,
             timestamp_expiry_secs,
             faults,
+            mqtt,
+            telemetry,
+            webhooks,
+            alerts,
         })
     }
 }
@@ -349,7 +388,7 @@ mod tests {
         let flags = Flags {
             data_dir: Some("/flag".into()),
             api_listen: Some("127.0.0.1:3".into()),
-            sync_listen: None,
+            ..Flags::default()
         };
         let c = HubConfig::resolve(Some(file), &env, &flags).unwrap();
         assert_eq!(
@@ -444,5 +483,56 @@ mod tests {
         let env = |k: &str| (k == "FLOTILLA_TEST_FAULTS").then(|| "explode".to_string());
         let e = HubConfig::resolve(None, &env, &flags).unwrap_err();
         assert!(e.to_string().contains("FLOTILLA_TEST_FAULTS"), "{e}");
+    }
+
+    #[test]
+    fn telemetry_sections_and_alert_rules_parse_from_the_file() {
+        let flags = Flags {
+            data_dir: Some("/d".into()),
+            ..Flags::default()
+        };
+        let file = r#"
+[mqtt]
+mode = "external"
+url = "mqtt://127.0.0.1:1883"
+fleet = "acme"
+[telemetry]
+retention_secs = 3600
+[webhooks]
+max_attempts = 3
+[[alerts]]
+name = "fraud-drift"
+metric = "psi"
+threshold = 0.3
+for_windows = 2
+scope = { endpoint = "fraud" }
+[[alerts]]
+name = "slow"
+metric = "p99_ms"
+condition = ">="
+threshold = 250
+"#;
+        let c = HubConfig::resolve(Some(file), &no_env, &flags).unwrap();
+        assert_eq!(c.mqtt.fleet, "acme");
+        assert_eq!(c.telemetry.retention.as_secs(), 3600);
+        assert_eq!(c.webhooks.max_attempts, 3);
+        assert_eq!(c.alerts.len(), 2);
+        assert_eq!(c.alerts[0].scope.endpoint.as_deref(), Some("fraud"));
+        let dup = "[[alerts]]\nname = \"a\"\nmetric = \"psi\"\nthreshold = 1\n[[alerts]]\nname = \"a\"\nmetric = \"psi\"\nthreshold = 1\n";
+        let e = HubConfig::resolve(Some(dup), &no_env, &flags).unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{e}");
+        let bad = "[[alerts]]\nname = \"a\"\nmetric = \"latency\"\nthreshold = 1\n";
+        assert!(HubConfig::resolve(Some(bad), &no_env, &flags).is_err());
+        let flags = Flags {
+            mqtt_listen: Some("127.0.0.1:0".into()),
+            ..flags
+        };
+        let c = HubConfig::resolve(None, &no_env, &flags).unwrap();
+        assert_eq!(
+            c.mqtt.mode,
+            crate::telemetry::config::BrokerMode::Embedded {
+                listen: "127.0.0.1:0".parse().unwrap()
+            }
+        );
     }
 }

@@ -14,7 +14,12 @@
 //! - [`cli`]: the `flotilla` command line.
 //! - [`sync`]: the QUIC endpoint agents enrol and sync with.
 //! - [`server`]: start-up, listeners and shutdown.
+//! - [`telemetry`]: MQTT broker and client, ingest, the telemetry store,
+//!   events delivery, fleet views.
+//! - [`alerts`]: alert rules and their evaluator (sans-IO).
+//! - [`webhooks`]: signed event delivery with retries.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod blobs;
@@ -28,7 +33,9 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod sync;
+pub mod telemetry;
 pub mod tokens;
+pub mod webhooks;
 
 /// The current time from the system clock, as the protocol crate takes it.
 pub fn now() -> flotilla_protocol::time::UtcTime {

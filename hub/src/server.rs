@@ -9,7 +9,10 @@
 //! ```text
 //! flotilla-hub: API listening on http://127.0.0.1:8440
 //! flotilla-hub: sync listening on 0.0.0.0:7443 (QUIC)
+//! flotilla-hub: mqtt listening on 127.0.0.1:1884
 //! ```
+//! (with an external broker the last line is `flotilla-hub: mqtt broker
+//! HOST:PORT (external)`).
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -26,6 +29,7 @@ use crate::keystore;
 use crate::registry::{Registry, RegistryLimits};
 use crate::store::{RedbStore, RegistryStore, TokenRecord};
 use crate::sync::SyncServer;
+use crate::telemetry::Telemetry;
 
 /// Longest interval between two checks whether the timestamp needs re-signing
 /// (it is re-signed at half its lifetime; short lifetimes check more often).
@@ -50,6 +54,10 @@ pub struct Hub {
     freeze_timestamp: bool,
     /// The registry (for in-process users such as tests and later services).
     pub registry: Arc<Registry>,
+    /// The telemetry side (broker, ingest, events, alerts).
+    pub telemetry: Arc<Telemetry>,
+    // Subscribed before anything could publish, for the event log.
+    bus: tokio::sync::broadcast::Receiver<crate::events::Event>,
 }
 
 /// Prepares the data directory, keys, store and listener.
@@ -95,6 +103,8 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
     if stale > 0 {
         tracing::info!(devices = stale, "marked devices offline after a restart");
     }
+    let bus = registry.events().subscribe();
+    let telemetry = Telemetry::open(config, registry.clone()).await?;
     let roots = Arc::new(roots);
     let sync = SyncServer::bind(&config.sync, config.faults, registry.clone(), roots.clone())?;
     let state = AppState {
@@ -102,6 +112,7 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
         roots,
         max_patch_bytes: config.max_patch_bytes,
         sync_addr: sync.advertised().to_string(),
+        telemetry: telemetry.clone(),
     };
     let router = api::router(state, config.max_json_bytes);
     let listener = tokio::net::TcpListener::bind(config.api_listen)
@@ -116,6 +127,8 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
         sync,
         freeze_timestamp: config.faults.freeze_timestamp,
         registry,
+        telemetry,
+        bus,
     })
 }
 
@@ -159,6 +172,7 @@ impl Hub {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.api_addr, "API listening");
+        let telemetry_tasks = self.telemetry.spawn(self.bus)?;
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let sync = tokio::spawn(self.sync.serve(stopped.clone()));
         let trigger = tokio::spawn(async move {
@@ -196,6 +210,7 @@ impl Hub {
             .with_graceful_shutdown(api_shutdown)
             .await;
         refresher.abort();
+        drop(telemetry_tasks);
         // Dropping the trigger drops the sender: the sync endpoint stops too.
         trigger.abort();
         if let Err(e) = sync.await {

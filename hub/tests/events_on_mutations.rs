@@ -23,6 +23,8 @@ async fn start(dir: &std::path::Path) -> InProcess {
         data_dir: Some(dir.to_path_buf()),
         api_listen: Some("127.0.0.1:0".into()),
         sync_listen: Some("127.0.0.1:0".into()),
+        mqtt_listen: Some("127.0.0.1:0".into()),
+        ..Flags::default()
     };
     let config = HubConfig::resolve(None, &|_| None, &flags).unwrap();
     let hub = flotilla_hub::server::start(&config).await.unwrap();

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use flotilla_runtime::generate::{mlp, with_replaced_initializer};
-use support::{active_on, free_udp_port, write_model, Agent, Hub};
+use support::{active_on, free_udp_port, infer, write_model, Agent, Hub};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -117,6 +117,12 @@ fn an_enrolled_agent_pulls_activates_and_moves_only_changed_chunks() {
     let t2 = target("fraud", 2);
     let s = agent.wait_for("v2 active", WAIT, |s| active_on(s, &t2));
     assert_eq!(served_file(&agent, &t2).as_deref(), Some(&v2[..]));
+    let (code, version, _) = infer(&agent, "fraud", 512);
+    assert_eq!(
+        (code, version.as_str()),
+        (200, t2.as_str()),
+        "v2 answers now"
+    );
     let delta = fetched(&s) - first;
     eprintln!(
         "v2: fetched {delta} of {} bytes ({:.1}%)",

@@ -138,7 +138,8 @@ pub(crate) struct EndpointRoute {
     split: TrafficSplit,
     /// (deployment index, percent).
     mirror: Option<(usize, u32)>,
-    /// For requests that fail before a deployment is chosen.
+    /// For requests that fail before a deployment is chosen (deployment label
+    /// empty).
     pub(crate) unrouted: Arc<Series>,
 }
 

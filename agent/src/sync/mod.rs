@@ -41,7 +41,8 @@ use flotilla_protocol::wire::{
 use tokio::sync::mpsc;
 
 use crate::config::{AgentConfig, DataFiles};
-use crate::slots;
+use crate::serve::{ServeConfig, Serving};
+use crate::slots::{self, LoadedModel};
 use crate::store::{AgentStore, TrustDocs};
 use link::Link;
 pub use status::AgentStatus;
@@ -57,11 +58,17 @@ pub(crate) enum Event {
     LinkLost(u64, String),
     /// A dial attempt finished.
     Connected(u64, Result<Link, String>),
-    /// A trial finished.
+    /// A trial finished; on success it hands over the loaded model.
     Trial {
         key: DeploymentKey,
         target: String,
-        result: Result<(), String>,
+        result: Result<Arc<LoadedModel>, String>,
+    },
+    /// A version was loaded for serving (after a restart or a rollback).
+    Loaded {
+        key: DeploymentKey,
+        target: String,
+        result: Result<Arc<LoadedModel>, String>,
     },
 }
 
@@ -95,7 +102,11 @@ pub struct Agent {
     director: Option<DirectorDocument>,
     reconciler: Reconciler,
     pending: Option<PendingDesired>,
+    /// What each deployment must serve (the reconciler's active versions).
     serving: BTreeMap<DeploymentKey, String>,
+    /// What the scoring server holds now.
+    loaded: BTreeMap<DeploymentKey, String>,
+    scoring: Arc<Serving>,
     link: Option<Link>,
     generation: u64,
     dialling: bool,
@@ -169,6 +180,8 @@ impl Agent {
             reconciler,
             pending: None,
             serving: BTreeMap::new(),
+            loaded: BTreeMap::new(),
+            scoring: Serving::new(ServeConfig::default()),
             link: None,
             generation: 0,
             dialling: false,
@@ -240,6 +253,18 @@ impl Agent {
         };
         let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
         tracing::info!(device = %self.config.device_id, hub = %addr, "agent starting");
+        let (stop_scoring, scoring_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (scoring_addr, scoring) =
+            crate::serve::bind(self.scoring.clone(), self.config.serve.listen, async move {
+                let _ = scoring_stopped.await;
+            })
+            .await
+            .with_context(|| format!("binding the scoring API to {}", self.config.serve.listen))?;
+        println!("scoring listening on http://{scoring_addr}");
+        let scoring = tokio::spawn(scoring);
+        if let Some(doc) = &self.director {
+            self.scoring.set_routes(&doc.endpoints);
+        }
         // Resume from the record: re-derive the desired state from the stored
         // director if the record is behind it, then act.
         self.resume_director(now());
@@ -294,6 +319,12 @@ impl Agent {
             });
             tokio::time::sleep(Duration::from_millis(50)).await;
             link.close("agent shutting down");
+        }
+        let _ = stop_scoring.send(());
+        match scoring.await {
+            Ok(Err(e)) => tracing::warn!(error = %e, "scoring server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "scoring server task failed"),
+            Ok(Ok(())) => {}
         }
         endpoint.wait_idle().await;
         tracing::info!("agent stopped");
@@ -414,11 +445,20 @@ impl Agent {
                 target,
                 result,
             } => {
-                if let Err(reason) = &result {
-                    tracing::warn!(deployment = %key, %target, %reason, "trial failed");
-                } else {
-                    tracing::info!(deployment = %key, %target, "trial passed");
-                }
+                let result = match result {
+                    Err(reason) => {
+                        tracing::warn!(deployment = %key, %target, %reason, "trial failed");
+                        Err(reason)
+                    }
+                    Ok(model) => {
+                        tracing::info!(deployment = %key, %target, "trial passed; serving it");
+                        if self.serving.get(&key) == Some(&target) {
+                            self.scoring.activate(&key, &target, model);
+                            self.loaded.insert(key.clone(), target.clone());
+                        }
+                        Ok(())
+                    }
+                };
                 if let Err(e) = self
                     .reconciler
                     .handle_trial_result(&key, &target, result, now())
@@ -426,6 +466,22 @@ impl Agent {
                     tracing::warn!(error = %e, "stale trial result ignored");
                 }
             }
+            Event::Loaded {
+                key,
+                target,
+                result,
+            } => match result {
+                Ok(model) if self.serving.get(&key) == Some(&target) => {
+                    tracing::info!(deployment = %key, %target, "loaded for serving");
+                    self.scoring.activate(&key, &target, model);
+                    self.loaded.insert(key, target);
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    tracing::warn!(deployment = %key, %target, %reason, "could not load for serving");
+                    self.last_error = Some(format!("loading {target} for {key}: {reason}"));
+                }
+            },
         }
     }
 
@@ -605,7 +661,10 @@ impl Agent {
                 }
             };
         match self.reconciler.handle_desired(desired, now) {
-            Ok(()) => tracing::info!(director_version = p.doc.version, "new desired state"),
+            Ok(()) => {
+                tracing::info!(director_version = p.doc.version, "new desired state");
+                self.scoring.set_routes(&p.doc.endpoints);
+            }
             Err(ReconcileError::StaleDesired { .. }) => {}
             Err(e) => self.last_error = Some(format!("desired state: {e}")),
         }
@@ -615,6 +674,10 @@ impl Agent {
     /// go to the store in one transaction, flushed before any other action.
     async fn perform(&mut self) -> anyhow::Result<()> {
         let mut writes: Vec<(Sha256Digest, Vec<u8>)> = Vec::new();
+        // Versions made active by this batch: a version on trial is served
+        // once its trial passes (the trial loads it); any other is loaded now.
+        let mut activated: Vec<(DeploymentKey, String)> = Vec::new();
+        let mut on_trial: BTreeSet<(DeploymentKey, String)> = BTreeSet::new();
         while let Some(action) = self.reconciler.poll_action() {
             let now = now();
             if let Action::WriteChunk { digest, bytes } = action {
@@ -655,9 +718,13 @@ impl Agent {
                 }
                 Action::Activate { key, target } => {
                     tracing::info!(deployment = %key, %target, "active");
-                    self.serving.insert(key, target);
+                    self.serving.insert(key.clone(), target.clone());
+                    activated.push((key, target));
                 }
-                Action::RunTrial { key, target } => self.start_trial(key, target),
+                Action::RunTrial { key, target } => {
+                    on_trial.insert((key.clone(), target.clone()));
+                    self.start_trial(key, target);
+                }
                 Action::Commit { key, target } => {
                     tracing::info!(deployment = %key, %target, "committed");
                     self.prune(&key);
@@ -671,16 +738,21 @@ impl Agent {
                     tracing::warn!(deployment = %key, %from, to = ?to, %reason, "rolled back");
                     match to {
                         Some(t) => {
-                            self.serving.insert(key, t);
+                            self.serving.insert(key.clone(), t.clone());
+                            activated.push((key, t));
                         }
                         None => {
                             self.serving.remove(&key);
+                            self.loaded.remove(&key);
+                            self.scoring.retire(&key);
                         }
                     }
                 }
                 Action::Retire { key } => {
                     tracing::info!(deployment = %key, "retired");
                     self.serving.remove(&key);
+                    self.loaded.remove(&key);
+                    self.scoring.retire(&key);
                     if let Err(e) = slots::retire(&self.files.deployments(), &key) {
                         tracing::warn!(deployment = %key, error = %e, "could not remove retired files");
                     }
@@ -702,7 +774,37 @@ impl Agent {
                 _ => {}
             }
         }
-        self.flush_writes(&mut writes)
+        self.flush_writes(&mut writes)?;
+        for (key, target) in activated {
+            if on_trial.contains(&(key.clone(), target.clone()))
+                || self.loaded.get(&key) == Some(&target)
+                || self.serving.get(&key) != Some(&target)
+            {
+                continue;
+            }
+            self.load_for_serving(key, target);
+        }
+        Ok(())
+    }
+
+    fn load_for_serving(&self, key: DeploymentKey, target: String) {
+        let manifest = match self.reconciler.active(&key) {
+            Some(slot) if slot.target() == target => slot.manifest().clone(),
+            _ => return,
+        };
+        let dir = slots::bundle_dir(&self.files.deployments(), &key, &target);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result =
+                tokio::task::spawn_blocking(move || slots::load(&dir, &manifest).map(Arc::new))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("load task failed: {e}")));
+            let _ = tx.send(Event::Loaded {
+                key,
+                target,
+                result,
+            });
+        });
     }
 
     fn flush_writes(&self, writes: &mut Vec<(Sha256Digest, Vec<u8>)>) -> anyhow::Result<()> {
@@ -726,7 +828,7 @@ impl Agent {
         tokio::spawn(async move {
             let manifest = slot.manifest().clone();
             let run =
-                tokio::task::spawn_blocking(move || slots::trial(&dir, &manifest).map(|_| ()));
+                tokio::task::spawn_blocking(move || slots::trial(&dir, &manifest).map(|r| r.model));
             let result = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => Err(format!("trial task failed: {e}")),

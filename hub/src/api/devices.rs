@@ -113,8 +113,8 @@ pub(super) async fn director(
     Ok(([(header::CONTENT_TYPE, "application/json")], doc).into_response())
 }
 
-/// Where agents connect (the QUIC address) and what technicians pin (the
-/// device CA's fingerprint). Any authenticated caller. Also served at
+/// Where agents connect (the QUIC address, the MQTT broker and fleet) and
+/// what technicians pin (the device CA's fingerprint). Any authenticated caller. Also served at
 /// `/api/v1/hub/info`.
 #[utoipa::path(get, path = "/api/v1/hub", responses((status = 200, body = HubInfo), (status = 401, body = Problem)))]
 pub(super) async fn info(State(s): State<AppState>, _c: Caller) -> Json<HubInfo> {
@@ -124,5 +124,7 @@ pub(super) async fn info(State(s): State<AppState>, _c: Caller) -> Json<HubInfo>
         ca_fingerprint: ca.fingerprint(),
         ca_pem: ca.cert_pem(),
         version: env!("CARGO_PKG_VERSION").into(),
+        mqtt_addr: Some(s.telemetry.mqtt_addr.clone()),
+        fleet: s.telemetry.fleet.clone(),
     })
 }

@@ -11,17 +11,24 @@
 //! - [`error`]: problem details.
 //! - [`extract`]: the caller and JSON body extractors.
 //! - `uploads`, `models`, `endpoints`, `devices`, `audit`, `tokens`, `trust`: one resource each.
+//! - `events`, `webhooks`, `alerts`, `telemetry`: the telemetry side (event
+//!   log and stream, webhooks, alert rules and alerts, device metrics, drift,
+//!   `/metrics`).
 
+mod alerts;
 mod audit;
 mod devices;
 mod endpoints;
 pub mod error;
+mod events;
 pub mod extract;
 mod models;
+mod telemetry;
 mod tokens;
 mod trust;
 pub mod types;
 mod uploads;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -45,6 +52,8 @@ pub struct AppState {
     pub max_patch_bytes: usize,
     /// The QUIC address agents are told to dial (`GET /api/v1/hub`).
     pub sync_addr: String,
+    /// The telemetry side.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Runs registry work on the blocking pool.
@@ -70,8 +79,12 @@ async fn blocking<T: Send + 'static>(
         devices::create_token, devices::enroll, devices::list, devices::show, devices::labels,
         devices::revoke, devices::director, devices::info,
         trust::document, health,
+        events::list, events::stream,
+        webhooks::create, webhooks::list, webhooks::delete, webhooks::deliveries,
+        alerts::active, alerts::rules, alerts::create_rule, alerts::delete_rule,
+        telemetry::device_metrics, telemetry::device_windows, telemetry::drift, telemetry::endpoint_metrics, telemetry::prometheus,
     ),
-    components(schemas(types::Problem, types::Role, types::VersionStatus)),
+    components(schemas(types::Problem, types::Role, types::VersionStatus, types::AlertMetric, types::AlertCondition, types::AlertScope)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -181,6 +194,43 @@ pub fn router(state: AppState, max_json_bytes: usize) -> Router {
             axum::routing::delete(tokens::revoke),
         )
         .route("/api/v1/trust/{document}", get(trust::document))
+        .route(
+            "/api/v1/devices/{id}/metrics",
+            get(telemetry::device_metrics),
+        )
+        .route(
+            "/api/v1/devices/{id}/windows",
+            get(telemetry::device_windows),
+        )
+        .route("/api/v1/endpoints/{name}/drift", get(telemetry::drift))
+        .route(
+            "/api/v1/endpoints/{name}/metrics",
+            get(telemetry::endpoint_metrics),
+        )
+        .route("/api/v1/events", get(events::list))
+        .route("/api/v1/events/stream", get(events::stream))
+        .route(
+            "/api/v1/webhooks",
+            get(webhooks::list).post(webhooks::create),
+        )
+        .route(
+            "/api/v1/webhooks/{id}",
+            axum::routing::delete(webhooks::delete),
+        )
+        .route(
+            "/api/v1/webhooks/{id}/deliveries",
+            get(webhooks::deliveries),
+        )
+        .route("/api/v1/alerts", get(alerts::active))
+        .route(
+            "/api/v1/alerts/rules",
+            get(alerts::rules).post(alerts::create_rule),
+        )
+        .route(
+            "/api/v1/alerts/rules/{name}",
+            axum::routing::delete(alerts::delete_rule),
+        )
+        .route("/metrics", get(telemetry::prometheus))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(max_json_bytes))
         .with_state(state)

@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+mod telemetry;
+pub use telemetry::*;
+
 /// Roles of API tokens, from least to most powerful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -524,4 +527,11 @@ pub struct HubInfo {
     pub ca_pem: String,
     /// Hub version.
     pub version: String,
+    /// The MQTT broker agents publish telemetry to (`mqtt.advertise`, else
+    /// the embedded broker's or the external broker's address).
+    #[serde(default)]
+    pub mqtt_addr: Option<String>,
+    /// The fleet: agents publish under `flotilla/v1/{fleet}/{device}/…`.
+    #[serde(default)]
+    pub fleet: String,
 }

@@ -16,12 +16,19 @@ Start with QUIC sync on a free loopback port too:
 Configuration: a TOML file (--config or FLOTILLA_HUB_CONFIG), then environment
 (FLOTILLA_HUB_DATA_DIR, FLOTILLA_HUB_KEYS_DIR, FLOTILLA_HUB_API_LISTEN,
 FLOTILLA_HUB_MAX_UPLOAD_BYTES, FLOTILLA_HUB_SYNC_LISTEN or FLOTILLA_SYNC_LISTEN,
-FLOTILLA_HUB_SYNC_ADVERTISE),
-then flags. Logs: FLOTILLA_LOG (e.g. info).
+FLOTILLA_HUB_SYNC_ADVERTISE, FLOTILLA_HUB_MQTT_MODE, FLOTILLA_HUB_MQTT_LISTEN,
+FLOTILLA_HUB_MQTT_URL, FLOTILLA_HUB_MQTT_FLEET, FLOTILLA_HUB_MQTT_PASSWORD),
+then flags. Logs: FLOTILLA_LOG (default info,rumqttd=off: the embedded
+broker's own log is off unless asked for).
+
+Telemetry over MQTT: an embedded broker on 127.0.0.1:1884 by default
+(--mqtt-listen), or an external one (--mqtt-mode external --mqtt-url
+mqtt://127.0.0.1:1883).
 
 Each bound address is one line on stdout:
   flotilla-hub: API listening on http://ADDR
   flotilla-hub: sync listening on ADDR (QUIC)
+  flotilla-hub: mqtt listening on ADDR        (external: mqtt broker ADDR (external))
 
 Exit codes: 0 clean shutdown, 2 bad usage or configuration, 1 runtime failure.";
 
@@ -50,13 +57,28 @@ enum Command {
         /// says which).
         #[arg(long)]
         sync_listen: Option<String>,
+        /// MQTT broker: `embedded` (rumqttd inside the hub, the default) or
+        /// `external` (see --mqtt-url).
+        #[arg(long, value_name = "MODE")]
+        mqtt_mode: Option<String>,
+        /// Embedded broker address; port 0 picks a free port.
+        #[arg(long, value_name = "ADDR")]
+        mqtt_listen: Option<String>,
+        /// External broker, mqtt://HOST:PORT.
+        #[arg(long, value_name = "URL")]
+        mqtt_url: Option<String>,
+        /// Fleet name: topics live under flotilla/v1/FLEET/.
+        #[arg(long)]
+        fleet: Option<String>,
     },
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
 
 fn main() -> ExitCode {
-    flotilla_hub::init_logging("info");
+    // rumqttd logs every client disconnect at ERROR; its bind errors are
+    // checked by the hub itself. FLOTILLA_LOG=info,rumqttd=info shows them.
+    flotilla_hub::init_logging("info,rumqttd=off");
     flotilla_net::tls::install_default_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -81,6 +103,10 @@ fn main() -> ExitCode {
             data_dir,
             api_listen,
             sync_listen,
+            mqtt_mode,
+            mqtt_listen,
+            mqtt_url,
+            fleet,
         } => {
             let text = match config.as_ref().map(std::fs::read_to_string).transpose() {
                 Ok(t) => t,
@@ -97,6 +123,10 @@ fn main() -> ExitCode {
                     data_dir,
                     api_listen,
                     sync_listen,
+                    mqtt_mode,
+                    mqtt_listen,
+                    mqtt_url,
+                    fleet,
                 },
             ) {
                 Ok(c) => c,
@@ -117,6 +147,17 @@ fn main() -> ExitCode {
                 // Lines scripts and tests read to learn the bound addresses.
                 println!("flotilla-hub: API listening on http://{}", hub.api_addr);
                 println!("flotilla-hub: sync listening on {} (QUIC)", hub.sync_addr);
+                if hub.telemetry.embedded {
+                    println!(
+                        "flotilla-hub: mqtt listening on {}",
+                        hub.telemetry.broker_addr
+                    );
+                } else {
+                    println!(
+                        "flotilla-hub: mqtt broker {} (external)",
+                        hub.telemetry.broker_addr
+                    );
+                }
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
                 hub.serve(flotilla_hub::server::shutdown_signal()).await

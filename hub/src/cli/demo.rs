@@ -241,6 +241,8 @@ fn hub_demo(
             data_dir: Some(dir.join("hub")),
             api_listen: Some("127.0.0.1:0".into()),
             sync_listen: Some("127.0.0.1:0".into()),
+            mqtt_listen: Some("127.0.0.1:0".into()),
+            ..Flags::default()
         },
     )
     .map_err(CliError::input)?;

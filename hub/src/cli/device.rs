@@ -12,7 +12,8 @@ use super::model::syntax;
 use super::text::{human_bytes, table};
 use super::{emit, CliError, Output, Report};
 use crate::api::types::{
-    CreateEnrolToken, DeviceStatus, DeviceView, EnrolTokenView, HubInfo, ReasonBody, UpdateLabels,
+    CreateEnrolToken, DeviceMetrics, DeviceStatus, DeviceView, EnrolTokenView, HubInfo, ReasonBody,
+    UpdateLabels,
 };
 use crate::devices::service::labels_text;
 
@@ -41,6 +42,15 @@ pub(crate) enum DeviceCommand {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
+    },
+    /// A device's telemetry: its latest window and, per deployment over the
+    /// last hour, requests, errors, p50 and p99 latency.
+    #[command(
+        after_help = "Example:\n  flotilla device metrics dev-1a2b3c\n  flotilla device metrics dev-1a2b3c --output json"
+    )]
+    Metrics {
+        /// Device id.
+        id: String,
     },
     /// Revoke a device: it is refused at its next handshake.
     Revoke {
@@ -222,9 +232,11 @@ struct Info(HubInfo);
 impl Report for Info {
     fn text(&self) -> String {
         format!(
-            "hub version {}\n  QUIC sync address: {}\n  device CA fingerprint (sha256): {}\n\nenrol a node with:\n  flotilla-agent enroll --hub {} --hub-ca-fingerprint {} --token TOKEN",
+            "hub version {}\n  QUIC sync address: {}\n  MQTT broker: {} (fleet {})\n  device CA fingerprint (sha256): {}\n\nenrol a node with:\n  flotilla-agent enroll --hub {} --hub-ca-fingerprint {} --token TOKEN",
             self.0.version,
             self.0.sync_addr,
+            self.0.mqtt_addr.as_deref().unwrap_or("none"),
+            self.0.fleet,
             self.0.ca_fingerprint,
             self.0.sync_addr,
             self.0.ca_fingerprint,
@@ -257,6 +269,12 @@ pub(crate) fn run(cmd: DeviceCommand, output: Output, flags: &HubFlags) -> Resul
         DeviceCommand::Show { id } => {
             let d: DeviceView = client.get(&path(&id), &[]).map_err(err)?;
             emit(output, &Device(d));
+        }
+        DeviceCommand::Metrics { id } => {
+            let m: DeviceMetrics = client
+                .get(&format!("{}/metrics", path(&id)), &[])
+                .map_err(err)?;
+            emit(output, &super::metrics::Metrics(m));
         }
         DeviceCommand::Label {
             id,

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod alerts;
 mod audit;
 mod bundle;
 mod client;
@@ -15,13 +16,16 @@ mod credentials;
 mod demo;
 mod device;
 mod endpoint;
+mod events;
 mod keys;
 mod login;
+mod metrics;
 mod model;
 mod progress;
 mod text;
 mod token;
 mod upload;
+mod webhook;
 
 /// Exit codes, documented in `flotilla --help`.
 pub mod exit {
@@ -75,7 +79,11 @@ Start here:
   flotilla bundle verify fraud-1.bundle --root keys/root.json
   flotilla login --hub http://hub:8440 --token-stdin < token.txt
   flotilla model register fraud.onnx --name fraud --reason \"first model\"
-  flotilla model list";
+  flotilla model list
+  flotilla device metrics DEVICE        a device's telemetry
+  flotilla drift ENDPOINT               input drift across the fleet
+  flotilla events tail --follow         lifecycle events as they happen
+  flotilla webhook add URL --events drift.detected,alert.fired";
 
 /// Operate a Flotilla fleet: trust keys, signed model bundles.
 #[derive(Debug, Parser)]
@@ -150,6 +158,17 @@ Examples:
     /// The hub itself.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Per-feature drift of an endpoint (PSI, JS, KS) merged across devices.
+    Drift(metrics::DriftArgs),
+    /// Alerts that fired, and the rules in effect.
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
+    /// The hub's event log: list, or tail and follow it live.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// Webhooks that receive events as signed JSON POSTs.
+    #[command(subcommand)]
+    Webhook(webhook::WebhookCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +250,10 @@ pub fn main() -> ExitCode {
         Command::Endpoint(c) => endpoint::run(c, output, &hub),
         Command::Device(c) => device::run(c, output, &hub),
         Command::Hub(HubCommand::Info) => device::info(output, &hub),
+        Command::Drift(a) => metrics::drift(a, output, &hub),
+        Command::Alerts(c) => alerts::run(c, output, &hub),
+        Command::Events(c) => events::run(c, output, &hub),
+        Command::Webhook(c) => webhook::run(c, output, &hub),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

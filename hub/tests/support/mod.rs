@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+pub mod telemetry;
+
 pub struct HubProcess {
     pub child: Child,
     pub url: String,
     /// The QUIC sync address (UDP, loopback).
     pub sync_addr: SocketAddr,
+    /// The MQTT broker (`host:port`): the embedded one, or the external one
+    /// the hub was pointed at.
+    pub mqtt_addr: String,
     pub data: PathBuf,
     pub admin: String,
 }
@@ -25,6 +30,8 @@ impl HubProcess {
     }
 
     /// Starts a hub with extra environment variables (e.g. `FLOTILLA_TEST_FAULTS`).
+    /// Its embedded MQTT broker takes a free loopback port unless `env` sets
+    /// `FLOTILLA_HUB_MQTT_LISTEN` (or `FLOTILLA_HUB_MQTT_MODE=external`).
     pub fn start_with_env(data: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla-hub"))
             .args(["serve", "--data-dir"])
@@ -32,6 +39,7 @@ impl HubProcess {
             .args(["--api-listen", "127.0.0.1:0"])
             .args(["--sync-listen", "127.0.0.1:0"])
             .env("FLOTILLA_LOG", "warn")
+            .env("FLOTILLA_HUB_MQTT_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -41,9 +49,11 @@ impl HubProcess {
         let mut lines = BufReader::new(stdout);
         let mut url = None;
         let mut sync_addr = None;
+        let mut mqtt_addr = None;
         // `flotilla-hub: API listening on http://ADDR`, then
-        // `flotilla-hub: sync listening on ADDR (QUIC)`.
-        while url.is_none() || sync_addr.is_none() {
+        // `flotilla-hub: sync listening on ADDR (QUIC)`, then
+        // `flotilla-hub: mqtt listening on ADDR` or `… mqtt broker ADDR (external)`.
+        while url.is_none() || sync_addr.is_none() || mqtt_addr.is_none() {
             let mut line = String::new();
             let n = lines
                 .read_line(&mut line)
@@ -55,6 +65,10 @@ impl HubProcess {
             } else if let Some(rest) = line.strip_prefix("flotilla-hub: sync listening on ") {
                 let addr = rest.strip_suffix(" (QUIC)").unwrap_or(rest);
                 sync_addr = Some(addr.parse().expect("a socket address"));
+            } else if let Some(addr) = line.strip_prefix("flotilla-hub: mqtt listening on ") {
+                mqtt_addr = Some(addr.to_string());
+            } else if let Some(rest) = line.strip_prefix("flotilla-hub: mqtt broker ") {
+                mqtt_addr = Some(rest.strip_suffix(" (external)").unwrap_or(rest).to_string());
             } else {
                 panic!("unexpected line {line:?}");
             }
@@ -67,6 +81,7 @@ impl HubProcess {
             child,
             url: url.unwrap(),
             sync_addr: sync_addr.unwrap(),
+            mqtt_addr: mqtt_addr.unwrap(),
             data: data.to_path_buf(),
             admin,
         }

@@ -57,7 +57,8 @@ impl Hub {
         env: &[(&str, &str)],
     ) -> Self {
         let mut cmd = Command::new(bin("flotilla-hub"));
-        cmd.envs(env.iter().copied());
+        cmd.envs(env.iter().copied())
+            .env("FLOTILLA_HUB_MQTT_LISTEN", "127.0.0.1:0");
         cmd.args(["serve", "--data-dir"])
             .arg(data)
             .args(["--api-listen", "127.0.0.1:0"])
@@ -208,6 +209,8 @@ pub struct Agent {
     pub data: PathBuf,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// The scoring API of the running process (`http://ADDR`).
+    pub scoring: Option<String>,
 }
 
 impl Agent {
@@ -230,6 +233,7 @@ impl Agent {
             data: data.to_path_buf(),
             child: None,
             log: data.with_extension("log"),
+            scoring: None,
         }
     }
 
@@ -239,14 +243,28 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin("flotilla-agent"))
-            .args(["run", "--data-dir"])
+        let mut child = Command::new(bin("flotilla-agent"))
+            .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data)
             .env("RUST_LOG", "info,quinn=warn")
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .unwrap();
+        // The agent prints its scoring address as one line once bound.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        self.scoring = line
+            .trim()
+            .strip_prefix("scoring listening on ")
+            .map(str::to_string);
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).map(|n| n > 0).unwrap_or(false) {
+                sink.clear();
+            }
+        });
         self.child = Some(child);
     }
 
@@ -319,4 +337,33 @@ pub fn write_model(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p
+}
+
+/// Scores one all-0.5 row of `width` features on `endpoint` through the
+/// agent's Open Inference Protocol API; returns the HTTP status, the version
+/// (target) that answered, and the body.
+pub fn infer(agent: &Agent, endpoint: &str, width: usize) -> (u16, String, serde_json::Value) {
+    let url = format!(
+        "{}/v2/models/{endpoint}/infer",
+        agent
+            .scoring
+            .as_deref()
+            .expect("the agent printed its scoring address")
+    );
+    let body = serde_json::json!({
+        "inputs": [{"name": "input", "shape": [1, width], "datatype": "FP32", "data": vec![0.5f32; width]}]
+    });
+    match ureq::post(&url).send_json(body) {
+        Ok(r) => {
+            let version = r
+                .header("x-flotilla-model-version")
+                .unwrap_or("")
+                .to_string();
+            (r.status(), version, r.into_json().unwrap_or_default())
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            (code, String::new(), r.into_json().unwrap_or_default())
+        }
+        Err(e) => panic!("scoring request failed: {e}"),
+    }
 }
