@@ -638,9 +638,6 @@ fn clients_that_disconnect_mid_request_leave_the_server_healthy() {
 /// unchanged: NVIDIA's `tritonclient[http]` (tests/oip/tritonclient_check.py)
 /// checks health, metadata, binary and JSON tensors and error reporting.
 #[test]
-#[ignore = "needs a Python with tritonclient[http] and numpy; run with \
-            FLOTILLA_OIP_PYTHON=/path/to/python cargo test -p flotilla-agent \
-            --test serving -- --ignored"]
 fn an_unchanged_tritonclient_scores_over_the_wire() {
     let agent = Agent::start(&[]);
     let rows = 5;
@@ -650,6 +647,8 @@ fn an_unchanged_tritonclient_scores_over_the_wire() {
         .flat_map(|x| x.to_le_bytes())
         .collect();
     std::fs::write(&input, raw).unwrap();
+    // .ci/run installs tritonclient[http] in a venv and sets FLOTILLA_OIP_PYTHON;
+    // without it the script fails loudly naming the missing module.
     let python = std::env::var("FLOTILLA_OIP_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oip/tritonclient_check.py");
     let out = Command::new(python)
