@@ -63,11 +63,25 @@ pub(crate) struct Dial<'a> {
     pub(crate) streams: usize,
     pub(crate) generation: u64,
     pub(crate) limits: Limits,
-    pub(crate) events: mpsc::UnboundedSender<Event>,
+    pub(crate) events: mpsc::Sender<Event>,
 }
 
-/// Dials the hub, sends the hello and starts the stream tasks.
+/// Dials the hub, sends the hello and starts the stream tasks. The whole
+/// dial is bounded by [`CONNECT_TIMEOUT`] twice over: a hub that completes
+/// the handshake and then stalls (no stream credit, no flow control) must not
+/// leave the agent dialling forever.
 pub(crate) async fn connect(d: Dial<'_>) -> Result<Link, String> {
+    tokio::time::timeout(2 * CONNECT_TIMEOUT, connect_inner(d))
+        .await
+        .map_err(|_| {
+            format!(
+                "the hub did not take the hello within {}s",
+                2 * CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+}
+
+async fn connect_inner(d: Dial<'_>) -> Result<Link, String> {
     let Dial {
         endpoint,
         config,
@@ -111,7 +125,7 @@ pub(crate) async fn connect(d: Dial<'_>) -> Result<Link, String> {
         let why = loop {
             match rx.next().await {
                 Ok(Some(f)) => {
-                    if ev.send(Event::Control(generation, f)).is_err() {
+                    if ev.send(Event::Control(generation, f)).await.is_err() {
                         return;
                     }
                 }
@@ -119,7 +133,7 @@ pub(crate) async fn connect(d: Dial<'_>) -> Result<Link, String> {
                 Err(e) => break e.to_string(),
             }
         };
-        let _ = ev.send(Event::LinkLost(generation, why));
+        let _ = ev.send(Event::LinkLost(generation, why)).await;
     });
 
     let mut chunks = Vec::with_capacity(streams);
@@ -148,13 +162,15 @@ pub(crate) async fn connect(d: Dial<'_>) -> Result<Link, String> {
             loop {
                 match rx.next().await {
                     Ok(Some(f)) => {
-                        if ev.send(Event::Chunk(generation, f)).is_err() {
+                        if ev.send(Event::Chunk(generation, f)).await.is_err() {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = ev.send(Event::LinkLost(generation, format!("chunk stream: {e}")));
+                        let _ = ev
+                            .send(Event::LinkLost(generation, format!("chunk stream: {e}")))
+                            .await;
                         return;
                     }
                 }

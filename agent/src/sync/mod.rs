@@ -72,6 +72,16 @@ pub(crate) enum Event {
     },
 }
 
+/// Events queued for the event loop before network readers wait. Bounded so
+/// a hub that sends faster than the agent verifies and stores (or sends
+/// unsolicited frames) is slowed by QUIC flow control instead of growing
+/// memory.
+const EVENT_QUEUE: usize = 256;
+
+/// Least interval between two status.json writes caused only by chunk traffic;
+/// every state change is written at once.
+const STATUS_INTERVAL: Duration = Duration::from_millis(500);
+
 /// The seconds clock the reconciler and TUF run on.
 pub fn now() -> UtcTime {
     let secs = std::time::SystemTime::now()
@@ -117,8 +127,11 @@ pub struct Agent {
     fetched_bytes: u64,
     fetch_started: Option<(std::time::Instant, u64)>,
     last_fetch: Option<status::FetchRun>,
-    tx: mpsc::UnboundedSender<Event>,
-    rx: Option<mpsc::UnboundedReceiver<Event>>,
+    tx: mpsc::Sender<Event>,
+    rx: Option<mpsc::Receiver<Event>>,
+    /// Something other than chunk traffic changed since status.json was written.
+    status_changed: bool,
+    status_written: Option<std::time::Instant>,
 }
 
 impl Agent {
@@ -164,7 +177,7 @@ impl Agent {
         let director = docs.director.as_deref().and_then(|raw| {
             verify_director(raw, &trusted, &config.device_id, None, UtcTime(0), &limits).ok()
         });
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
         let backoff = Backoff::new(
             Duration::from_millis(config.sync.reconnect_min_ms),
             Duration::from_millis(config.sync.reconnect_max_ms),
@@ -194,6 +207,8 @@ impl Agent {
             last_fetch: None,
             tx,
             rx: Some(rx),
+            status_changed: true,
+            status_written: None,
         })
     }
 
@@ -295,11 +310,11 @@ impl Agent {
                 () = &mut shutdown => break,
                 ev = events.recv() => match ev {
                     Some(ev) => {
-                        self.handle(ev, &endpoint, &client, addr);
+                        self.handle(ev);
                         // Take what else is ready, so chunk writes batch.
                         for _ in 0..64 {
                             match events.try_recv() {
-                                Ok(ev) => self.handle(ev, &endpoint, &client, addr),
+                                Ok(ev) => self.handle(ev),
                                 Err(_) => break,
                             }
                         }
@@ -307,11 +322,12 @@ impl Agent {
                     None => break,
                 },
                 () = tokio::time::sleep_until(wake) => {
+                    self.status_changed = true;
                     self.reconciler.handle_timeout(now());
                 }
             }
             self.perform().await?;
-            self.write_status();
+            self.maybe_write_status();
         }
         if let Some(link) = self.link.take() {
             link.send(ControlFrame::Goodbye {
@@ -353,7 +369,7 @@ impl Agent {
                 events: tx.clone(),
             })
             .await;
-            let _ = tx.send(Event::Connected(generation, r));
+            let _ = tx.send(Event::Connected(generation, r)).await;
         });
     }
 
@@ -367,13 +383,10 @@ impl Agent {
         self.next_dial = tokio::time::Instant::now() + delay;
     }
 
-    fn handle(
-        &mut self,
-        ev: Event,
-        _endpoint: &quinn::Endpoint,
-        _client: &quinn::ClientConfig,
-        _addr: SocketAddr,
-    ) {
+    fn handle(&mut self, ev: Event) {
+        if !matches!(ev, Event::Chunk(..)) {
+            self.status_changed = true;
+        }
         let current = |g: u64, s: &Self| s.link.as_ref().is_some_and(|l| l.generation == g);
         match ev {
             Event::Connected(g, r) => {
@@ -680,9 +693,13 @@ impl Agent {
         let mut on_trial: BTreeSet<(DeploymentKey, String)> = BTreeSet::new();
         while let Some(action) = self.reconciler.poll_action() {
             let now = now();
-            if let Action::WriteChunk { digest, bytes } = action {
-                writes.push((digest, bytes));
-                continue;
+            match action {
+                Action::WriteChunk { digest, bytes } => {
+                    writes.push((digest, bytes));
+                    continue;
+                }
+                Action::QueryStore { .. } | Action::FetchChunks { .. } => {}
+                _ => self.status_changed = true,
             }
             self.flush_writes(&mut writes)?;
             match action {
@@ -799,11 +816,13 @@ impl Agent {
                 tokio::task::spawn_blocking(move || slots::load(&dir, &manifest).map(Arc::new))
                     .await
                     .unwrap_or_else(|e| Err(format!("load task failed: {e}")));
-            let _ = tx.send(Event::Loaded {
-                key,
-                target,
-                result,
-            });
+            let _ = tx
+                .send(Event::Loaded {
+                    key,
+                    target,
+                    result,
+                })
+                .await;
         });
     }
 
@@ -834,11 +853,13 @@ impl Agent {
                 Ok(Err(e)) => Err(format!("trial task failed: {e}")),
                 Err(_) => Err(format!("trial did not finish within {}s", limit.as_secs())),
             };
-            let _ = tx.send(Event::Trial {
-                key,
-                target,
-                result,
-            });
+            let _ = tx
+                .send(Event::Trial {
+                    key,
+                    target,
+                    result,
+                })
+                .await;
         });
     }
 
@@ -860,6 +881,20 @@ impl Agent {
         let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         if let Err(e) = slots::prune(&self.files.deployments(), key, &keep) {
             tracing::warn!(deployment = %key, error = %e, "could not prune old versions");
+        }
+    }
+
+    /// Writes status.json when state changed, or at most every
+    /// [`STATUS_INTERVAL`] while only chunks are moving (a 1 GiB fetch is a
+    /// thousand events; each write also reads the store's totals).
+    fn maybe_write_status(&mut self) {
+        let due = self
+            .status_written
+            .is_none_or(|t| t.elapsed() >= STATUS_INTERVAL);
+        if self.status_changed || due {
+            self.write_status();
+            self.status_changed = false;
+            self.status_written = Some(std::time::Instant::now());
         }
     }
 

@@ -134,13 +134,7 @@ impl TelemetryStore {
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(be)?;
         {
-            if tx
-                .open_table(WEBHOOKS)
-                .map_err(be)?
-                .get(id)
-                .map_err(be)?
-                .is_none()
-            {
+            if !webhook_exists(&tx, id)? {
                 return Ok(());
             }
             let mut t = tx.open_table(DELIVERIES).map_err(be)?;
@@ -162,9 +156,7 @@ impl TelemetryStore {
                 }
             }
             if settled {
-                let mut c = tx.open_table(WEBHOOK_CURSORS).map_err(be)?;
-                let cur = c.get(id).map_err(be)?.map_or(0, |v| v.value());
-                c.insert(id, cur.max(d.event_id)).map_err(be)?;
+                raise_cursor(&tx, id, d.event_id)?;
             }
         }
         tx.commit().map_err(be)
@@ -174,18 +166,10 @@ impl TelemetryStore {
     pub fn advance_cursor(&self, id: &str, to: u64) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(be)?;
         {
-            if tx
-                .open_table(WEBHOOKS)
-                .map_err(be)?
-                .get(id)
-                .map_err(be)?
-                .is_none()
-            {
+            if !webhook_exists(&tx, id)? {
                 return Ok(());
             }
-            let mut c = tx.open_table(WEBHOOK_CURSORS).map_err(be)?;
-            let cur = c.get(id).map_err(be)?.map_or(0, |v| v.value());
-            c.insert(id, cur.max(to)).map_err(be)?;
+            raise_cursor(&tx, id, to)?;
         }
         tx.commit().map_err(be)
     }
@@ -206,6 +190,24 @@ impl TelemetryStore {
         out.reverse();
         Ok(out)
     }
+}
+
+/// Whether webhook `id` still exists, inside a write transaction.
+fn webhook_exists(tx: &redb::WriteTransaction, id: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .open_table(WEBHOOKS)
+        .map_err(be)?
+        .get(id)
+        .map_err(be)?
+        .is_some())
+}
+
+/// Moves webhook `id`'s delivery cursor forward to `to` (never back).
+fn raise_cursor(tx: &redb::WriteTransaction, id: &str, to: u64) -> Result<(), StoreError> {
+    let mut c = tx.open_table(WEBHOOK_CURSORS).map_err(be)?;
+    let cur = c.get(id).map_err(be)?.map_or(0, |v| v.value());
+    c.insert(id, cur.max(to)).map_err(be)?;
+    Ok(())
 }
 
 #[cfg(test)]
