@@ -24,6 +24,7 @@
 //! - [`serve`]: the scoring server: Open Inference Protocol v2 over HTTP, traffic
 //!   split, mirror, backpressure, batching, metrics; `serve` for local debugging.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod conformance;
@@ -33,3 +34,4 @@ pub mod serve;
 pub mod slots;
 pub mod store;
 pub mod sync;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! `flotilla-agent batch`: scoring a file through the agent's scoring API.

@@ -1,0 +1,1 @@
+//! Telemetry: the agent publisher.
