@@ -90,6 +90,87 @@ pub enum Command {
     /// Exit status: 0 stopped by a signal, 1 the model or bundle could not be
     /// loaded or verified, 2 bad usage or the address could not be bound.
     Serve(ServeArgs),
+    /// Score a file through a running agent's scoring API: one request per
+    /// --batch-rows rows, --concurrency requests at a time, one JSON line per
+    /// input row written to --output in input order.
+    ///
+    /// Input: CSV with a header row (every column a numeric feature, in
+    /// order), or JSONL with one row per line: an array of numbers,
+    /// `{"id": .., "features": [..]}`, or an object of named numbers (columns
+    /// in the first such line's key order); `id` is copied to the output.
+    /// Blank lines are skipped and not numbered. Rows become rows of the
+    /// model's input tensor [rows, features], sent in its datatype.
+    ///
+    /// Output lines: `{"row": N, "outputs": {"NAME": [values]}}` or
+    /// `{"row": N, "error": "reason"}`, rows numbered from 0 (the CSV header
+    /// is not a row). A request the agent rejects (4xx) is retried row by
+    /// row; 5xx and connection errors are retried with backoff, then the run
+    /// stops. Running again resumes after the rows already in --output
+    /// (a partial last line is cut off); --restart starts over.
+    ///
+    /// Example:
+    ///   flotilla-agent batch --endpoint mlp --input rows.csv --output scores.jsonl
+    ///
+    /// Exit status: 0 every row scored, 4 done but some rows rejected, 1 the
+    /// agent unreachable or failing, 2 bad usage, unreadable input or unknown
+    /// endpoint, 3 the output file cannot be written or resumed.
+    Batch(BatchArgs),
+}
+
+/// Arguments of `batch`.
+#[derive(Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Endpoint to score with (the model name in the v2 paths).
+    #[arg(long, value_name = "NAME")]
+    pub endpoint: String,
+    /// The rows to score: CSV with a header row, or JSONL.
+    #[arg(long, value_name = "FILE")]
+    pub input: PathBuf,
+    /// Input format (default: from the extension: .csv, .jsonl or .ndjson).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::batch::InputFormat>,
+    /// Output file, one JSON line per input row; resumed when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// The agent's scoring API.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FLOTILLA_AGENT_URL",
+        default_value = "http://127.0.0.1:8441"
+    )]
+    pub agent: String,
+    /// Rows per request.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
+    pub batch_rows: usize,
+    /// Requests in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = positive)]
+    pub concurrency: usize,
+    /// The model input to fill (default: the model's only input).
+    #[arg(long, value_name = "NAME")]
+    pub input_name: Option<String>,
+    /// Truncate --output and start over instead of resuming it.
+    #[arg(long)]
+    pub restart: bool,
+    /// Retries of a request after a 5xx, 408, 429 or connection error, with
+    /// doubling backoff from 250 ms.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub retries: u32,
+    /// Seconds one request may take.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_s: u64,
+    /// Do not show the progress bar (it is hidden anyway when stderr is not a
+    /// terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Format of the summary on stdout.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t = crate::batch::command::SummaryFormat::Text,
+        env = "FLOTILLA_OUTPUT"
+    )]
+    pub output_format: crate::batch::command::SummaryFormat,
 }
 
 /// Arguments of `serve`.
@@ -258,6 +339,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_agent(&args),
         Command::Status(args) => Ok(run_status(&args)),
         Command::Serve(args) => run_serve(&args),
+        Command::Batch(args) => Ok(crate::batch::command::run(&args)),
     }
 }
 

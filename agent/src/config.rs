@@ -51,7 +51,45 @@ pub struct AgentConfig {
     /// The scoring API.
     #[serde(default)]
     pub serve: ServeSection,
+    /// Telemetry over MQTT.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
 }
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySection {
+    /// Publish telemetry at all.
+    pub enabled: bool,
+    /// The MQTT broker, `HOST:PORT` (enrolment writes what the hub says);
+    /// none: telemetry is off.
+    pub mqtt: Option<String>,
+    /// The fleet: one topic level, `flotilla/v1/{fleet}/{device}/...`.
+    pub fleet: String,
+    /// Seconds per telemetry window.
+    pub window_secs: u64,
+    /// Bytes the outbox may hold while the hub does not acknowledge; past it
+    /// the oldest windows are merged into coarser ones.
+    pub outbox_bytes: u64,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mqtt: None,
+            fleet: "default".into(),
+            window_secs: DEFAULT_WINDOW_SECS,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
+        }
+    }
+}
+
+/// Default telemetry window.
+pub const DEFAULT_WINDOW_SECS: u64 = 10;
+/// Default outbox budget: 4 MiB.
+pub const DEFAULT_OUTBOX_BYTES: u64 = 4 << 20;
 
 /// `[serve]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +107,9 @@ impl Default for ServeSection {
         }
     }
 }
+
+/// Smallest outbox budget accepted: a few windows.
+pub const MIN_OUTBOX_BYTES: u64 = 16 * 1024;
 
 /// Default scoring port.
 pub const DEFAULT_SCORING_PORT: u16 = 8441;
@@ -173,9 +214,28 @@ impl AgentConfig {
         Ok(c)
     }
 
-    /// Applies `FLOTILLA_AGENT_HUB`, `FLOTILLA_AGENT_DATA_DIR` and
-    /// `FLOTILLA_AGENT_LISTEN`.
+    /// Applies `FLOTILLA_AGENT_HUB`, `FLOTILLA_AGENT_DATA_DIR`,
+    /// `FLOTILLA_AGENT_LISTEN`, `FLOTILLA_AGENT_MQTT` (empty: telemetry off),
+    /// `FLOTILLA_AGENT_WINDOW_SECS` and `FLOTILLA_AGENT_OUTBOX_BYTES`.
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(m) = var("FLOTILLA_AGENT_MQTT") {
+            self.telemetry.mqtt = (!m.trim().is_empty()).then(|| m.trim().to_owned());
+        }
+        let number = |name: &str| -> Result<Option<u64>, ConfigError> {
+            var(name)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        ConfigError::Invalid(format!("{name} {v:?} is not a whole number"))
+                    })
+                })
+                .transpose()
+        };
+        if let Some(w) = number("FLOTILLA_AGENT_WINDOW_SECS")? {
+            self.telemetry.window_secs = w;
+        }
+        if let Some(b) = number("FLOTILLA_AGENT_OUTBOX_BYTES")? {
+            self.telemetry.outbox_bytes = b;
+        }
         if let Some(l) = var("FLOTILLA_AGENT_LISTEN") {
             self.serve.listen = l.parse().map_err(|_| {
                 ConfigError::Invalid(format!(
@@ -219,6 +279,28 @@ impl AgentConfig {
                 "sync.trial_timeout_secs must be > 0".into(),
             ));
         }
+        let t = &self.telemetry;
+        if !(1..=86_400).contains(&t.window_secs) {
+            return Err(ConfigError::Invalid(
+                "telemetry.window_secs must be between 1 and 86400".into(),
+            ));
+        }
+        if t.outbox_bytes < MIN_OUTBOX_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "telemetry.outbox_bytes must be at least {MIN_OUTBOX_BYTES}"
+            )));
+        }
+        if let Some(m) = &t.mqtt {
+            if m.rsplit_once(':')
+                .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "telemetry.mqtt {m:?} is not HOST:PORT"
+                )));
+            }
+        }
+        flotilla_protocol::telemetry::topics::check_segment("telemetry.fleet", &t.fleet)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 
@@ -231,7 +313,8 @@ impl AgentConfig {
     pub fn to_toml(&self) -> String {
         let mut out = String::from(
             "# flotilla-agent configuration, written by `flotilla-agent enroll`.\n\
-             # Environment overrides: FLOTILLA_AGENT_HUB, FLOTILLA_AGENT_DATA_DIR, FLOTILLA_AGENT_LISTEN.\n",
+             # Environment overrides: FLOTILLA_AGENT_HUB, FLOTILLA_AGENT_DATA_DIR, FLOTILLA_AGENT_LISTEN,\n\
+             # FLOTILLA_AGENT_MQTT, FLOTILLA_AGENT_WINDOW_SECS, FLOTILLA_AGENT_OUTBOX_BYTES.\n",
         );
         out.push_str(&format!(
             "data_dir = {}\ndevice_id = {}\n\n[hub]\naddr = {}\n\n[sync]\nreconnect_min_ms = {}\nreconnect_max_ms = {}\nchunk_streams = {}\ntrial_timeout_secs = {}\n\n[serve]\nlisten = {}\n",
@@ -243,6 +326,18 @@ impl AgentConfig {
             self.sync.chunk_streams,
             self.sync.trial_timeout_secs,
             toml_str(&self.serve.listen.to_string()),
+        ));
+        let t = &self.telemetry;
+        out.push_str(&format!(
+            "\n[telemetry]\nenabled = {}\n{}fleet = {}\nwindow_secs = {}\noutbox_bytes = {}\n",
+            t.enabled,
+            t.mqtt
+                .as_ref()
+                .map(|m| format!("mqtt = {}\n", toml_str(m)))
+                .unwrap_or_default(),
+            toml_str(&t.fleet),
+            t.window_secs,
+            t.outbox_bytes,
         ));
         out
     }
@@ -274,6 +369,10 @@ mod tests {
             },
             sync: SyncSection::default(),
             serve: ServeSection::default(),
+            telemetry: TelemetrySection {
+                mqtt: Some("hub.example:1884".into()),
+                ..TelemetrySection::default()
+            },
         }
     }
 
@@ -307,5 +406,30 @@ mod tests {
         c = sample();
         c.hub.addr = "nohost".into();
         assert!(c.validate().is_err());
+        c = sample();
+        c.telemetry.fleet = "a/b".into();
+        assert!(c.validate().unwrap_err().to_string().contains("fleet"));
+        c = sample();
+        c.telemetry.window_secs = 0;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("window_secs"));
+        c = sample();
+        c.telemetry.mqtt = Some("broker".into());
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("telemetry.mqtt"));
+        let mut c = sample();
+        let e = c
+            .apply_env(|k| (k == "FLOTILLA_AGENT_WINDOW_SECS").then(|| "ten".to_string()))
+            .unwrap_err();
+        assert!(e.to_string().contains("FLOTILLA_AGENT_WINDOW_SECS"), "{e}");
+        c.apply_env(|k| (k == "FLOTILLA_AGENT_MQTT").then(String::new))
+            .unwrap();
+        assert_eq!(c.telemetry.mqtt, None);
     }
 }

@@ -17,7 +17,9 @@ use flotilla_protocol::limits::Limits;
 use flotilla_protocol::tuf::TrustedSet;
 use flotilla_protocol::wire::{ByteBuf, EnrolFrame};
 
-use crate::config::{resolve, AgentConfig, DataFiles, HubSection, ServeSection, SyncSection};
+use crate::config::{
+    resolve, AgentConfig, DataFiles, HubSection, ServeSection, SyncSection, TelemetrySection,
+};
 
 /// How long enrolment waits for the hub.
 pub const ENROL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,14 +185,22 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, EnrolError> {
     .map_err(|_| unreachable(format!("no answer within {}s", ENROL_TIMEOUT.as_secs())))??;
     endpoint.wait_idle().await;
 
-    let (device_id, cert, ca, root, labels) = match answer {
+    let (device_id, cert, ca, root, labels, hint) = match answer {
         EnrolFrame::Accepted {
             device_id,
             certificate_der,
             ca_der,
             root_json,
             labels,
-        } => (device_id, certificate_der, ca_der, root_json, labels),
+            telemetry,
+        } => (
+            device_id,
+            certificate_der,
+            ca_der,
+            root_json,
+            labels,
+            telemetry,
+        ),
         EnrolFrame::Refused { reason } => return Err(EnrolError::Refused(reason)),
         other => return Err(EnrolError::BadAnswer(format!("unexpected frame {other:?}"))),
     };
@@ -235,6 +245,14 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, EnrolError> {
         },
         sync: SyncSection::default(),
         serve: ServeSection::default(),
+        telemetry: match hint {
+            Some(h) => TelemetrySection {
+                mqtt: Some(broker_addr(&h.mqtt_addr, &opts.hub)),
+                fleet: h.fleet,
+                ..TelemetrySection::default()
+            },
+            None => TelemetrySection::default(),
+        },
     };
     write(&files.config(), config.to_toml().as_bytes(), 0o644)?;
     Ok(Enrolled {
@@ -243,6 +261,24 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, EnrolError> {
         config: files.config(),
         root_version: trusted.root().body.version,
     })
+}
+
+/// The broker address to dial: the hub's answer, with an unspecified host
+/// (`0.0.0.0`, `[::]`: a broker listening everywhere) replaced by the host the
+/// agent reached the hub at.
+fn broker_addr(mqtt: &str, hub: &str) -> String {
+    let Some((host, port)) = mqtt.rsplit_once(':') else {
+        return mqtt.to_owned();
+    };
+    let unspecified = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    match (unspecified, hub.rsplit_once(':')) {
+        (true, Some((hub_host, _))) => format!("{hub_host}:{port}"),
+        _ => mqtt.to_owned(),
+    }
 }
 
 fn classify(e: quinn::ConnectionError, addr: &str) -> EnrolError {
@@ -326,5 +362,22 @@ mod tests {
             .to_string()
             .contains("64 hex digits"));
         assert!(parse_fingerprint("zz").is_err());
+    }
+
+    #[test]
+    fn a_broker_listening_everywhere_is_dialled_at_the_hubs_host() {
+        assert_eq!(
+            broker_addr("0.0.0.0:1884", "hub.example:7443"),
+            "hub.example:1884"
+        );
+        assert_eq!(broker_addr("[::]:1884", "10.0.0.2:7443"), "10.0.0.2:1884");
+        assert_eq!(
+            broker_addr("127.0.0.1:1884", "hub.example:7443"),
+            "127.0.0.1:1884"
+        );
+        assert_eq!(
+            broker_addr("mqtt.example:8883", "hub:1"),
+            "mqtt.example:8883"
+        );
     }
 }

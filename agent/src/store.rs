@@ -1,12 +1,15 @@
 //! [`AgentStore`]: the agent's one redb file, `DATA/agent.redb`.
 //!
-//! It holds three things, each in its own table:
+//! It holds four things, each in its own table:
 //!
 //! - the content-addressed chunk store (SHA-256 digest → bytes), shared by every
 //!   version of every deployment, with running totals for [`AgentStore::chunk_stats`];
 //! - the reconciler's [`AgentRecord`], one key, replaced whole by each `Persist`;
 //! - the trusted TUF metadata and director document ([`TrustDocs`]), replaced
-//!   together in one transaction so that a crash never leaves a mix of two updates.
+//!   together in one transaction so that a crash never leaves a mix of two updates;
+//! - the telemetry outbox: encoded windows by first sequence number, and the
+//!   outbox's meta record (epoch, next sequence number, dropped count) in
+//!   `state`, changed together by [`AgentStore::apply_outbox`].
 //!
 //! Design: chunk writes commit with [`Durability::None`] (no fsync): redb makes
 //! them durable with the next [`Durability::Immediate`] commit (redb commits are
@@ -27,6 +30,7 @@ use std::path::{Path, PathBuf};
 
 use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::reconcile::{AgentRecord, ReconcileError};
+use flotilla_protocol::telemetry::{OutboxChange, OutboxMeta};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// File name of the store inside the agent's data directory.
@@ -42,9 +46,17 @@ const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
 /// Trusted metadata documents by role name.
 const TRUST: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("trust");
 
+/// Telemetry windows waiting for the hub's ack, by first sequence number.
+const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("telemetry_outbox");
+
 const RECORD_KEY: &str = "record";
+const OUTBOX_META_KEY: &str = "telemetry_outbox_meta";
 const COUNT_KEY: &str = "count";
 const BYTES_KEY: &str = "bytes";
+
+/// The telemetry outbox as stored: its meta record and `(first_seq, encoded
+/// window)` rows.
+pub type StoredOutbox = (OutboxMeta, Vec<(u64, Vec<u8>)>);
 
 /// The signed documents the agent trusts, as raw bytes (verified again by
 /// `TrustedSet::restore` after a restart).
@@ -149,6 +161,7 @@ impl AgentStore {
                 .map_err(store.err("create tables"))?;
             tx.open_table(STATE).map_err(store.err("create tables"))?;
             tx.open_table(TRUST).map_err(store.err("create tables"))?;
+            tx.open_table(OUTBOX).map_err(store.err("create tables"))?;
         }
         tx.commit().map_err(store.err("create tables"))?;
         Ok(store)
@@ -313,6 +326,68 @@ impl AgentStore {
             })
     }
 
+    /// The telemetry outbox as stored: its meta record and every window, or
+    /// `None` before the first window was ever stored. A meta record that does
+    /// not decode counts as none (the outbox starts a new epoch).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`].
+    pub fn load_outbox(&self) -> Result<Option<StoredOutbox>, StoreError> {
+        const OP: &str = "load telemetry outbox";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let state = tx.open_table(STATE).map_err(self.err(OP))?;
+        let meta = state
+            .get(OUTBOX_META_KEY)
+            .map_err(self.err(OP))?
+            .and_then(|raw| decode_meta(raw.value()));
+        let Some(meta) = meta else {
+            return Ok(None);
+        };
+        let table = tx.open_table(OUTBOX).map_err(self.err(OP))?;
+        let mut windows = Vec::new();
+        for row in table.iter().map_err(self.err(OP))? {
+            let (k, v) = row.map_err(self.err(OP))?;
+            windows.push((k.value(), v.value().to_vec()));
+        }
+        Ok(Some((meta, windows)))
+    }
+
+    /// Applies an outbox mutation's changes in one durable transaction.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Db`]; nothing is applied then.
+    pub fn apply_outbox(&self, changes: &[OutboxChange]) -> Result<(), StoreError> {
+        const OP: &str = "write telemetry outbox";
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(self.err(OP))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(self.err(OP))?;
+        {
+            let mut table = tx.open_table(OUTBOX).map_err(self.err(OP))?;
+            let mut state = tx.open_table(STATE).map_err(self.err(OP))?;
+            for c in changes {
+                match c {
+                    OutboxChange::Put { seq, bytes } => {
+                        table.insert(*seq, bytes.as_slice()).map_err(self.err(OP))?;
+                    }
+                    OutboxChange::Delete { seq } => {
+                        table.remove(*seq).map_err(self.err(OP))?;
+                    }
+                    OutboxChange::Meta(m) => {
+                        state
+                            .insert(OUTBOX_META_KEY, encode_meta(m).as_slice())
+                            .map_err(self.err(OP))?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(self.err(OP))
+    }
+
     /// Replaces every trusted document at once, durably: a `None` field deletes
     /// what was saved for it.
     ///
@@ -390,6 +465,27 @@ fn read_totals(
     let count = totals.get(COUNT_KEY)?.map_or(0, |v| v.value());
     let bytes = totals.get(BYTES_KEY)?.map_or(0, |v| v.value());
     Ok((count, bytes))
+}
+
+/// The outbox meta record: epoch, next sequence number, dropped, as
+/// little-endian u64s.
+fn encode_meta(m: &OutboxMeta) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..8].copy_from_slice(&m.epoch.to_le_bytes());
+    out[8..16].copy_from_slice(&m.next_seq.to_le_bytes());
+    out[16..].copy_from_slice(&m.dropped.to_le_bytes());
+    out
+}
+
+fn decode_meta(raw: &[u8]) -> Option<OutboxMeta> {
+    let word =
+        |i: usize| -> Option<u64> { Some(u64::from_le_bytes(raw.get(i..i + 8)?.try_into().ok()?)) };
+    (raw.len() == 24).then_some(())?;
+    Some(OutboxMeta {
+        epoch: word(0)?,
+        next_seq: word(8)?,
+        dropped: word(16)?,
+    })
 }
 
 #[cfg(test)]
@@ -531,5 +627,40 @@ mod tests {
         std::fs::write(&file, b"x").unwrap();
         let err = AgentStore::open(&file.join("data")).unwrap_err();
         assert!(err.to_string().contains("not-a-dir"), "{err}");
+    }
+
+    #[test]
+    fn the_outbox_survives_a_reopen_and_applies_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = AgentStore::open(dir.path()).unwrap();
+            assert!(store.load_outbox().unwrap().is_none());
+            let meta = OutboxMeta {
+                epoch: 42,
+                next_seq: 3,
+                dropped: 1,
+            };
+            store
+                .apply_outbox(&[
+                    OutboxChange::Put {
+                        seq: 1,
+                        bytes: b"one".to_vec(),
+                    },
+                    OutboxChange::Put {
+                        seq: 2,
+                        bytes: b"two".to_vec(),
+                    },
+                    OutboxChange::Meta(meta),
+                ])
+                .unwrap();
+            store
+                .apply_outbox(&[OutboxChange::Delete { seq: 1 }])
+                .unwrap();
+        }
+        let store = AgentStore::open(dir.path()).unwrap();
+        let (meta, windows) = store.load_outbox().unwrap().unwrap();
+        assert_eq!((meta.epoch, meta.next_seq, meta.dropped), (42, 3, 1));
+        assert_eq!(windows, vec![(2, b"two".to_vec())]);
+        assert_eq!(decode_meta(b"short"), None);
     }
 }

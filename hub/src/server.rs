@@ -106,7 +106,17 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
     let bus = registry.events().subscribe();
     let telemetry = Telemetry::open(config, registry.clone()).await?;
     let roots = Arc::new(roots);
-    let sync = SyncServer::bind(&config.sync, config.faults, registry.clone(), roots.clone())?;
+    let hint = flotilla_protocol::wire::enrol::TelemetryHint {
+        mqtt_addr: telemetry.mqtt_addr.clone(),
+        fleet: telemetry.fleet.clone(),
+    };
+    let sync = SyncServer::bind(
+        &config.sync,
+        config.faults,
+        registry.clone(),
+        roots.clone(),
+        Some(hint),
+    )?;
     let state = AppState {
         registry: registry.clone(),
         roots,

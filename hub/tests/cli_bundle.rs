@@ -264,4 +264,30 @@ fn the_demo_runs_the_whole_path() {
         .as_str()
         .unwrap()
         .contains("mismatch"));
+    // The fleet: every agent pulled and served, the canary split traffic,
+    // and the hub's telemetry counted every request the agents answered.
+    let fleet = &r["hub"]["fleet"];
+    let agents = fleet["agents"].as_array().unwrap();
+    assert_eq!(agents.len(), 2, "{fleet}");
+    for a in agents {
+        assert!(a["fetched_bytes"].as_u64().unwrap() > 0, "{a}");
+        assert!(a["scoring"].as_str().unwrap().starts_with("http://"), "{a}");
+    }
+    let split = &fleet["canary_split"];
+    let (blue, green) = (
+        split["blue"].as_u64().unwrap_or(0),
+        split["green"].as_u64().unwrap_or(0),
+    );
+    assert_eq!(blue + green, 200, "{split}");
+    assert!(
+        (5..=50).contains(&green),
+        "about 10% to the canary: {split}"
+    );
+    let seen: u64 = fleet["fleet_metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(seen, 400, "{fleet}");
 }

@@ -346,10 +346,18 @@ fn enrolment_over_quic_pins_the_ca_and_uses_each_token_once() {
         ca_der,
         root_json,
         labels,
+        telemetry,
     } = answer
     else {
         panic!("refused: {answer:?}");
     };
+    // Enrolment tells the device where to publish telemetry.
+    let hint = telemetry.expect("a telemetry hint");
+    assert_eq!(hint.fleet, "default");
+    assert!(
+        hint.mqtt_addr.parse::<std::net::SocketAddr>().is_ok(),
+        "{hint:?}"
+    );
     assert_eq!(Sha256Digest::of(ca_der.as_slice()).to_hex(), fp);
     assert_eq!(
         labels,

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use flotilla_protocol::manifest::Dim;
 
 use super::batch::Batcher;
+use super::drift::DriftRecorder;
 use crate::slots::LoadedModel;
 
 /// A model version a deployment serves.
@@ -23,6 +24,8 @@ pub(crate) struct ActiveModel {
     /// Every input has rank >= 1 and a leading dim that is not fixed.
     pub(crate) batchable: bool,
     pub(crate) batcher: OnceLock<Batcher>,
+    /// Drift counters, when the bundle has a baseline that maps to its tensors.
+    pub(crate) drift: Option<DriftRecorder>,
 }
 
 impl ActiveModel {
@@ -35,7 +38,11 @@ impl ActiveModel {
                     .and_then(|d| d.first())
                     .is_some_and(|d| !matches!(d, Dim::Fixed(_)))
             });
+        let drift = model
+            .drift_baseline()
+            .and_then(|b| DriftRecorder::new(target, b, model.signature()));
         Self {
+            drift,
             target: target.to_owned(),
             version: version_label(target).unwrap_or_else(|| deployment.to_owned()),
             model,

@@ -181,8 +181,14 @@ impl Serving {
         wire::check_outputs(signature, &req)?;
         let inputs = check_inputs(signature, std::mem::take(&mut req.inputs))
             .map_err(ServeError::Invalid)?;
+        if let Some(d) = &routed.active.drift {
+            d.record_inputs(&inputs);
+        }
         let mirror_inputs = routed.mirror.as_ref().map(|_| inputs.clone());
         let outputs = self.execute(routed, inputs).await;
+        if let (Some(d), Ok(out)) = (&routed.active.drift, &outputs) {
+            d.record_outputs(out);
+        }
         if let (Some(target), Some(inputs)) = (routed.mirror.clone(), mirror_inputs) {
             // After the primary run, off the response path.
             tokio::spawn(Arc::clone(self).mirror(target, inputs));

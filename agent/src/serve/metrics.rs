@@ -9,6 +9,11 @@
 //! snapshot as Prometheus text. Series are never removed (Prometheus counters
 //! must not go back), so a retired deployment keeps its last counts.
 //!
+//! Beside the cumulative counts every series keeps what happened since the
+//! last telemetry window ([`Metrics::take_window`]): request and error
+//! counts, microsecond latencies and batch sizes in the protocol's mergeable
+//! [`Histogram`], and the queue's high-water mark.
+//!
 //! It does not push anything anywhere.
 
 use std::collections::BTreeMap;
@@ -17,6 +22,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use flotilla_protocol::telemetry::{EndpointStats, Histogram};
 use serde::Serialize;
 
 /// Upper bounds (seconds) of the request latency buckets; `+Inf` is implied.
@@ -116,7 +122,20 @@ struct Counts {
     latency: HistogramSnapshot,
     batch: HistogramSnapshot,
     mirror_results: BTreeMap<&'static str, u64>,
+    window: WindowCounts,
 }
+
+/// What a series saw since the last telemetry window was taken.
+#[derive(Debug, Default)]
+struct WindowCounts {
+    requests: u64,
+    errors: BTreeMap<&'static str, u64>,
+    latency_us: Histogram,
+    batch: Histogram,
+}
+
+/// Deployment name in telemetry for requests no deployment took.
+pub const UNROUTED: &str = "unrouted";
 
 /// The live counters of one series.
 #[derive(Debug)]
@@ -124,6 +143,8 @@ pub(crate) struct Series {
     counts: Mutex<Counts>,
     queue_depth: AtomicI64,
     in_flight: AtomicI64,
+    /// Deepest the queue got since the last window.
+    window_max_queue: AtomicU64,
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.
@@ -157,9 +178,11 @@ impl Series {
                 latency: HistogramSnapshot::new(&LATENCY_BOUNDS),
                 batch: HistogramSnapshot::new(&BATCH_BOUNDS),
                 mirror_results: BTreeMap::new(),
+                window: WindowCounts::default(),
             }),
             queue_depth: AtomicI64::new(0),
             in_flight: AtomicI64::new(0),
+            window_max_queue: AtomicU64::new(0),
         }
     }
 
@@ -182,11 +205,20 @@ impl Series {
             *c.errors.entry(kind).or_default() += 1;
         }
         c.latency.observe(latency.as_secs_f64());
+        c.window.requests += 1;
+        if let Some(kind) = error {
+            *c.window.errors.entry(kind).or_default() += 1;
+        }
+        c.window
+            .latency_us
+            .record(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
     }
 
     /// Records one execution of `size` requests.
     pub(crate) fn record_batch(&self, size: usize) {
-        self.counts().batch.observe(size as f64);
+        let mut c = self.counts();
+        c.batch.observe(size as f64);
+        c.window.batch.record(size as u64);
     }
 
     /// Records a mirror outcome.
@@ -205,7 +237,11 @@ impl Series {
     }
 
     fn guard(self: &Arc<Self>, gauge: Gauge) -> GaugeGuard {
-        self.gauge(gauge).fetch_add(1, Ordering::Relaxed);
+        let now = self.gauge(gauge).fetch_add(1, Ordering::Relaxed) + 1;
+        if let Gauge::Queued = gauge {
+            self.window_max_queue
+                .fetch_max(u64::try_from(now).unwrap_or(0), Ordering::Relaxed);
+        }
         GaugeGuard {
             series: Arc::clone(self),
             gauge,
@@ -269,6 +305,46 @@ impl Metrics {
             series,
             unknown_model_requests: self.unknown_model.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl Metrics {
+    /// Per endpoint and deployment, what happened since the last call (the
+    /// first call: since start), and starts the next window. Mirror series
+    /// count as `mirror_requests`/`mirror_errors` of their deployment.
+    /// Series with nothing to report are left out.
+    pub(crate) fn take_window(&self) -> Vec<EndpointStats> {
+        let map = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: BTreeMap<(String, String), EndpointStats> = BTreeMap::new();
+        for ((endpoint, deployment, mirror), s) in map.iter() {
+            let w = std::mem::take(&mut s.counts().window);
+            let depth = u64::try_from(s.queue_depth.load(Ordering::Relaxed)).unwrap_or(0);
+            let max_queue = s.window_max_queue.swap(depth, Ordering::Relaxed);
+            if w.requests == 0 && w.batch.is_empty() && max_queue == 0 {
+                continue;
+            }
+            let deployment = if deployment.is_empty() {
+                UNROUTED
+            } else {
+                deployment.as_str()
+            };
+            let stats = out
+                .entry((endpoint.clone(), deployment.to_owned()))
+                .or_insert_with(|| EndpointStats::new(endpoint.as_str(), deployment));
+            if *mirror {
+                stats.mirror_requests += w.requests;
+                stats.mirror_errors += w.errors.values().sum::<u64>();
+            } else {
+                stats.requests += w.requests;
+                for (kind, n) in w.errors {
+                    *stats.errors.entry(kind.to_owned()).or_default() += n;
+                }
+                stats.latency_us.merge(&w.latency_us);
+                stats.batch_sizes.merge(&w.batch);
+                stats.max_queue_depth = stats.max_queue_depth.max(max_queue);
+            }
+        }
+        out.into_values().collect()
     }
 }
 
@@ -460,6 +536,52 @@ mod tests {
         assert!(text.contains(&format!(
             "flotilla_agent_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} 2"
         )));
+    }
+
+    #[test]
+    fn windows_hold_what_happened_since_the_last_one() {
+        let m = Metrics::default();
+        let s = m.series("fraud", "blue", false);
+        let shadow = m.series("fraud", "green", true);
+        let q1 = s.queued();
+        let q2 = s.queued();
+        drop((q1, q2));
+        s.record(200, None, Duration::from_micros(300));
+        s.record(500, Some("runtime"), Duration::from_millis(2));
+        s.record_batch(4);
+        shadow.record(200, None, Duration::from_millis(1));
+        shadow.record(500, Some("runtime"), Duration::from_millis(1));
+        m.series("fraud", "", false)
+            .record(404, Some("unknown_version"), Duration::from_micros(5));
+        let w = m.take_window();
+        assert_eq!(w.len(), 3, "{w:?}");
+        let blue = w.iter().find(|e| e.deployment == "blue").unwrap();
+        assert_eq!(blue.requests, 2);
+        assert_eq!(blue.errors.get("runtime"), Some(&1));
+        assert_eq!(blue.latency_us.count(), 2);
+        assert_eq!(blue.batch_sizes.count(), 1);
+        assert_eq!(blue.max_queue_depth, 2);
+        let green = w.iter().find(|e| e.deployment == "green").unwrap();
+        assert_eq!(
+            (green.requests, green.mirror_requests, green.mirror_errors),
+            (0, 2, 1)
+        );
+        assert!(w.iter().any(|e| e.deployment == UNROUTED));
+        // The next window starts from zero; the cumulative counts do not.
+        s.record(200, None, Duration::from_micros(100));
+        let w = m.take_window();
+        assert_eq!(w.len(), 1);
+        assert_eq!((w[0].requests, w[0].max_queue_depth), (1, 0));
+        assert_eq!(
+            m.snapshot()
+                .series
+                .iter()
+                .find(|x| x.deployment == "blue")
+                .unwrap()
+                .latency_seconds
+                .count,
+            3
+        );
     }
 
     #[test]

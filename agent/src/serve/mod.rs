@@ -16,8 +16,8 @@
 //! in flight, and the old version is freed when its last request is done.
 //!
 //! It does not fetch, verify, stage or trial models (that is [`crate::sync`] and
-//! [`crate::slots`]), and it does not ship metrics anywhere (the telemetry issue
-//! reads [`Serving::metrics_snapshot`]).
+//! [`crate::slots`]), and it does not ship metrics anywhere (the telemetry
+//! publisher, [`crate::telemetry`], takes [`Serving::take_window`]).
 //!
 //! # Layout
 //!
@@ -32,6 +32,7 @@
 //! - `wire`, `tensors`, `json_data`, `datatype`: the protocol's JSON and binary
 //!   bodies.
 //! - `validate`: inputs against the model signature.
+//! - `drift`: input and output values over the bundle's drift baseline.
 //! - [`metrics`]: counters and mergeable histograms, Prometheus text.
 //! - [`local`]: loading an ONNX file or a verified bundle for `serve`.
 //! - `error`: why a request failed, as status code and metrics kind.
@@ -42,6 +43,7 @@ use std::time::Duration;
 
 use flotilla_protocol::director::EndpointAssignment;
 use flotilla_protocol::reconcile::DeploymentKey;
+use flotilla_protocol::telemetry::{DriftObservation, EndpointStats};
 
 use crate::slots::LoadedModel;
 
@@ -49,6 +51,7 @@ mod active;
 mod admission;
 mod batch;
 mod datatype;
+mod drift;
 mod error;
 mod exec;
 mod http;
@@ -126,6 +129,17 @@ pub struct Serving {
     desired: Mutex<Desired>,
     // invariant: built from `desired` after its last change.
     table: RwLock<Arc<Table>>,
+    /// More Prometheus text for `/metrics` (the telemetry publisher's).
+    extra_metrics: RwLock<Option<ExtraMetrics>>,
+}
+
+/// Renders more Prometheus text.
+struct ExtraMetrics(Box<dyn Fn() -> String + Send + Sync>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics")
+    }
 }
 
 impl Serving {
@@ -144,6 +158,7 @@ impl Serving {
             draws: Draws::new(),
             desired: Mutex::new(Desired::default()),
             table: RwLock::new(Arc::new(Table::default())),
+            extra_metrics: RwLock::new(None),
         })
     }
 
@@ -174,12 +189,42 @@ impl Serving {
 
     /// Prometheus text of all metrics.
     pub fn metrics_text(&self) -> String {
-        self.metrics.snapshot().prometheus_text()
+        let mut text = self.metrics.snapshot().prometheus_text();
+        if let Some(extra) = &*self
+            .extra_metrics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            text.push_str(&(extra.0)());
+        }
+        text
+    }
+
+    /// Appends `render`'s text to every `/metrics` answer from now on.
+    pub fn set_extra_metrics(&self, render: Box<dyn Fn() -> String + Send + Sync>) {
+        *self
+            .extra_metrics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(ExtraMetrics(render));
     }
 
     /// All metrics, for shipping.
     pub fn metrics_snapshot(&self) -> MetricsSnapshot {
         self.metrics.snapshot()
+    }
+
+    /// What happened since the last call, for a telemetry window: per
+    /// endpoint and deployment the request statistics, and the drift counts
+    /// of every active version with a baseline.
+    pub fn take_window(&self) -> (Vec<EndpointStats>, Vec<DriftObservation>) {
+        let endpoints = self.metrics.take_window();
+        let desired = self.desired.lock().unwrap_or_else(PoisonError::into_inner);
+        let drift = desired
+            .active
+            .iter()
+            .filter_map(|(k, a)| a.drift.as_ref()?.take(&k.endpoint, &k.deployment))
+            .collect();
+        (endpoints, drift)
     }
 
     /// The configuration in force (after the adjustments [`Serving::new`] makes).

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_protocol::manifest::{BundleManifest, Dim, ElementType, Flavor, ModelSignature};
+use flotilla_protocol::manifest::{
+    BundleManifest, Dim, DriftBaseline, ElementType, Flavor, ModelSignature,
+};
 use flotilla_runtime::{DimSpec, ElemType, Model, Tensor};
 
 use super::is_safe_relative_path;
@@ -35,6 +37,7 @@ pub const MAX_SELF_TEST_ELEMENTS: usize = 1 << 24;
 pub struct LoadedModel {
     model: Model,
     signature: ModelSignature,
+    drift_baseline: Option<DriftBaseline>,
     dir: PathBuf,
     load_time: Duration,
 }
@@ -77,6 +80,7 @@ impl LoadedModel {
         Ok(Self {
             model,
             signature: manifest.signature.clone(),
+            drift_baseline: manifest.drift_baseline.clone(),
             dir: dir.to_owned(),
             load_time: started.elapsed(),
         })
@@ -90,6 +94,11 @@ impl LoadedModel {
     /// The signature the manifest declares.
     pub fn signature(&self) -> &ModelSignature {
         &self.signature
+    }
+
+    /// The reference distribution of its inputs, when the bundle has one.
+    pub fn drift_baseline(&self) -> Option<&DriftBaseline> {
+        self.drift_baseline.as_ref()
     }
 
     /// The version dir it was loaded from.

@@ -38,12 +38,13 @@ use flotilla_protocol::tuf::{TrustedSet, Updater};
 use flotilla_protocol::wire::{
     AgentHello, ChunkFrame, ControlFrame, MetadataUpdate, TrustedVersions,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::{AgentConfig, DataFiles};
 use crate::serve::{ServeConfig, Serving};
 use crate::slots::{self, LoadedModel};
 use crate::store::{AgentStore, TrustDocs};
+use crate::telemetry::{AgentView, Publisher, TelemetryStatus};
 use link::Link;
 pub use status::AgentStatus;
 
@@ -132,6 +133,16 @@ pub struct Agent {
     /// Something other than chunk traffic changed since status.json was written.
     status_changed: bool,
     status_written: Option<std::time::Instant>,
+    /// The agent's state for telemetry windows.
+    view: watch::Sender<AgentView>,
+    /// The telemetry publisher's state, once it runs.
+    telemetry: Option<Arc<std::sync::Mutex<TelemetryStatus>>>,
+    /// Notified when the telemetry status changes.
+    telemetry_changed: Arc<tokio::sync::Notify>,
+    /// The scoring API's bound address.
+    scoring_addr: Option<SocketAddr>,
+    /// Print the scoring address on stdout once bound.
+    announce: bool,
 }
 
 impl Agent {
@@ -209,7 +220,18 @@ impl Agent {
             rx: Some(rx),
             status_changed: true,
             status_written: None,
+            view: watch::channel(AgentView::default()).0,
+            telemetry: None,
+            telemetry_changed: Arc::new(tokio::sync::Notify::new()),
+            scoring_addr: None,
+            announce: true,
         })
+    }
+
+    /// Whether `run` prints the scoring address on stdout (default: yes;
+    /// an embedding program reads it from the status instead).
+    pub fn set_announce(&mut self, on: bool) {
+        self.announce = on;
     }
 
     fn client_config(&self) -> anyhow::Result<quinn::ClientConfig> {
@@ -275,8 +297,15 @@ impl Agent {
             })
             .await
             .with_context(|| format!("binding the scoring API to {}", self.config.serve.listen))?;
-        println!("scoring listening on http://{scoring_addr}");
+        if self.announce {
+            println!("scoring listening on http://{scoring_addr}");
+        }
+        self.scoring_addr = Some(scoring_addr);
         let scoring = tokio::spawn(scoring);
+        let (stop_telemetry, telemetry_stopped) = tokio::sync::oneshot::channel::<()>();
+        let telemetry = self.start_telemetry(async move {
+            let _ = telemetry_stopped.await;
+        });
         if let Some(doc) = &self.director {
             self.scoring.set_routes(&doc.endpoints);
         }
@@ -286,6 +315,7 @@ impl Agent {
         self.perform().await?;
         self.write_status();
         tokio::pin!(shutdown);
+        let telemetry_changed = Arc::clone(&self.telemetry_changed);
         loop {
             if self.link.is_none()
                 && !self.dialling
@@ -321,6 +351,7 @@ impl Agent {
                     }
                     None => break,
                 },
+                () = telemetry_changed.notified() => self.status_changed = true,
                 () = tokio::time::sleep_until(wake) => {
                     self.status_changed = true;
                     self.reconciler.handle_timeout(now());
@@ -336,6 +367,10 @@ impl Agent {
             tokio::time::sleep(Duration::from_millis(50)).await;
             link.close("agent shutting down");
         }
+        let _ = stop_telemetry.send(());
+        if let Some(t) = telemetry {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
         let _ = stop_scoring.send(());
         match scoring.await {
             Ok(Err(e)) => tracing::warn!(error = %e, "scoring server stopped with an error"),
@@ -345,6 +380,44 @@ impl Agent {
         endpoint.wait_idle().await;
         tracing::info!("agent stopped");
         Ok(())
+    }
+
+    /// Spawns the telemetry publisher when a broker is configured; it runs
+    /// until `stop` completes.
+    fn start_telemetry(
+        &mut self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let t = &self.config.telemetry;
+        if !t.enabled || t.mqtt.is_none() {
+            tracing::info!("telemetry is off (no [telemetry] mqtt broker in the configuration)");
+            return None;
+        }
+        match Publisher::open(
+            &self.config,
+            Arc::clone(&self.store),
+            Arc::clone(&self.scoring),
+            self.view.subscribe(),
+        ) {
+            Ok(p) => {
+                let status = p.status();
+                let for_metrics = Arc::clone(&status);
+                self.scoring.set_extra_metrics(Box::new(move || {
+                    for_metrics
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .prometheus_text()
+                }));
+                self.telemetry = Some(status);
+                self.telemetry_changed = p.changed();
+                Some(tokio::spawn(p.run(stop)))
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "telemetry cannot start; the agent runs without it");
+                self.last_error = Some(format!("telemetry: {e:#}"));
+                None
+            }
+        }
     }
 
     fn dial(&mut self, endpoint: &quinn::Endpoint, client: &quinn::ClientConfig, addr: SocketAddr) {
@@ -920,7 +993,29 @@ impl Agent {
                 .map(|(n, b)| status::ChunkStats { count: n, bytes: b }),
             fetched_bytes: self.fetched_bytes,
             last_fetch: self.last_fetch,
+            scoring: self.scoring_addr.map(|a| format!("http://{a}")),
+            telemetry: self.telemetry.as_ref().map(|t| {
+                t.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            }),
         };
+        let sync_state = if self.link.is_none() {
+            "offline"
+        } else if self.outstanding.is_empty() {
+            "connected"
+        } else {
+            "syncing"
+        };
+        self.view.send_if_modified(|v| {
+            let next = AgentView {
+                sync_state: sync_state.into(),
+                activations: s.deployments.clone(),
+            };
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
         if let Err(e) = s.write(&self.files.status()) {
             tracing::warn!(error = %e, "could not write status.json");
         }

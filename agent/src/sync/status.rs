@@ -44,6 +44,12 @@ pub struct AgentStatus {
     pub fetched_bytes: u64,
     /// The last completed fetch: from the first request to the last chunk.
     pub last_fetch: Option<FetchRun>,
+    /// The telemetry publisher, when it runs.
+    #[serde(default)]
+    pub telemetry: Option<crate::telemetry::TelemetryStatus>,
+    /// Where applications call this agent (`http://ADDR`).
+    #[serde(default)]
+    pub scoring: Option<String>,
 }
 
 /// One fetch, from the first chunk request until nothing was outstanding.
@@ -88,6 +94,9 @@ impl AgentStatus {
             },
             self.updated_at
         );
+        if let Some(url) = &self.scoring {
+            out.push_str(&format!("scoring     {url}\n"));
+        }
         let t = &self.trusted;
         let v = |x: Option<u64>| x.map_or("-".to_string(), |v| v.to_string());
         out.push_str(&format!(
@@ -111,6 +120,22 @@ impl AgentStatus {
         ));
         if let Some(e) = &self.last_error {
             out.push_str(&format!("last error  {e}\n"));
+        }
+        match &self.telemetry {
+            Some(t) => out.push_str(&format!(
+                "telemetry   {} {}, {} windows ({} bytes) waiting for the hub, acked up to #{}, {} dropped{}\n",
+                t.broker,
+                if t.connected { "connected" } else { "not connected" },
+                t.outbox_windows,
+                t.outbox_bytes,
+                t.acked_seq,
+                t.dropped,
+                t.last_error
+                    .as_ref()
+                    .map(|e| format!(" ({e})"))
+                    .unwrap_or_default()
+            )),
+            None => out.push_str("telemetry   off\n"),
         }
         if self.deployments.is_empty() {
             out.push_str("deployments none\n");

@@ -10,6 +10,10 @@
 //! loopback port), registers both versions through the REST API exactly as
 //! `flotilla model register` does, checks the registry's signed targets with the
 //! TUF client, downloads version 2 back, and verifies the audit chain.
+//!
+//! Last, the fleet (`demo_fleet`): agents enrol with that hub over QUIC, pull
+//! and activate version 1, score requests, take a 90/10 canary of version 2,
+//! and their telemetry comes back to the hub over its embedded MQTT broker.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -49,6 +53,7 @@ struct HubDemo {
     targets_version: u64,
     download_matches: bool,
     audit: crate::api::types::AuditVerification,
+    fleet: super::demo_fleet::FleetDemo,
 }
 
 impl Report for DemoReport {
@@ -76,6 +81,7 @@ impl Report for DemoReport {
             self.hub.audit.entries,
             if self.hub.audit.ok { "chain intact" } else { "CHAIN BROKEN" }
         );
+        s += &self.hub.fleet.text();
         s += &format!("files are in {}", self.dir.display());
         s
     }
@@ -190,6 +196,7 @@ pub(super) fn run(args: DemoArgs, output: Output) -> Result<(), CliError> {
         &dir,
         &[&dir.join("model-v1.onnx"), &dir.join("model-v2.onnx")],
         &v2_model,
+        &say,
     )?;
     if !hub.download_matches || !hub.audit.ok {
         return Err(CliError::untrusted(
@@ -228,6 +235,7 @@ fn hub_demo(
     dir: &std::path::Path,
     models: &[&std::path::Path],
     last_model: &[u8],
+    say: &dyn Fn(&str),
 ) -> Result<HubDemo, CliError> {
     use crate::api::types::{AuditVerification, LineageBody, RegisterVersion, VersionView};
     use crate::cli::client::HubClient;
@@ -320,7 +328,9 @@ fn hub_demo(
         let audit: AuditVerification = client
             .get("/api/v1/audit/verify", &[])
             .map_err(|e| client.cli_error(e))?;
+        let fleet = super::demo_fleet::run(&client, dir, say, DEMO_LAYERS[0])?;
         Ok(HubDemo {
+            fleet,
             url: url.clone(),
             targets_version: trusted.targets().map_or(0, |t| t.body.version),
             registered,

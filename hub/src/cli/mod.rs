@@ -14,6 +14,7 @@ mod bundle;
 mod client;
 mod credentials;
 mod demo;
+mod demo_fleet;
 mod device;
 mod endpoint;
 mod events;

@@ -83,6 +83,7 @@ pub(super) async fn run(shared: &Shared, conn: &quinn::Connection) {
                         .unwrap_or_default(),
                 ),
                 labels: e.device.labels,
+                telemetry: shared.telemetry.clone(),
             }
         }
         Err(e) => {

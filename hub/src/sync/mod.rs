@@ -95,6 +95,8 @@ struct Shared {
     // For reading the current trust; sessions clone it to watch changes.
     feed: watch::Receiver<Feed>,
     faults: Faults,
+    /// What enrolment tells a new device about telemetry.
+    telemetry: Option<flotilla_protocol::wire::enrol::TelemetryHint>,
 }
 
 /// The QUIC endpoint, bound and ready to serve.
@@ -116,6 +118,7 @@ impl SyncServer {
         faults: FaultSpec,
         registry: Arc<Registry>,
         roots: Arc<Vec<(u64, Vec<u8>)>>,
+        telemetry: Option<flotilla_protocol::wire::enrol::TelemetryHint>,
     ) -> Result<Self, SyncError> {
         flotilla_net::tls::install_default_provider();
         if faults.any() {
@@ -168,6 +171,7 @@ impl SyncServer {
             sessions: Sessions::default(),
             feed: feed_rx,
             faults: Faults::new(faults),
+            telemetry,
         });
         Ok(Self {
             endpoint,

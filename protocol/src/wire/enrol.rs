@@ -51,12 +51,25 @@ pub enum EnrolFrame {
         root_json: ByteBuf,
         /// Labels the token gave the device.
         labels: BTreeMap<String, String>,
+        /// Where the device publishes telemetry; `None` from a hub without
+        /// telemetry (or an older hub: the field may be absent).
+        #[serde(default)]
+        telemetry: Option<TelemetryHint>,
     },
     /// Hub to agent: enrolment refused (bad, used or expired token, bad CSR).
     Refused {
         /// Why, in one line.
         reason: String,
     },
+}
+
+/// The MQTT broker and fleet a newly enrolled device publishes telemetry to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TelemetryHint {
+    /// The broker, `HOST:PORT`.
+    pub mqtt_addr: String,
+    /// The fleet: one topic level, `flotilla/v1/{fleet}/{device}/...`.
+    pub fleet: String,
 }
 
 impl Frame for EnrolFrame {
@@ -78,8 +91,17 @@ impl Frame for EnrolFrame {
                 ca_der,
                 root_json,
                 labels,
+                telemetry,
             } => {
                 check_len("device id", device_id, limits.max_name_len)?;
+                if let Some(t) = telemetry {
+                    check_len(
+                        "telemetry broker address",
+                        &t.mqtt_addr,
+                        limits.max_name_len,
+                    )?;
+                    check_len("telemetry fleet", &t.fleet, limits.max_name_len)?;
+                }
                 der("certificate bytes", certificate_der)?;
                 der("CA certificate bytes", ca_der)?;
                 check_count(

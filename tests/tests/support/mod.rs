@@ -24,6 +24,16 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A TCP port free right now on 127.0.0.1 (for a broker that must come back
+/// on the same address after a restart).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A UDP port free right now on 127.0.0.1 (for a hub that must come back on
 /// the same address after a restart).
 pub fn free_udp_port() -> u16 {
@@ -57,8 +67,8 @@ impl Hub {
         env: &[(&str, &str)],
     ) -> Self {
         let mut cmd = Command::new(bin("flotilla-hub"));
-        cmd.envs(env.iter().copied())
-            .env("FLOTILLA_HUB_MQTT_LISTEN", "127.0.0.1:0");
+        cmd.env("FLOTILLA_HUB_MQTT_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied());
         cmd.args(["serve", "--data-dir"])
             .arg(data)
             .args(["--api-listen", "127.0.0.1:0"])
@@ -238,6 +248,11 @@ impl Agent {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// Like [`Agent::start`], with extra environment variables.
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -247,6 +262,7 @@ impl Agent {
             .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data)
             .env("RUST_LOG", "info,quinn=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -1,1 +1,0 @@
-//! `flotilla-agent batch`: scoring a file through the agent's scoring API.

@@ -1,0 +1,405 @@
+//! [`Publisher`]: the telemetry task. See the module docs of
+//! [`crate::telemetry`] for what it guarantees.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use flotilla_protocol::limits::Limits;
+use flotilla_protocol::telemetry::topics::{self, STATUS_OFFLINE, STATUS_ONLINE};
+use flotilla_protocol::telemetry::{AgentStats, Outbox, OutboxChange, TelemetryWindow, WindowAck};
+use flotilla_protocol::time::UtcTime;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::watch;
+
+use super::system::SystemSampler;
+use super::{AgentView, TelemetryStatus};
+use crate::config::AgentConfig;
+use crate::serve::Serving;
+use crate::store::AgentStore;
+use crate::sync::now;
+
+/// How long windows may wait with no ack advancing before the publisher
+/// publishes everything pending again.
+pub const ACK_OVERDUE: Duration = Duration::from_secs(120);
+/// MQTT keep-alive: the broker declares the agent gone (and publishes its
+/// last will) after 1.5 times this without a packet.
+const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// Requests the MQTT client queues; past it publishing waits for acks.
+const REQUEST_QUEUE: usize = 256;
+/// First and longest wait between broker connection attempts.
+const RECONNECT_MIN: Duration = Duration::from_millis(250);
+const RECONNECT_MAX: Duration = Duration::from_secs(15);
+/// Longest a clean stop waits for the last window and `offline` to leave.
+const STOP_FLUSH: Duration = Duration::from_secs(2);
+
+/// The MQTT topics of this device.
+#[derive(Debug)]
+struct Topics {
+    window: String,
+    ack: String,
+    status: String,
+}
+
+/// The telemetry task's state.
+#[derive(Debug)]
+pub struct Publisher {
+    device: String,
+    window: Duration,
+    host: String,
+    port: u16,
+    topics: Topics,
+    limits: Limits,
+    store: Arc<AgentStore>,
+    serving: Arc<Serving>,
+    view: watch::Receiver<AgentView>,
+    outbox: Outbox,
+    sampler: Option<SystemSampler>,
+    started: Instant,
+    window_start: UtcTime,
+    status: Arc<Mutex<TelemetryStatus>>,
+    /// Told whenever `status` changes (the sync loop rewrites status.json).
+    changed: Arc<tokio::sync::Notify>,
+    /// Highest `last_seq` handed to the client in this session.
+    cursor: u64,
+    connected: bool,
+    /// When an ack last advanced, a session started, or the outbox stopped
+    /// being empty.
+    last_progress: Instant,
+}
+
+impl Publisher {
+    /// Restores the outbox from the store (or starts one with a new random
+    /// epoch) for the broker in `config.telemetry.mqtt`.
+    ///
+    /// # Errors
+    ///
+    /// No broker configured, a broker address that is not `HOST:PORT`, a
+    /// device id or fleet that cannot be a topic level, or the store failing.
+    pub fn open(
+        config: &AgentConfig,
+        store: Arc<AgentStore>,
+        serving: Arc<Serving>,
+        view: watch::Receiver<AgentView>,
+    ) -> anyhow::Result<Self> {
+        let t = &config.telemetry;
+        let broker = t.mqtt.clone().context("no MQTT broker configured")?;
+        let (host, port) = broker
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']).to_owned(), p.parse().ok()?)))
+            .with_context(|| format!("telemetry.mqtt {broker:?} is not HOST:PORT"))?;
+        let device = config.device_id.clone();
+        let topics = Topics {
+            window: topics::window(&t.fleet, &device)?,
+            ack: topics::ack(&t.fleet, &device)?,
+            status: topics::status(&t.fleet, &device)?,
+        };
+        let limits = Limits {
+            max_outbox_bytes: t.outbox_bytes,
+            ..Limits::default()
+        };
+        let (outbox, changes) = match store.load_outbox()? {
+            Some((meta, stored)) => Outbox::restore(device.as_str(), limits, meta, stored),
+            None => {
+                let outbox = Outbox::new(device.as_str(), new_epoch(), limits);
+                let meta = outbox.meta();
+                (outbox, vec![OutboxChange::Meta(meta)])
+            }
+        };
+        store.apply_outbox(&changes)?;
+        let status = Arc::new(Mutex::new(TelemetryStatus {
+            broker,
+            outbox_budget: t.outbox_bytes,
+            ..TelemetryStatus::default()
+        }));
+        let p = Self {
+            device,
+            window: Duration::from_secs(t.window_secs),
+            host,
+            port,
+            topics,
+            limits,
+            store,
+            serving,
+            view,
+            outbox,
+            sampler: Some(SystemSampler::new(&config.data_dir)),
+            started: Instant::now(),
+            window_start: now(),
+            status,
+            changed: Arc::new(tokio::sync::Notify::new()),
+            cursor: 0,
+            connected: false,
+            last_progress: Instant::now(),
+        };
+        p.update_status(None);
+        Ok(p)
+    }
+
+    /// The publisher's state, shared with `status.json` and `/metrics`.
+    pub fn status(&self) -> Arc<Mutex<TelemetryStatus>> {
+        Arc::clone(&self.status)
+    }
+
+    /// Notified whenever [`Publisher::status`] changes.
+    pub fn changed(&self) -> Arc<tokio::sync::Notify> {
+        Arc::clone(&self.changed)
+    }
+
+    /// Publishes until `shutdown` completes; then closes the last window,
+    /// says `offline` and disconnects (waiting at most a moment).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        let mut opts = MqttOptions::new(self.device.clone(), self.host.clone(), self.port);
+        opts.set_keep_alive(KEEP_ALIVE);
+        opts.set_clean_session(true);
+        let max = usize::try_from(self.limits.max_telemetry_bytes).unwrap_or(usize::MAX);
+        opts.set_max_packet_size(max.saturating_add(1024), max.saturating_add(1024));
+        opts.set_last_will(LastWill::new(
+            self.topics.status.clone(),
+            STATUS_OFFLINE.to_vec(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        let (client, mut events) = AsyncClient::new(opts, REQUEST_QUEUE);
+        tracing::info!(broker = %format!("{}:{}", self.host, self.port), epoch = self.outbox.meta().epoch, pending = self.outbox.len(), "telemetry starting");
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut delay = RECONNECT_MIN;
+        let mut resume_at = tokio::time::Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            let may_poll = tokio::time::Instant::now() >= resume_at;
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = tick.tick() => {
+                    self.close_window().await;
+                    if self.connected && !self.outbox.is_empty() && self.last_progress.elapsed() > ACK_OVERDUE {
+                        tracing::warn!(pending = self.outbox.len(), "no telemetry ack for a while; publishing the outbox again");
+                        self.cursor = 0;
+                        self.last_progress = Instant::now();
+                    }
+                    self.pump(&client);
+                }
+                () = tokio::time::sleep_until(resume_at), if !may_poll => {}
+                ev = events.poll(), if may_poll => match ev {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        tracing::info!(pending = self.outbox.len(), "telemetry broker connected");
+                        self.connected = true;
+                        delay = RECONNECT_MIN;
+                        self.cursor = 0;
+                        self.last_progress = Instant::now();
+                        let _ = client.try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce);
+                        let _ = client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, STATUS_ONLINE.to_vec());
+                        self.pump(&client);
+                        self.update_status(None);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if p.topic == self.topics.ack {
+                            self.on_ack(&p.payload).await;
+                        }
+                        self.pump(&client);
+                    }
+                    Ok(_) => self.pump(&client),
+                    Err(e) => {
+                        if self.connected {
+                            tracing::warn!(error = %e, "telemetry broker connection lost");
+                        } else {
+                            tracing::debug!(error = %e, "telemetry broker unreachable");
+                        }
+                        self.connected = false;
+                        self.update_status(Some(format!("broker {}:{}: {e}", self.host, self.port)));
+                        resume_at = tokio::time::Instant::now() + jitter(delay);
+                        delay = (delay * 2).min(RECONNECT_MAX);
+                    }
+                }
+            }
+        }
+        self.stop(&client, &mut events).await;
+    }
+
+    /// Ends the window running now: builds it, stores it, publishes it.
+    async fn close_window(&mut self) {
+        let end = now();
+        let (endpoints, drift) = self.serving.take_window();
+        let system = match self.sampler.take() {
+            Some(mut s) => match tokio::task::spawn_blocking(move || {
+                let x = s.sample();
+                (s, x)
+            })
+            .await
+            {
+                Ok((s, x)) => {
+                    self.sampler = Some(s);
+                    x
+                }
+                Err(_) => Default::default(),
+            },
+            None => Default::default(),
+        };
+        let view = self.view.borrow().clone();
+        let mut activations = view.activations;
+        activations.truncate(self.limits.max_deployments);
+        let mut w = TelemetryWindow::new(
+            self.device.as_str(),
+            self.window_start,
+            end.max(self.window_start),
+        );
+        w.endpoints = endpoints;
+        w.drift = drift;
+        w.system = system;
+        w.agent = AgentStats {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            sync_state: view.sync_state,
+            activations,
+            outbox_dropped: self.outbox.dropped(),
+        };
+        self.window_start = end.max(self.window_start);
+        if self.outbox.is_empty() {
+            self.last_progress = Instant::now();
+        }
+        match self.outbox.push(w) {
+            Ok(changes) => self.apply(changes).await,
+            Err(e) => {
+                tracing::error!(error = %e, "telemetry window refused by the outbox; its counts are lost");
+                self.update_status(Some(format!("window refused: {e}")));
+            }
+        }
+    }
+
+    /// Hands every pending window past the cursor to the client, oldest
+    /// first, until its queue is full.
+    fn pump(&mut self, client: &AsyncClient) {
+        if !self.connected {
+            return;
+        }
+        let due: Vec<(u64, Vec<u8>)> = self
+            .outbox
+            .pending()
+            .filter(|w| w.last_seq > self.cursor)
+            .map(|w| (w.last_seq, w.bytes.to_vec()))
+            .collect();
+        let mut handed = 0u64;
+        for (last_seq, bytes) in due {
+            if client
+                .try_publish(self.topics.window.clone(), QoS::AtLeastOnce, false, bytes)
+                .is_err()
+            {
+                break;
+            }
+            self.cursor = last_seq;
+            self.outbox.mark_published(last_seq);
+            handed += 1;
+        }
+        if handed > 0 {
+            self.status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .published += handed;
+            self.changed.notify_one();
+        }
+    }
+
+    /// An ack from the hub: forget what it covers.
+    async fn on_ack(&mut self, payload: &[u8]) {
+        let ack = match WindowAck::decode(payload, &self.limits) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "malformed telemetry ack ignored");
+                return;
+            }
+        };
+        let before = self.outbox.len();
+        let changes = self.outbox.ack(&ack);
+        if self.outbox.len() < before {
+            self.last_progress = Instant::now();
+        }
+        {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            if ack.epoch == self.outbox.meta().epoch && ack.device == self.device {
+                s.acked_seq = s.acked_seq.max(ack.up_to_seq);
+            }
+        }
+        self.apply(changes).await;
+    }
+
+    /// Applies outbox changes to the store (one durable transaction).
+    async fn apply(&mut self, changes: Vec<OutboxChange>) {
+        let store = Arc::clone(&self.store);
+        let result = tokio::task::spawn_blocking(move || store.apply_outbox(&changes))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match result {
+            Ok(()) => self.update_status(None),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the telemetry outbox");
+                self.update_status(Some(format!("outbox store: {e}")));
+            }
+        }
+    }
+
+    /// Closes the last window and says goodbye, within [`STOP_FLUSH`].
+    async fn stop(&mut self, client: &AsyncClient, events: &mut rumqttc::EventLoop) {
+        self.close_window().await;
+        if !self.connected {
+            return;
+        }
+        self.pump(client);
+        let _ = client.try_publish(
+            self.topics.status.clone(),
+            QoS::AtLeastOnce,
+            true,
+            STATUS_OFFLINE.to_vec(),
+        );
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(STOP_FLUSH, async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.topic == self.topics.ack => {
+                        self.on_ack(&p.payload).await;
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    fn update_status(&self, error: Option<String>) {
+        let meta = self.outbox.meta();
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.connected = self.connected;
+        s.outbox_windows = self.outbox.len() as u64;
+        s.outbox_bytes = self.outbox.total_bytes();
+        s.dropped = self.outbox.dropped();
+        s.next_seq = meta.next_seq;
+        if error.is_some() || self.connected {
+            s.last_error = error;
+        }
+        drop(s);
+        self.changed.notify_one();
+    }
+}
+
+/// A random outbox epoch (the clock when the system has no randomness).
+fn new_epoch() -> u64 {
+    let mut b = [0u8; 8];
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b) {
+        Ok(()) => u64::from_le_bytes(b).max(1),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(1)),
+    }
+}
+
+/// `d` plus up to a quarter more, so a fleet does not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
