@@ -101,19 +101,60 @@ fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
-/// Runs `flotilla-agent batch ARGS` and waits for it.
+/// Runs `flotilla-agent batch ARGS` and waits for it (at most two minutes).
 fn batch(args: &[&str]) -> Output {
-    batch_command(args).output().unwrap()
+    Batch::start(args).finish()
 }
 
-fn batch_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"));
-    cmd.arg("batch")
-        .args(args)
-        .env_remove("FLOTILLA_AGENT_URL")
-        .env_remove("FLOTILLA_OUTPUT")
-        .stdin(Stdio::null());
-    cmd
+/// A running `flotilla-agent batch`, its stdout and stderr going to files.
+struct Batch {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Batch {
+    fn start(args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_flotilla-agent"))
+            .arg("batch")
+            .args(args)
+            .env_remove("FLOTILLA_AGENT_URL")
+            .env_remove("FLOTILLA_OUTPUT")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    /// Waits for it; kills it and fails past two minutes.
+    fn finish(mut self) -> Output {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("batch still running after 2 minutes");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Output {
+            status,
+            stdout: std::fs::read(self.dir.path().join("stdout")).unwrap(),
+            stderr: std::fs::read(self.dir.path().join("stderr")).unwrap(),
+        }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -253,22 +294,16 @@ fn jsonl_arrays_feature_objects_and_named_objects_are_scored() {
     let agent = Agent::mlp();
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (tmp(&dir, "rows.ndjson"), tmp(&dir, "out.jsonl"));
+    // The first named line (row 2) writes its keys f0..f5, which sets the
+    // column order; later ones write them f5..f0 and are put back in order.
     let named = |i: usize| {
-        let mut m = serde_json::Map::new();
-        m.insert("id".into(), json!(format!("n{i}")));
-        // Keys written f5..f0: the first named line sets that column order.
-        for (j, v) in features(i).iter().enumerate().rev() {
-            m.insert(format!("f{j}"), json!(v));
+        let f = features(i);
+        let mut keys: Vec<usize> = (0..LAYERS[0]).collect();
+        if i > 2 {
+            keys.reverse();
         }
-        let pairs: Vec<String> = std::iter::once(("id".to_owned(), m["id"].clone()))
-            .chain(
-                (0..LAYERS[0])
-                    .rev()
-                    .map(|j| (format!("f{j}"), m[&format!("f{j}")].clone())),
-            )
-            .map(|(k, v)| format!("{}:{v}", json!(k)))
-            .collect();
-        format!("{{{}}}", pairs.join(","))
+        let pairs: Vec<String> = keys.iter().map(|&j| format!("\"f{j}\":{}", f[j])).collect();
+        format!("{{\"id\":\"n{i}\",{}}}", pairs.join(","))
     };
     let mut s_in = String::new();
     for i in 0..90 {
@@ -394,6 +429,8 @@ fn a_request_the_agent_rejects_is_retried_row_by_row() {
         s(&output),
         "--batch-rows",
         "16",
+        "--concurrency",
+        "1",
         "--no-progress",
     ]);
     assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
@@ -498,6 +535,27 @@ fn an_interrupted_run_resumes_to_exactly_the_uninterrupted_output() {
     assert!(!text(&out.stderr).contains("resuming"));
     assert!(std::fs::read(&cut).unwrap() == want);
 
+    // An output longer than the input is not its output.
+    let short = tmp(&dir, "short.csv");
+    write_csv(&short, 2, &[]);
+    let out = batch(&[
+        "--endpoint",
+        "mlp",
+        "--agent",
+        &agent.base,
+        "--input",
+        s(&short),
+        "--output",
+        s(&cut),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("it holds 1000 rows but"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(std::fs::read(&cut).unwrap() == want);
+
     // A file whose last line is not row count - 1 is refused, untouched.
     let odd = tmp(&dir, "odd.jsonl");
     std::fs::write(&odd, "{\"row\":0}\n{\"row\":7}\n").unwrap();
@@ -540,7 +598,7 @@ fn an_agent_going_away_stops_the_run_resumably() {
     assert_eq!(want.iter().filter(|b| **b == b'\n').count(), 20_000);
 
     // Small requests one at a time, so the agent can be killed mid-run.
-    let child = batch_command(&[
+    let child = Batch::start(&[
         "--endpoint",
         "mlp",
         "--agent",
@@ -555,18 +613,14 @@ fn an_agent_going_away_stops_the_run_resumably() {
         "1",
         "--retries",
         "1",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    ]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::fs::metadata(&cut).map_or(0, |m| m.len()) < 4096 {
         assert!(Instant::now() < deadline, "no output after 30 s");
         std::thread::sleep(Duration::from_millis(5));
     }
     drop(agent);
-    let out = child.wait_with_output().unwrap();
+    let out = child.finish();
     assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
     let stderr = text(&out.stderr);
     assert!(
@@ -597,7 +651,8 @@ fn an_agent_going_away_stops_the_run_resumably() {
         "--batch-rows",
         "256",
     ]);
-    assert_eq!(out.status.code(), Some(4), "stderr: {}", text(&out.stderr));
+    // Row 3, the bad one, was done before: nothing is rejected this time.
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     assert!(text(&out.stderr).contains("resuming after"));
     assert!(
         std::fs::read(&cut).unwrap() == want,

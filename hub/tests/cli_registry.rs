@@ -236,11 +236,18 @@ fn a_deployed_version_cannot_be_deleted_or_archived_until_the_endpoint_moves() {
             "blue=90,green=10",
             "--mirror",
             "green=5",
+            "--p99-objective-ms",
+            "50",
             "--reason",
             "canary",
         ],
     ));
     assert_eq!(e["revision"], 1);
+    assert_eq!(e["objective_p99_ms"], 50.0);
+    let o = flotilla(&cfg, &["endpoint", "show", "fraud"]);
+    assert!(o.status.success(), "{}", err(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("p99 objective: 50 ms"), "{text}");
     let v1 = json(&flotilla(
         &cfg,
         &["--output", "json", "model", "show", "fraud:1"],
@@ -314,6 +321,71 @@ fn a_deployed_version_cannot_be_deleted_or_archived_until_the_endpoint_moves() {
         ],
     ));
     assert_eq!(e["revision"], 2);
+    assert_eq!(
+        e["objective_p99_ms"], 50.0,
+        "set keeps the objective when the flag is absent"
+    );
+    let o = flotilla(
+        &cfg,
+        &[
+            "endpoint",
+            "set",
+            "fraud",
+            "--deployment",
+            "blue=fraud:2",
+            "--traffic",
+            "blue=100",
+            "--p99-objective-ms",
+            "0",
+            "--reason",
+            "x",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(2), "a zero objective: {}", err(&o));
+    let e = json(&flotilla(
+        &cfg,
+        &[
+            "--output",
+            "json",
+            "endpoint",
+            "set",
+            "fraud",
+            "--deployment",
+            "blue=fraud:2",
+            "--traffic",
+            "blue=100",
+            "--p99-objective-ms",
+            "25.5",
+            "--reason",
+            "tighter",
+        ],
+    ));
+    assert_eq!(e["objective_p99_ms"], 25.5);
+    let e = json(&flotilla(
+        &cfg,
+        &[
+            "--output",
+            "json",
+            "endpoint",
+            "set",
+            "fraud",
+            "--deployment",
+            "blue=fraud:2",
+            "--traffic",
+            "blue=100",
+            "--no-p99-objective",
+            "--reason",
+            "no objective",
+        ],
+    ));
+    assert!(e.get("objective_p99_ms").is_none(), "{e}");
+    let shown = json(&flotilla(
+        &cfg,
+        &["--output", "json", "endpoint", "show", "fraud"],
+    ));
+    assert!(shown.get("objective_p99_ms").is_none(), "{shown}");
+    let o = flotilla(&cfg, &["endpoint", "show", "fraud"]);
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("objective"));
     let o = flotilla(&cfg, &["model", "delete", "fraud:1", "--reason", "cleanup"]);
     assert!(o.status.success(), "no longer deployed: {}", err(&o));
     let o = flotilla(

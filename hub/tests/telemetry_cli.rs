@@ -74,8 +74,13 @@ fn the_cli_shows_metrics_alerts_events_and_manages_webhooks() {
     assert_eq!(alerts[0]["rule"], "error-rate", "{alerts}");
     assert!(ok(flotilla(&hub, &["alerts", "list"])).contains("endpoint/fraud/blue"));
     let rules = json(&hub, &["alerts", "rules"]);
-    assert_eq!(rules.as_array().unwrap().len(), 3, "the defaults: {rules}");
-    assert!(ok(flotilla(&hub, &["alerts", "rules"])).contains("device-offline"));
+    assert_eq!(rules.as_array().unwrap().len(), 4, "the defaults: {rules}");
+    let text = ok(flotilla(&hub, &["alerts", "rules"]));
+    assert!(text.contains("device-offline"), "{text}");
+    assert!(
+        text.contains("latency-objective") && text.contains("p99_over_objective"),
+        "{text}"
+    );
 
     let drift = ok(flotilla(&hub, &["drift", "fraud"]));
     assert!(drift.contains("no drift counts"), "{drift}");

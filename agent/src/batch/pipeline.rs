@@ -154,6 +154,11 @@ impl Run<'_> {
             if outstanding == 0 && (eof || stopping) {
                 break;
             }
+            if !stopping && !eof && outstanding < self.concurrency {
+                // Room again: read more before waiting. (Otherwise the head
+                // batch is in flight, so a result will come.)
+                continue;
+            }
             match done.recv() {
                 Ok((seq, batch)) => {
                     if matches!(batch, Done::Failed(_)) {

@@ -200,6 +200,22 @@ impl Serving {
         text
     }
 
+    /// Records a request to `deployment` of `endpoint` answered outside this
+    /// server (a sidecar, or a load generator exercising the telemetry path):
+    /// it counts in `/metrics` and in the next telemetry window like any other.
+    pub fn record_external(
+        &self,
+        endpoint: &str,
+        deployment: &str,
+        status: u16,
+        error: Option<&'static str>,
+        latency: Duration,
+    ) {
+        self.metrics
+            .series(endpoint, deployment, false)
+            .record(status, error, latency);
+    }
+
     /// Appends `render`'s text to every `/metrics` answer from now on.
     pub fn set_extra_metrics(&self, render: Box<dyn Fn() -> String + Send + Sync>) {
         *self

@@ -541,6 +541,7 @@ impl Agent {
                         if self.serving.get(&key) == Some(&target) {
                             self.scoring.activate(&key, &target, model);
                             self.loaded.insert(key.clone(), target.clone());
+                            self.status_changed = true;
                         }
                         Ok(())
                     }
@@ -561,6 +562,7 @@ impl Agent {
                     tracing::info!(deployment = %key, %target, "loaded for serving");
                     self.scoring.activate(&key, &target, model);
                     self.loaded.insert(key, target);
+                    self.status_changed = true;
                 }
                 Ok(_) => {}
                 Err(reason) => {
@@ -982,7 +984,7 @@ impl Agent {
             trusted: self.trusted_versions(),
             deployments: self.reconciler.statuses(),
             serving: self
-                .serving
+                .loaded
                 .iter()
                 .map(|(k, t)| (k.to_string(), t.clone()))
                 .collect(),

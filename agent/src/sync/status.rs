@@ -36,7 +36,7 @@ pub struct AgentStatus {
     pub trusted: TrustedVersions,
     /// Every deployment's last reported status.
     pub deployments: Vec<DeploymentStatus>,
-    /// What serves now: `endpoint/deployment` → target.
+    /// What the scoring server holds now: `endpoint/deployment` → target.
     pub serving: BTreeMap<String, String>,
     /// The chunk store.
     pub chunks: Option<ChunkStats>,

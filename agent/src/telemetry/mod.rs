@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 pub use publisher::{Publisher, ACK_OVERDUE};
 
+use flotilla_protocol::telemetry::Histogram;
 use flotilla_protocol::wire::DeploymentStatus;
 
 /// The agent's own state for the next window, kept current by the sync loop.
@@ -66,6 +67,10 @@ pub struct TelemetryStatus {
     pub next_seq: u64,
     /// Windows (or republished copies) handed to the broker by this process.
     pub published: u64,
+    /// From handing a window to the broker to the hub's ack covering it, in
+    /// microseconds, over this process's life.
+    #[serde(default)]
+    pub ack_latency_us: Histogram,
     /// The last problem (broker unreachable, store write failed), if it persists.
     pub last_error: Option<String>,
 }
@@ -109,6 +114,14 @@ impl TelemetryStatus {
             "Windows handed to the broker, republished copies included.",
             self.published,
         );
+        for (q, v) in [(50u32, 0.5), (99, 0.99)] {
+            gauge(
+                &format!("ack_latency_p{q}_us"),
+                "gauge",
+                "End-to-end ack latency (publish to the hub's ack), this process's life.",
+                self.ack_latency_us.quantile(v).unwrap_or(0),
+            );
+        }
         gauge(
             "acked_seq",
             "gauge",

@@ -64,6 +64,9 @@ pub struct Publisher {
     /// Highest `last_seq` handed to the client in this session.
     cursor: u64,
     connected: bool,
+    /// When each window handed over in this session was first published,
+    /// by `last_seq`.
+    sent_at: std::collections::BTreeMap<u64, Instant>,
     /// When an ack last advanced, a session started, or the outbox stopped
     /// being empty.
     last_progress: Instant,
@@ -130,6 +133,7 @@ impl Publisher {
             status,
             changed: Arc::new(tokio::sync::Notify::new()),
             cursor: 0,
+            sent_at: std::collections::BTreeMap::new(),
             connected: false,
             last_progress: Instant::now(),
         };
@@ -189,6 +193,7 @@ impl Publisher {
                         self.connected = true;
                         delay = RECONNECT_MIN;
                         self.cursor = 0;
+                        self.sent_at.clear();
                         self.last_progress = Instant::now();
                         let _ = client.try_subscribe(self.topics.ack.clone(), QoS::AtLeastOnce);
                         let _ = client.try_publish(self.topics.status.clone(), QoS::AtLeastOnce, true, STATUS_ONLINE.to_vec());
@@ -290,6 +295,7 @@ impl Publisher {
                 break;
             }
             self.cursor = last_seq;
+            self.sent_at.entry(last_seq).or_insert_with(Instant::now);
             self.outbox.mark_published(last_seq);
             handed += 1;
         }
@@ -316,10 +322,14 @@ impl Publisher {
         if self.outbox.len() < before {
             self.last_progress = Instant::now();
         }
-        {
+        if ack.epoch == self.outbox.meta().epoch && ack.device == self.device {
+            let later = self.sent_at.split_off(&ack.up_to_seq.saturating_add(1));
+            let covered = std::mem::replace(&mut self.sent_at, later);
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            if ack.epoch == self.outbox.meta().epoch && ack.device == self.device {
-                s.acked_seq = s.acked_seq.max(ack.up_to_seq);
+            s.acked_seq = s.acked_seq.max(ack.up_to_seq);
+            for sent in covered.values() {
+                s.ack_latency_us
+                    .record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
             }
         }
         self.apply(changes).await;

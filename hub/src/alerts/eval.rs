@@ -10,6 +10,12 @@
 //! does not breach resolves it. With windows of a few hundred requests each,
 //! one window is one evaluation, which is what the rule names.
 //!
+//! `p99_over_objective` divides the p99 of the merged latency histogram (a
+//! bucket bound, at most 25% high) by the endpoint's objective. The
+//! objectives are an input like the windows: the caller hands the current
+//! ones to [`Evaluator::set_objectives`] whenever they may have changed, and
+//! endpoints missing from them are never judged by that metric.
+//!
 //! Time comes in as `now`; nothing here reads a clock, stores or sends.
 
 use std::collections::{BTreeMap, HashMap};
@@ -83,6 +89,9 @@ pub struct Evaluator {
     groups: HashMap<(String, String), Group>,
     // Keyed by (rule, subject).
     active: BTreeMap<(String, String), ActiveAlert>,
+    // Latency objectives in ms by endpoint, as last set.
+    // invariant: every value finite and > 0 (the registry validates them).
+    objectives: BTreeMap<String, f64>,
 }
 
 impl Evaluator {
@@ -109,6 +118,57 @@ impl Evaluator {
             .cloned()
             .collect();
         gone.into_iter()
+            .filter_map(|k| self.active.remove(&k))
+            .map(|alert| AlertAction::Resolve {
+                value: alert.value,
+                alert,
+            })
+            .collect()
+    }
+
+    /// Replaces the endpoints' latency objectives (milliseconds, by endpoint
+    /// name) that `p99_over_objective` rules divide by. Cheap when nothing
+    /// changed, so it may be called before every batch of windows.
+    ///
+    /// For those rules, an endpoint whose objective appeared, changed or went
+    /// away starts again (accumulator and streak: breaches against the old
+    /// objective do not count towards the new one). Its active alerts stay
+    /// while it still has an objective (the next evaluation, against the new
+    /// one, keeps or resolves them); alerts of endpoints without an objective
+    /// (removed, endpoint deleted, or so since before a restart) are
+    /// returned as resolved with their last value.
+    pub fn set_objectives(&mut self, objectives: BTreeMap<String, f64>) -> Vec<AlertAction> {
+        let changed: std::collections::BTreeSet<String> = self
+            .objectives
+            .keys()
+            .chain(objectives.keys())
+            .filter(|e| self.objectives.get(*e) != objectives.get(*e))
+            .cloned()
+            .collect();
+        self.objectives = objectives;
+        let latency_rules: std::collections::HashSet<&str> = self
+            .rules
+            .iter()
+            .filter(|r| r.metric == AlertMetric::P99OverObjective)
+            .map(|r| r.name.as_str())
+            .collect();
+        if !changed.is_empty() {
+            self.groups.retain(|(rule, subject), _| {
+                !(latency_rules.contains(rule.as_str())
+                    && subject_endpoint(subject).is_some_and(|e| changed.contains(e)))
+            });
+        }
+        let unjudged: Vec<(String, String)> = self
+            .active
+            .iter()
+            .filter(|(_, a)| {
+                a.metric == AlertMetric::P99OverObjective
+                    && subject_endpoint(&a.subject).is_none_or(|e| !self.objectives.contains_key(e))
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        unjudged
+            .into_iter()
             .filter_map(|k| self.active.remove(&k))
             .map(|alert| AlertAction::Resolve {
                 value: alert.value,
@@ -167,7 +227,7 @@ impl Evaluator {
                         }
                     }
                 }
-                AlertMetric::ErrorRate | AlertMetric::P99Ms => {
+                AlertMetric::ErrorRate | AlertMetric::P99Ms | AlertMetric::P99OverObjective => {
                     for e in &w.endpoints {
                         if !rule.scope.matches(
                             &w.device,
@@ -175,6 +235,10 @@ impl Evaluator {
                             Some(&e.endpoint),
                             Some(&e.deployment),
                         ) {
+                            continue;
+                        }
+                        let objective = self.objectives.get(&e.endpoint).copied();
+                        if rule.metric == AlertMetric::P99OverObjective && objective.is_none() {
                             continue;
                         }
                         let subject = subject(rule, &w.device, &e.endpoint, &e.deployment);
@@ -198,16 +262,27 @@ impl Evaluator {
                         if *requests < rule.min_samples() {
                             continue;
                         }
-                        let value = match rule.metric {
-                            AlertMetric::ErrorRate => *errors as f64 / (*requests).max(1) as f64,
-                            _ => latency_us.quantile(0.99).unwrap_or(0) as f64 / 1000.0,
-                        };
-                        let details = serde_json::json!({
+                        let p99_ms = latency_us.quantile(0.99).unwrap_or(0) as f64 / 1000.0;
+                        let mut details = serde_json::json!({
                             "endpoint": e.endpoint,
                             "deployment": e.deployment,
                             "requests": *requests,
                             "errors": *errors,
                         });
+                        let value = match (rule.metric, objective) {
+                            (AlertMetric::ErrorRate, _) => {
+                                *errors as f64 / (*requests).max(1) as f64
+                            }
+                            (AlertMetric::P99OverObjective, Some(objective)) => {
+                                details["p99_ms"] = p99_ms.into();
+                                details["objective_p99_ms"] = objective.into();
+                                p99_ms / objective
+                            }
+                            _ => {
+                                details["p99_ms"] = p99_ms.into();
+                                p99_ms
+                            }
+                        };
                         group.acc = None;
                         out.extend(self.judge(rule, subject, value, details, now, None));
                     }
@@ -360,6 +435,19 @@ fn subject(rule: &AlertRule, device: &str, endpoint: &str, deployment: &str) -> 
     }
 }
 
+/// The endpoint of an `endpoint/E/D` or `device/X/E/D` subject: the part
+/// before the last (endpoint and deployment names hold no `/`; a device id
+/// might). `None` for `device/X`.
+fn subject_endpoint(subject: &str) -> Option<&str> {
+    let (kind, rest) = subject.split_once('/')?;
+    let (head, _deployment) = rest.rsplit_once('/')?;
+    match kind {
+        "endpoint" => Some(head),
+        "device" => head.rsplit_once('/').map(|(_device, endpoint)| endpoint),
+        _ => None,
+    }
+}
+
 /// The API view of one feature's drift.
 pub fn view(d: FeatureDrift, kind: &str) -> FeatureDriftView {
     FeatureDriftView {
@@ -487,6 +575,139 @@ mod tests {
         );
         let out = run(&mut e, &window(3, vec![1, 1, 1, 1], 200, 0));
         assert!(matches!(&out[..], [AlertAction::Resolve { .. }]));
+    }
+
+    /// A window of `requests` requests to fraud/blue, all at `latency_us`.
+    fn timed(seq: u64, requests: u64, latency_us: u64) -> TelemetryWindow {
+        let mut w = TelemetryWindow::new(
+            "dev-1",
+            UtcTime(10 * seq as i64),
+            UtcTime(10 * seq as i64 + 10),
+        );
+        (w.epoch, w.first_seq, w.last_seq) = (1, seq, seq);
+        let mut e = EndpointStats::new("fraud", "blue");
+        e.requests = requests;
+        e.latency_us.record_n(latency_us, requests);
+        w.endpoints.push(e);
+        w
+    }
+
+    fn objectives(ms: &[(&str, f64)]) -> BTreeMap<String, f64> {
+        ms.iter().map(|(e, v)| (e.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn p99_over_the_objective_fires_on_the_third_evaluation_and_resolves_when_it_drops() {
+        let mut e = Evaluator::new(default_rules());
+        assert!(e.set_objectives(objectives(&[("fraud", 10.0)])).is_empty());
+        assert!(run(&mut e, &timed(1, 200, 20_000)).is_empty());
+        assert!(run(&mut e, &timed(2, 200, 20_000)).is_empty());
+        let fired = run(&mut e, &timed(3, 200, 20_000));
+        let [AlertAction::Fire { alert, drift: None }] = &fired[..] else {
+            panic!("{fired:?}");
+        };
+        assert_eq!(
+            (alert.rule.as_str(), alert.subject.as_str()),
+            ("latency-objective", "endpoint/fraud/blue")
+        );
+        assert_eq!(alert.metric, AlertMetric::P99OverObjective);
+        let p99 = alert.details["p99_ms"].as_f64().unwrap();
+        assert!((20.0..=25.0).contains(&p99), "{p99}");
+        assert_eq!(alert.details["objective_p99_ms"], 10.0);
+        assert!((alert.value - p99 / 10.0).abs() < 1e-9, "{}", alert.value);
+        assert!(run(&mut e, &timed(4, 200, 20_000)).is_empty(), "fires once");
+        let resolved = run(&mut e, &timed(5, 200, 2_000));
+        assert!(
+            matches!(&resolved[..], [AlertAction::Resolve { alert, value }]
+                if alert.rule == "latency-objective" && *value < 1.0),
+            "{resolved:?}"
+        );
+        assert!(e.active().is_empty());
+    }
+
+    #[test]
+    fn endpoints_without_an_objective_are_never_judged_on_latency() {
+        let mut e = Evaluator::new(default_rules());
+        for seq in 1..=5 {
+            assert!(run(&mut e, &timed(seq, 200, 500_000)).is_empty());
+        }
+        assert!(e.set_objectives(objectives(&[("spam", 1.0)])).is_empty());
+        for seq in 6..=10 {
+            assert!(run(&mut e, &timed(seq, 200, 500_000)).is_empty());
+        }
+        assert!(e.active().is_empty());
+        // Fewer requests than min_samples (100): no evaluation yet.
+        e.set_objectives(objectives(&[("fraud", 1.0)]));
+        for seq in 11..=13 {
+            assert!(run(&mut e, &timed(seq, 40, 500_000)).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_changed_objective_restarts_the_streak_and_a_removed_one_resolves() {
+        let mut e = Evaluator::new(default_rules());
+        e.set_objectives(objectives(&[("fraud", 10.0)]));
+        assert!(run(&mut e, &timed(1, 200, 20_000)).is_empty());
+        assert!(run(&mut e, &timed(2, 200, 20_000)).is_empty());
+        // Breaches against 10 ms do not count towards 12 ms.
+        assert!(e.set_objectives(objectives(&[("fraud", 12.0)])).is_empty());
+        assert!(run(&mut e, &timed(3, 200, 20_000)).is_empty());
+        assert!(run(&mut e, &timed(4, 200, 20_000)).is_empty());
+        let fired = run(&mut e, &timed(5, 200, 20_000));
+        assert!(
+            matches!(&fired[..], [AlertAction::Fire { .. }]),
+            "{fired:?}"
+        );
+        // A looser objective keeps the alert until the next evaluation.
+        assert!(e.set_objectives(objectives(&[("fraud", 100.0)])).is_empty());
+        assert_eq!(e.active().len(), 1);
+        let out = run(&mut e, &timed(6, 200, 20_000));
+        assert!(matches!(&out[..], [AlertAction::Resolve { .. }]), "{out:?}");
+        // Fired again, then the objective is removed: resolved at once.
+        e.set_objectives(objectives(&[("fraud", 10.0)]));
+        for seq in 7..=9 {
+            run(&mut e, &timed(seq, 200, 20_000));
+        }
+        assert_eq!(e.active().len(), 1);
+        let out = e.set_objectives(BTreeMap::new());
+        assert!(
+            matches!(&out[..], [AlertAction::Resolve { alert, .. }] if alert.rule == "latency-objective"),
+            "{out:?}"
+        );
+        assert!(e.active().is_empty());
+        assert!(run(&mut e, &timed(10, 200, 20_000)).is_empty());
+    }
+
+    #[test]
+    fn restored_latency_alerts_of_endpoints_without_an_objective_resolve() {
+        let mut e = Evaluator::new(default_rules());
+        let alert = |subject: &str| ActiveAlert {
+            rule: "latency-objective".into(),
+            subject: subject.into(),
+            metric: AlertMetric::P99OverObjective,
+            value: 2.0,
+            threshold: 1.0,
+            since: UtcTime(0).to_string(),
+            details: serde_json::Value::Null,
+        };
+        e.restore(vec![
+            alert("endpoint/fraud/blue"),
+            alert("endpoint/spam/blue"),
+        ]);
+        let out = e.set_objectives(objectives(&[("fraud", 10.0)]));
+        assert!(
+            matches!(&out[..], [AlertAction::Resolve { alert, .. }] if alert.subject == "endpoint/spam/blue"),
+            "{out:?}"
+        );
+        assert_eq!(e.active().len(), 1);
+    }
+
+    #[test]
+    fn subjects_name_their_endpoint() {
+        assert_eq!(subject_endpoint("endpoint/fraud/blue"), Some("fraud"));
+        assert_eq!(subject_endpoint("device/dev-1/fraud/blue"), Some("fraud"));
+        assert_eq!(subject_endpoint("device/a/b/fraud/blue"), Some("fraud"));
+        assert_eq!(subject_endpoint("device/dev-1"), None);
     }
 
     #[test]

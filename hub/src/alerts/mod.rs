@@ -1,7 +1,7 @@
 //! Alert rules over the fleet's telemetry: validation, the built-in defaults,
 //! and the evaluator that fires and resolves alerts.
 //!
-//! A rule names a metric (`psi`, `error_rate`, `p99_ms`,
+//! A rule names a metric (`psi`, `error_rate`, `p99_ms`, `p99_over_objective`,
 //! `device_offline_secs`), a scope (endpoint, deployment, device, labels), a
 //! condition and threshold, and how many consecutive evaluations must breach
 //! before it fires. Rules come from three places: the built-in defaults
@@ -12,7 +12,9 @@
 //! This module stores nothing and sends nothing: [`eval::Evaluator`] is a
 //! sans-IO state machine that takes windows and presence with the time and
 //! answers [`eval::AlertAction`]s; `crate::telemetry` persists them and emits
-//! the events (`drift.detected`, `alert.fired`, `alert.resolved`).
+//! the events (`drift.detected`, `alert.fired`, `alert.resolved`). The
+//! endpoints' latency objectives reach it the same way, as an input
+//! ([`eval::Evaluator::set_objectives`]).
 //!
 //! # Layout
 //! - [`eval`]: the evaluator: per rule and subject, an accumulator and a streak.
@@ -30,8 +32,9 @@ pub const DEFAULT_MIN_REQUESTS: u64 = 100;
 pub const MAX_RULES: usize = 256;
 
 /// The built-in rules: PSI > 0.2 for 3 evaluations (`drift`), error rate
-/// above 5% (`error-rate`), a device offline for more than 5 minutes
-/// (`device-offline`).
+/// above 5% (`error-rate`), p99 latency above the endpoint's objective for 3
+/// evaluations (`latency-objective`; endpoints without an objective are not
+/// judged), a device offline for more than 5 minutes (`device-offline`).
 pub fn default_rules() -> Vec<AlertRule> {
     vec![
         AlertRule {
@@ -51,6 +54,16 @@ pub fn default_rules() -> Vec<AlertRule> {
             condition: AlertCondition::Above,
             threshold: 0.05,
             for_windows: 1,
+            min_samples: None,
+            per_device: false,
+        },
+        AlertRule {
+            name: "latency-objective".into(),
+            metric: AlertMetric::P99OverObjective,
+            scope: AlertScope::default(),
+            condition: AlertCondition::Above,
+            threshold: 1.0,
+            for_windows: 3,
             min_samples: None,
             per_device: false,
         },
@@ -118,7 +131,9 @@ impl AlertRule {
     pub fn min_samples(&self) -> u64 {
         self.min_samples.unwrap_or(match self.metric {
             AlertMetric::Psi => DEFAULT_PSI_MIN_ROWS,
-            AlertMetric::ErrorRate | AlertMetric::P99Ms => DEFAULT_MIN_REQUESTS,
+            AlertMetric::ErrorRate | AlertMetric::P99Ms | AlertMetric::P99OverObjective => {
+                DEFAULT_MIN_REQUESTS
+            }
             AlertMetric::DeviceOfflineSecs => 1,
         })
     }
@@ -179,7 +194,14 @@ mod tests {
         let mut mine = default_rules()[0].clone();
         mine.threshold = 0.3;
         let rules = effective_rules(true, std::slice::from_ref(&mine), &[]);
-        assert_eq!(rules.len(), 3);
+        assert_eq!(rules.len(), 4);
+        let latency = rules
+            .iter()
+            .find(|(r, _)| r.name == "latency-objective")
+            .unwrap();
+        assert_eq!(latency.0.metric, AlertMetric::P99OverObjective);
+        assert_eq!((latency.0.threshold, latency.0.for_windows), (1.0, 3));
+        assert_eq!(latency.0.min_samples(), DEFAULT_MIN_REQUESTS);
         let drift: Vec<_> = rules.iter().filter(|(r, _)| r.name == "drift").collect();
         assert_eq!(drift.len(), 1);
         assert_eq!((drift[0].0.threshold, drift[0].1), (0.3, "config"));
@@ -197,6 +219,22 @@ mod tests {
         let mut r = default_rules()[0].clone();
         r.for_windows = 0;
         assert!(r.validate().unwrap_err().contains("for_windows"));
+    }
+
+    #[test]
+    fn configured_rules_can_use_the_latency_objective_metric() {
+        let r: AlertRule = serde_json::from_value(serde_json::json!({
+            "name": "fraud-latency",
+            "metric": "p99_over_objective",
+            "threshold": 0.8,
+            "scope": {"endpoint": "fraud"},
+        }))
+        .unwrap();
+        assert_eq!(r.metric, AlertMetric::P99OverObjective);
+        r.validate().unwrap();
+        let mut bad = r.clone();
+        bad.threshold = f64::INFINITY;
+        assert!(bad.validate().unwrap_err().contains("threshold"));
     }
 
     #[test]

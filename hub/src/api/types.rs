@@ -311,7 +311,7 @@ pub struct MirrorSpec {
 }
 
 /// `PUT /api/v1/endpoints/{name}`: create or replace an endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// Devices whose labels include all of these run the endpoint.
@@ -325,13 +325,20 @@ pub struct EndpointSpec {
     /// Optional mirror.
     #[serde(default)]
     pub mirror: Option<MirrorSpec>,
+    /// Latency objective: the 99th percentile of each deployment's requests
+    /// should stay at or under this many milliseconds (the
+    /// `p99_over_objective` alert metric). Absent: no objective, and rules on
+    /// that metric never judge this endpoint.
+    // invariant (checked by the registry): finite and > 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective_p99_ms: Option<f64>,
     /// Why (recorded in the audit log).
     #[serde(default)]
     pub reason: String,
 }
 
 /// An endpoint as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EndpointView {
     /// Endpoint name: the model name applications use in scoring URLs.
     pub name: String,
@@ -343,6 +350,10 @@ pub struct EndpointView {
     pub traffic: BTreeMap<String, u32>,
     /// Mirror.
     pub mirror: Option<MirrorSpec>,
+    /// Latency objective for each deployment's p99, in milliseconds; absent
+    /// in endpoints stored before objectives existed or set without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective_p99_ms: Option<f64>,
     /// Increments with every change.
     pub revision: u64,
     /// When last changed.

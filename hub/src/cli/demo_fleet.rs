@@ -153,6 +153,7 @@ pub(super) fn run(
                 .map(|(n, w)| ((*n).to_string(), *w))
                 .collect(),
             mirror: None,
+            objective_p99_ms: None,
             reason: reason.into(),
         };
         client

@@ -1,5 +1,11 @@
 //! `flotilla endpoint create|set|show|list|delete`: endpoints, their
-//! deployments (model versions), traffic weights, mirror and device selector.
+//! deployments (model versions), traffic weights, mirror, device selector and
+//! latency objective.
+//!
+//! `set` replaces the endpoint (deployments, weights, mirror, selector) except
+//! its latency objective, which it keeps unless `--p99-objective-ms` or
+//! `--no-p99-objective` is given: a traffic shift should not silently turn off
+//! the `latency-objective` alert.
 //!
 //! A deployed version cannot be archived or deleted; move the endpoint to
 //! another version (or delete it) first.
@@ -23,7 +29,7 @@ pub(crate) enum EndpointCommand {
 Example:
   flotilla endpoint create fraud --selector site=lyon --deployment blue=fraud:3 --traffic blue=100 --reason \"first rollout\"")]
     Create(SetArgs),
-    /// Change an endpoint's deployments, weights, mirror or selector.
+    /// Change an endpoint's deployments, weights, mirror, selector or latency objective.
     #[command(after_help = "\
 Example (canary 10% to version 4):
   flotilla endpoint set fraud --deployment blue=fraud:3 --deployment green=fraud:4 --traffic blue=90,green=10 --reason \"canary v4\"")]
@@ -62,9 +68,25 @@ pub(crate) struct SetArgs {
     /// Devices whose labels include KEY=VALUE run the endpoint; repeat for more.
     #[arg(long = "selector", value_parser = syntax::tag)]
     selector: Vec<(String, String)>,
+    /// Latency objective: each deployment's p99 should stay at or under MS
+    /// milliseconds (the `latency-objective` alert rule judges it). `set`
+    /// keeps the current objective when this flag is absent.
+    #[arg(long = "p99-objective-ms", value_name = "MS", value_parser = parse_objective)]
+    p99_objective_ms: Option<f64>,
+    /// Remove the latency objective (for `set`).
+    #[arg(long = "no-p99-objective", conflicts_with = "p99_objective_ms")]
+    no_p99_objective: bool,
     /// Why (recorded in the audit log).
     #[arg(long)]
     reason: String,
+}
+
+fn parse_objective(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|ms| ms.is_finite() && *ms > 0.0)
+        .ok_or_else(|| format!("{s:?}: the objective must be a number of milliseconds above 0"))
 }
 
 fn parse_deployment(s: &str) -> Result<DeploymentSpec, String> {
@@ -153,6 +175,9 @@ impl Report for One {
                 m.percent, m.deployment
             );
         }
+        if let Some(ms) = e.objective_p99_ms {
+            s += &format!("  p99 objective: {ms} ms\n");
+        }
         s.trim_end().to_string()
     }
 }
@@ -225,13 +250,11 @@ pub(crate) fn run(cmd: EndpointCommand, output: Output, flags: &HubFlags) -> Res
                     ),
                 });
             }
-            put(&client, a, output)?;
+            put(&client, a, None, output)?;
         }
         EndpointCommand::Set(a) => {
-            client
-                .get::<EndpointView>(&path(&a.name), &[])
-                .map_err(err)?;
-            put(&client, a, output)?;
+            let current: EndpointView = client.get(&path(&a.name), &[]).map_err(err)?;
+            put(&client, a, current.objective_p99_ms, output)?;
         }
         EndpointCommand::Show { name } => {
             let e: EndpointView = client.get(&path(&name), &[]).map_err(err)?;
@@ -257,12 +280,25 @@ pub(crate) fn run(cmd: EndpointCommand, output: Output, flags: &HubFlags) -> Res
     Ok(())
 }
 
-fn put(client: &HubClient, a: SetArgs, output: Output) -> Result<(), CliError> {
+/// Sends the spec; `current_objective` is the endpoint's objective now, kept
+/// unless the flags set or clear it.
+fn put(
+    client: &HubClient,
+    a: SetArgs,
+    current_objective: Option<f64>,
+    output: Output,
+) -> Result<(), CliError> {
+    let objective_p99_ms = match (a.no_p99_objective, a.p99_objective_ms) {
+        (true, _) => None,
+        (false, Some(ms)) => Some(ms),
+        (false, None) => current_objective,
+    };
     let spec = EndpointSpec {
         selector: a.selector.into_iter().collect(),
         deployments: a.deployments,
         traffic: a.traffic,
         mirror: a.mirror,
+        objective_p99_ms,
         reason: a.reason,
     };
     let e: EndpointView = client
@@ -306,5 +342,10 @@ mod tests {
             }
         );
         assert!(parse_mirror("green=500").is_err());
+        assert_eq!(parse_objective("50").unwrap(), 50.0);
+        assert_eq!(parse_objective("12.5").unwrap(), 12.5);
+        for bad in ["0", "-3", "NaN", "inf", "fast"] {
+            assert!(parse_objective(bad).is_err(), "{bad}");
+        }
     }
 }

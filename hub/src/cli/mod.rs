@@ -223,7 +223,7 @@ fn emit(output: Output, r: &impl Report) {
 
 /// Entry point of the `flotilla` binary.
 pub fn main() -> ExitCode {
-    crate::init_logging("warn");
+    crate::init_logging("warn,rumqttd=off");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -65,6 +65,13 @@ pub fn validate(name: &str, spec: &EndpointSpec) -> Result<(), String> {
             return Err(format!("mirror to {} at {}%: the deployment must be one of the endpoint's and the share at most 100", m.deployment, m.percent));
         }
     }
+    if let Some(ms) = spec.objective_p99_ms {
+        if !(ms.is_finite() && ms > 0.0) {
+            return Err(format!(
+                "objective_p99_ms {ms} must be a finite number of milliseconds above 0"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -124,6 +131,7 @@ impl Registry {
             deployments: spec.deployments,
             traffic: spec.traffic,
             mirror: spec.mirror,
+            objective_p99_ms: spec.objective_p99_ms,
             revision: 0,
             updated_at: now.clone(),
             updated_by: actor.to_string(),
@@ -142,7 +150,11 @@ impl Registry {
             "endpoint.updated",
             &format!("endpoint/{name}"),
             actor,
-            serde_json::json!({"revision": view.revision, "traffic": view.traffic}),
+            serde_json::json!({
+                "revision": view.revision,
+                "traffic": view.traffic,
+                "objective_p99_ms": view.objective_p99_ms,
+            }),
         );
         Ok(view)
     }
@@ -204,6 +216,7 @@ mod tests {
             ],
             traffic: traffic.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             mirror: None,
+            objective_p99_ms: None,
             reason: String::new(),
         }
     }
@@ -238,6 +251,36 @@ mod tests {
     }
 
     #[test]
+    fn a_latency_objective_must_be_a_positive_finite_number_of_milliseconds() {
+        let mut s = spec(&[("blue", 100)]);
+        s.objective_p99_ms = Some(50.0);
+        assert!(validate("fraud", &s).is_ok());
+        for bad in [0.0, -5.0, f64::NAN, f64::INFINITY] {
+            s.objective_p99_ms = Some(bad);
+            let e = validate("fraud", &s).unwrap_err();
+            assert!(e.contains("objective_p99_ms"), "{e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn an_endpoint_stored_without_an_objective_still_reads() {
+        let old = serde_json::json!({
+            "name": "fraud", "selector": {}, "deployments": [], "traffic": {},
+            "mirror": null, "revision": 1, "updated_at": "", "updated_by": "",
+        });
+        let view: EndpointView = serde_json::from_value(old).unwrap();
+        assert_eq!(view.objective_p99_ms, None);
+        let back = serde_json::to_value(&view).unwrap();
+        assert!(back.get("objective_p99_ms").is_none(), "{back}");
+        let with: EndpointSpec = serde_json::from_value(serde_json::json!({
+            "deployments": [], "traffic": {}, "objective_p99_ms": 40.5,
+        }))
+        .unwrap();
+        assert_eq!(with.objective_p99_ms, Some(40.5));
+    }
+
+    #[test]
     fn desired_state_follows_selectors_and_signed_targets() {
         let s = spec(&[("blue", 90), ("green", 10)]);
         let ep = EndpointView {
@@ -246,6 +289,7 @@ mod tests {
             deployments: s.deployments.clone(),
             traffic: s.traffic.clone(),
             mirror: None,
+            objective_p99_ms: None,
             revision: 1,
             updated_at: String::new(),
             updated_by: String::new(),

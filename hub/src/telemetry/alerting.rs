@@ -1,6 +1,9 @@
 //! Alert rules and alerts at the hub: the evaluator's actions become stored
 //! active alerts and events; rules are listed, created and deleted; the
-//! presence check feeds `device_offline_secs` rules.
+//! presence check feeds `device_offline_secs` rules. The endpoints' latency
+//! objectives are read from the registry before every batch of windows and at
+//! every presence check (every 5 s), so a changed objective applies to the
+//! next evaluation and the alerts of a removed one resolve within seconds.
 
 use std::collections::BTreeMap;
 
@@ -25,9 +28,13 @@ impl Telemetry {
         now: UtcTime,
     ) {
         let empty = BTreeMap::new();
+        let objectives = self.objectives();
         let mut actions = Vec::new();
         {
             let mut state = lock(&self.alerts);
+            if let Some(o) = objectives {
+                actions.extend(state.evaluator.set_objectives(o));
+            }
             for w in windows {
                 let l = labels.get(&w.device).unwrap_or(&empty);
                 actions.extend(
@@ -38,6 +45,24 @@ impl Telemetry {
             }
         }
         self.apply_alert_actions(actions);
+    }
+
+    /// The endpoints' latency objectives (ms, by endpoint), read from the
+    /// registry (blocking); `None` when it cannot be read, so the evaluator
+    /// keeps the ones it has rather than resolving every latency alert.
+    fn objectives(&self) -> Option<BTreeMap<String, f64>> {
+        match self.registry.endpoints() {
+            Ok(endpoints) => Some(
+                endpoints
+                    .into_iter()
+                    .filter_map(|e| e.objective_p99_ms.map(|ms| (e.name, ms)))
+                    .collect(),
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read endpoints for their latency objectives");
+                None
+            }
+        }
     }
 
     /// Stores fired and resolved alerts, then emits their events
@@ -233,7 +258,15 @@ impl Telemetry {
                 offline_since: *since,
             })
             .collect();
-        let actions = lock(&self.alerts).evaluator.handle_presence(now, &list);
+        let objectives = self.objectives();
+        let actions = {
+            let mut state = lock(&self.alerts);
+            let mut actions = objectives
+                .map(|o| state.evaluator.set_objectives(o))
+                .unwrap_or_default();
+            actions.extend(state.evaluator.handle_presence(now, &list));
+            actions
+        };
         self.apply_alert_actions(actions);
     }
 }

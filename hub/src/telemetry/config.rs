@@ -22,7 +22,7 @@
 //! timeout_secs = 10
 //! [[alerts]]                        # any number; see crate::alerts::AlertRule
 //! name = "fraud-drift"
-//! metric = "psi"                    # psi | error_rate | p99_ms | device_offline_secs
+//! metric = "psi"                    # psi | error_rate | p99_ms | p99_over_objective | device_offline_secs
 //! condition = ">"                   # > >= < <=
 //! threshold = 0.2
 //! for_windows = 3

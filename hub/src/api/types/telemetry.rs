@@ -93,6 +93,10 @@ pub enum AlertMetric {
     ErrorRate,
     /// 99th percentile latency in milliseconds, over at least `min_samples` requests.
     P99Ms,
+    /// The 99th percentile latency over the endpoint's `objective_p99_ms`
+    /// (above 1: slower than the objective), over at least `min_samples`
+    /// requests. Endpoints without an objective are never judged.
+    P99OverObjective,
     /// Seconds since an offline device was last heard from (QUIC or MQTT).
     DeviceOfflineSecs,
 }
@@ -175,8 +179,8 @@ pub struct AlertRule {
     /// several quiet windows may make one.
     #[serde(default = "default_for_windows")]
     pub for_windows: u32,
-    /// Rows (psi) or requests (error_rate, p99_ms) one evaluation needs;
-    /// default 300 for psi, 100 otherwise.
+    /// Rows (psi) or requests (error_rate, p99_ms, p99_over_objective) one
+    /// evaluation needs; default 300 for psi, 100 otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_samples: Option<u64>,
     /// Judge each device apart (default: the fleet together, per endpoint and
@@ -219,7 +223,9 @@ pub struct ActiveAlert {
     pub threshold: f64,
     /// When it fired.
     pub since: String,
-    /// Details (per-feature drift for psi).
+    /// Details (per-feature drift for psi; endpoint, deployment, requests,
+    /// errors for request metrics, with `p99_ms` and, for
+    /// `p99_over_objective`, `objective_p99_ms`).
     #[schema(value_type = Object)]
     pub details: serde_json::Value,
 }
