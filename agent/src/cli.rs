@@ -143,7 +143,7 @@ pub struct BatchArgs {
     /// Rows per request.
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
     pub batch_rows: usize,
-    /// Requests in flight at once.
+    /// Requests in flight at once (at most 256).
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = positive)]
     pub concurrency: usize,
     /// The model input to fill (default: the model's only input).

@@ -72,6 +72,12 @@ pub struct TelemetrySection {
     /// Bytes the outbox may hold while the hub does not acknowledge; past it
     /// the oldest windows are merged into coarser ones.
     pub outbox_bytes: u64,
+    /// Speak MQTT over TLS, presenting the device certificate (for a broker
+    /// that maps certificate identities to users, docs/mosquitto.md).
+    pub tls: bool,
+    /// PEM file of the CA(s) that issued the broker's certificate; default:
+    /// the hub's device CA pinned at enrolment (`DATA/hub-ca.pem`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for TelemetrySection {
@@ -82,6 +88,8 @@ impl Default for TelemetrySection {
             fleet: "default".into(),
             window_secs: DEFAULT_WINDOW_SECS,
             outbox_bytes: DEFAULT_OUTBOX_BYTES,
+            tls: false,
+            ca_file: None,
         }
     }
 }
@@ -236,6 +244,20 @@ impl AgentConfig {
         if let Some(b) = number("FLOTILLA_AGENT_OUTBOX_BYTES")? {
             self.telemetry.outbox_bytes = b;
         }
+        if let Some(t) = var("FLOTILLA_AGENT_MQTT_TLS") {
+            self.telemetry.tls = match t.trim() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" | "" => false,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "FLOTILLA_AGENT_MQTT_TLS {other:?} is not true or false"
+                    )))
+                }
+            };
+        }
+        if let Some(c) = var("FLOTILLA_AGENT_MQTT_CA") {
+            self.telemetry.ca_file = (!c.trim().is_empty()).then(|| PathBuf::from(c.trim()));
+        }
         if let Some(l) = var("FLOTILLA_AGENT_LISTEN") {
             self.serve.listen = l.parse().map_err(|_| {
                 ConfigError::Invalid(format!(
@@ -314,7 +336,8 @@ impl AgentConfig {
         let mut out = String::from(
             "# flotilla-agent configuration, written by `flotilla-agent enroll`.\n\
              # Environment overrides: FLOTILLA_AGENT_HUB, FLOTILLA_AGENT_DATA_DIR, FLOTILLA_AGENT_LISTEN,\n\
-             # FLOTILLA_AGENT_MQTT, FLOTILLA_AGENT_WINDOW_SECS, FLOTILLA_AGENT_OUTBOX_BYTES.\n",
+             # FLOTILLA_AGENT_MQTT, FLOTILLA_AGENT_MQTT_TLS, FLOTILLA_AGENT_MQTT_CA,\n\
+             # FLOTILLA_AGENT_WINDOW_SECS, FLOTILLA_AGENT_OUTBOX_BYTES.\n",
         );
         out.push_str(&format!(
             "data_dir = {}\ndevice_id = {}\n\n[hub]\naddr = {}\n\n[sync]\nreconnect_min_ms = {}\nreconnect_max_ms = {}\nchunk_streams = {}\ntrial_timeout_secs = {}\n\n[serve]\nlisten = {}\n",
@@ -329,7 +352,7 @@ impl AgentConfig {
         ));
         let t = &self.telemetry;
         out.push_str(&format!(
-            "\n[telemetry]\nenabled = {}\n{}fleet = {}\nwindow_secs = {}\noutbox_bytes = {}\n",
+            "\n[telemetry]\nenabled = {}\n{}fleet = {}\nwindow_secs = {}\noutbox_bytes = {}\ntls = {}\n{}",
             t.enabled,
             t.mqtt
                 .as_ref()
@@ -338,6 +361,11 @@ impl AgentConfig {
             toml_str(&t.fleet),
             t.window_secs,
             t.outbox_bytes,
+            t.tls,
+            t.ca_file
+                .as_ref()
+                .map(|c| format!("ca_file = {}\n", toml_str(&c.display().to_string())))
+                .unwrap_or_default(),
         ));
         out
     }

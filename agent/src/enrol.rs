@@ -249,6 +249,7 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, EnrolError> {
             Some(h) => TelemetrySection {
                 mqtt: Some(broker_addr(&h.mqtt_addr, &opts.hub)),
                 fleet: h.fleet,
+                tls: h.tls,
                 ..TelemetrySection::default()
             },
             None => TelemetrySection::default(),

@@ -109,6 +109,7 @@ pub async fn start(config: &HubConfig) -> anyhow::Result<Hub> {
     let hint = flotilla_protocol::wire::enrol::TelemetryHint {
         mqtt_addr: telemetry.mqtt_addr.clone(),
         fleet: telemetry.fleet.clone(),
+        tls: telemetry.mqtt_tls,
     };
     let sync = SyncServer::bind(
         &config.sync,

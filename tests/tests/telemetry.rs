@@ -419,3 +419,173 @@ fn for_each_psi(v: &serde_json::Value, f: &mut impl FnMut(f64)) {
         _ => {}
     }
 }
+
+/// A CA and a broker certificate for 127.0.0.1 it issued: (ca.pem, cert.pem, key.pem).
+fn broker_pki(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test broker CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "test broker");
+    let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+    let paths = (
+        dir.join("broker-ca.pem"),
+        dir.join("broker.pem"),
+        dir.join("broker-key.pem"),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+/// The production setup of docs/mosquitto.md: devices on a TLS listener that
+/// requires their certificate and takes its common name (the device id) as
+/// the MQTT user name, a pattern ACL on it; the hub on a loopback listener.
+#[test]
+fn agents_publish_over_tls_with_their_device_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (plain, tls) = (free_tcp_port(), free_tcp_port());
+    let sync = format!("127.0.0.1:{}", free_udp_port());
+    let url = format!("127.0.0.1:{plain}");
+    let env = [
+        ("FLOTILLA_HUB_MQTT_MODE", "external"),
+        ("FLOTILLA_HUB_MQTT_URL", url.as_str()),
+    ];
+    let hub = Hub::start_with_env(&dir.path().join("hub"), &sync, None, &env);
+    let ca_pem = hub.json(&["hub", "info"])["ca_pem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let device_ca = dir.path().join("device-ca.pem");
+    std::fs::write(&device_ca, ca_pem).unwrap();
+    let (broker_ca, cert, key) = broker_pki(dir.path());
+    let acl = dir.path().join("acl");
+    std::fs::write(
+        &acl,
+        "topic readwrite flotilla/v1/default/#\n\
+         pattern write flotilla/v1/default/%u/telemetry\n\
+         pattern readwrite flotilla/v1/default/%u/status\n\
+         pattern read flotilla/v1/default/%u/ack\n",
+    )
+    .unwrap();
+    let conf = dir.path().join("mosquitto-tls.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings true\n\
+             listener {plain} 127.0.0.1\nallow_anonymous true\n\
+             listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\nuse_identity_as_username true\nallow_anonymous false\nacl_file {}\n",
+            device_ca.display(),
+            cert.display(),
+            key.display(),
+            acl.display()
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("this test needs the mosquitto binary; .ci/run installs it");
+    let mut broker = Mosquitto {
+        child: Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut agent, _) = deploy(&hub, dir.path());
+    let tls_addr = format!("127.0.0.1:{tls}");
+    let ca = broker_ca.to_str().unwrap().to_string();
+    let tls_env = [
+        ("FLOTILLA_AGENT_WINDOW_SECS", "1"),
+        ("FLOTILLA_AGENT_MQTT", tls_addr.as_str()),
+        ("FLOTILLA_AGENT_MQTT_TLS", "true"),
+        ("FLOTILLA_AGENT_MQTT_CA", ca.as_str()),
+    ];
+    agent.start_with_env(&tls_env);
+    agent.wait_for("activation", WAIT, |s| {
+        active_on(s, "models/fraud/1/manifest.cbor") && serving(s)
+    });
+    let device = device_id(&agent);
+    score(&agent, 7, 0.5);
+    wait_windows(&agent, 2);
+    wait_drained(&agent);
+    assert_eq!(stored(&hub, &device).0, 7);
+
+    // A broker the agent cannot verify (its CA is not the configured one):
+    // no session, windows wait in the outbox.
+    agent.kill9();
+    let wrong = [
+        ("FLOTILLA_AGENT_WINDOW_SECS", "1"),
+        ("FLOTILLA_AGENT_MQTT", tls_addr.as_str()),
+        ("FLOTILLA_AGENT_MQTT_TLS", "true"),
+        ("FLOTILLA_AGENT_MQTT_CA", device_ca.to_str().unwrap()),
+    ];
+    agent.start_with_env(&wrong);
+    let s = agent.wait_for("a refused TLS session", WAIT, |s| {
+        s["telemetry"]["last_error"].is_string() && s["telemetry"]["connected"] == false
+    });
+    assert!(
+        s["telemetry"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "{s}"
+    );
+    broker.kill();
+}
+
+/// The hub's embedded broker with its TLS listener for devices: enrolment
+/// tells the agent to use it, the agent presents its device certificate and
+/// verifies the broker's (issued by the device CA it pinned), and its windows
+/// are stored; the same agent speaking plain MQTT to that listener gets no
+/// session.
+#[test]
+fn the_embedded_broker_takes_devices_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("FLOTILLA_HUB_MQTT_TLS_LISTEN", "127.0.0.1:0")];
+    let hub = Hub::start_with_env(&dir.path().join("hub"), "127.0.0.1:0", None, &env);
+    let (mut agent, _) = deploy(&hub, dir.path());
+    let config = std::fs::read_to_string(agent.data.join("agent.toml")).unwrap();
+    assert!(config.contains("tls = true"), "{config}");
+    agent.start_with_env(FAST);
+    agent.wait_for("activation", WAIT, |s| {
+        active_on(s, "models/fraud/1/manifest.cbor") && serving(s)
+    });
+    let device = device_id(&agent);
+    score(&agent, 6, 0.5);
+    wait_windows(&agent, 2);
+    let s = wait_drained(&agent);
+    assert_eq!(stored(&hub, &device).0, 6);
+    let broker = s["telemetry"]["broker"].as_str().unwrap().to_string();
+
+    agent.kill9();
+    agent.start_with_env(&[
+        ("FLOTILLA_AGENT_WINDOW_SECS", "1"),
+        ("FLOTILLA_AGENT_MQTT_TLS", "false"),
+    ]);
+    let pid = agent.child.as_ref().unwrap().id();
+    let s = agent.wait_for("plain MQTT refused", WAIT, |s| {
+        s["pid"] == pid
+            && s["telemetry"]["broker"] == broker.as_str()
+            && s["telemetry"]["last_error"].is_string()
+            && s["telemetry"]["connected"] == false
+    });
+    assert_eq!(s["telemetry"]["acked_seq"], 0, "{s}");
+}

@@ -176,6 +176,9 @@ pub enum BatchError {
         /// What does not match.
         message: String,
     },
+    /// No worker thread could be started.
+    #[error("cannot start worker threads: {0}")]
+    Threads(std::io::Error),
     /// The run stopped because another request failed.
     #[error("stopped after another request failed")]
     Cancelled,
@@ -190,6 +193,7 @@ impl BatchError {
             Self::Unreachable { .. }
             | Self::Server { .. }
             | Self::BadAnswer { .. }
+            | Self::Threads(_)
             | Self::Cancelled => 1,
             Self::Usage(_)
             | Self::Input { .. }
@@ -273,11 +277,20 @@ pub fn score_file(
     Ok(summary)
 }
 
+/// Most requests in flight (one thread each).
+pub const MAX_CONCURRENCY: usize = 256;
+
 fn validate(options: &BatchOptions) -> Result<(), BatchError> {
     if options.batch_rows == 0 || options.concurrency == 0 {
         return Err(BatchError::Usage(
             "--batch-rows and --concurrency must be at least 1".to_owned(),
         ));
+    }
+    if options.concurrency > MAX_CONCURRENCY {
+        return Err(BatchError::Usage(format!(
+            "--concurrency {} is more than {MAX_CONCURRENCY}",
+            options.concurrency
+        )));
     }
     if options.endpoint.is_empty() {
         return Err(BatchError::Usage("--endpoint must not be empty".to_owned()));
@@ -341,4 +354,78 @@ fn next_row(
     }
     width.check(&mut row);
     Ok(Some(row))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> BatchOptions {
+        BatchOptions {
+            agent: "http://127.0.0.1:8441".into(),
+            endpoint: "mlp".into(),
+            input: "in.csv".into(),
+            format: InputFormat::Csv,
+            output: "out.jsonl".into(),
+            batch_rows: 64,
+            concurrency: 4,
+            input_name: None,
+            restart: false,
+            retries: 4,
+            backoff: Duration::from_millis(250),
+            request_timeout: Duration::from_secs(120),
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn out_of_range_options_are_usage_errors() {
+        assert!(validate(&options()).is_ok());
+        for bad in [
+            BatchOptions {
+                concurrency: MAX_CONCURRENCY + 1,
+                ..options()
+            },
+            BatchOptions {
+                batch_rows: 0,
+                ..options()
+            },
+            BatchOptions {
+                agent: "https://node:8441".into(),
+                ..options()
+            },
+        ] {
+            let e = validate(&bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_csv_header_must_match_a_fixed_model_width() {
+        let model = |width| ModelInput {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            width,
+            batch_fixed_to_one: false,
+        };
+        let path = Path::new("in.csv");
+        assert_eq!(
+            expected_width(path, &model(Some(6)), Some(6)).unwrap(),
+            Some(6)
+        );
+        assert_eq!(
+            expected_width(path, &model(None), Some(5)).unwrap(),
+            Some(5)
+        );
+        assert_eq!(
+            expected_width(path, &model(Some(6)), None).unwrap(),
+            Some(6)
+        );
+        assert_eq!(expected_width(path, &model(None), None).unwrap(), None);
+        let e = expected_width(path, &model(Some(6)), Some(5)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "in.csv: the header has 5 columns, but input \"input\" of the model takes 6 features"
+        );
+    }
 }

@@ -71,12 +71,24 @@ impl Run<'_> {
         let job_rx = Mutex::new(job_rx);
         let cancel = AtomicBool::new(false);
         std::thread::scope(|s| {
-            for _ in 0..self.concurrency {
+            let mut started = 0;
+            let mut spawn_error = None;
+            for i in 0..self.concurrency {
                 let done_tx = done_tx.clone();
                 let (job_rx, cancel) = (&job_rx, &cancel);
-                s.spawn(move || self.work(job_rx, &done_tx, cancel));
+                let spawned = std::thread::Builder::new()
+                    .name(format!("batch-{i}"))
+                    .spawn_scoped(s, move || self.work(job_rx, &done_tx, cancel));
+                match spawned {
+                    Ok(_) => started += 1,
+                    Err(e) => spawn_error = Some(e),
+                }
             }
             drop(done_tx);
+            // Fewer workers than asked for still finish the run, more slowly.
+            if let (0, Some(e)) = (started, spawn_error) {
+                return Err(BatchError::Threads(e));
+            }
             let result = self.coordinate(job_tx, &done_rx, reader, out, summary, observer);
             // Workers still retrying give up at their next try.
             cancel.store(true, Ordering::Relaxed);
@@ -182,7 +194,7 @@ impl Run<'_> {
         reader: &mut RowReader,
         width: &mut RowWidth,
     ) -> Result<Vec<Row>, BatchError> {
-        let mut rows = Vec::with_capacity(self.batch_rows);
+        let mut rows = Vec::with_capacity(self.batch_rows.min(1024));
         while rows.len() < self.batch_rows {
             let Some(row) = super::next_row(reader, width)? else {
                 break;

@@ -49,6 +49,8 @@ pub struct Publisher {
     window: Duration,
     host: String,
     port: u16,
+    /// TLS to the broker, with the device certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
     topics: Topics,
     limits: Limits,
     store: Arc<AgentStore>,
@@ -111,6 +113,11 @@ impl Publisher {
             }
         };
         store.apply_outbox(&changes)?;
+        let tls = if t.tls {
+            Some(Arc::new(tls_config(config)?))
+        } else {
+            None
+        };
         let status = Arc::new(Mutex::new(TelemetryStatus {
             broker,
             outbox_budget: t.outbox_bytes,
@@ -121,6 +128,7 @@ impl Publisher {
             window: Duration::from_secs(t.window_secs),
             host,
             port,
+            tls,
             topics,
             limits,
             store,
@@ -165,6 +173,11 @@ impl Publisher {
             QoS::AtLeastOnce,
             true,
         ));
+        if let Some(tls) = &self.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::clone(tls)),
+            ));
+        }
         let (client, mut events) = AsyncClient::new(opts, REQUEST_QUEUE);
         tracing::info!(broker = %format!("{}:{}", self.host, self.port), epoch = self.outbox.meta().epoch, pending = self.outbox.len(), "telemetry starting");
         let mut tick =
@@ -393,6 +406,40 @@ impl Publisher {
         drop(s);
         self.changed.notify_one();
     }
+}
+
+/// The rustls client configuration for a TLS broker: the device key and
+/// certificate from enrolment, the broker's CA from `telemetry.ca_file`
+/// (default: the hub's device CA).
+fn tls_config(config: &AgentConfig) -> anyhow::Result<rustls::ClientConfig> {
+    let files = config.files();
+    let ca_path = config
+        .telemetry
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| files.hub_ca());
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let roots: Vec<_> = pem::parse_many(read(&ca_path)?)
+        .with_context(|| format!("{} is not PEM", ca_path.display()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| rustls_pki_types::CertificateDer::from(p.into_contents()))
+        .collect();
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "{} holds no certificate",
+        ca_path.display()
+    );
+    let cert = pem::parse(read(&files.cert())?).context("device.pem is not PEM")?;
+    let key = pem::parse(read(&files.key())?).context("device-key.pem is not PEM")?;
+    flotilla_net::tls::install_default_provider();
+    Ok(flotilla_net::tls::mqtt_client_config(
+        roots,
+        vec![cert.into_contents().into()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.into_contents().into()),
+    )?)
 }
 
 /// A random outbox epoch (the clock when the system has no randomness).

@@ -29,6 +29,7 @@ Each bound address is one line on stdout:
   flotilla-hub: API listening on http://ADDR
   flotilla-hub: sync listening on ADDR (QUIC)
   flotilla-hub: mqtt listening on ADDR        (external: mqtt broker ADDR (external))
+  flotilla-hub: mqtt tls listening on ADDR (device certificates)   ([mqtt] tls_listen or FLOTILLA_HUB_MQTT_TLS_LISTEN)
 
 Exit codes: 0 clean shutdown, 2 bad usage or configuration, 1 runtime failure.";
 
@@ -152,6 +153,9 @@ fn main() -> ExitCode {
                         "flotilla-hub: mqtt listening on {}",
                         hub.telemetry.broker_addr
                     );
+                    if let Some(tls) = hub.telemetry.tls_addr {
+                        println!("flotilla-hub: mqtt tls listening on {tls} (device certificates)");
+                    }
                 } else {
                     println!(
                         "flotilla-hub: mqtt broker {} (external)",

@@ -7,10 +7,14 @@
 //! connection before it says where it listens. A bind failure (the port is
 //! taken) is an error at start, never a silent broker-less hub.
 //!
-//! Not here yet: TLS with the device certificates and per-device topic ACLs
-//! (rumqttd's TLS pulls a second rustls; see docs/mosquitto.md for an
-//! external broker that enforces both). The default listen address is on
-//! loopback for that reason.
+//! With `tls` the broker has a second listener for devices: TLS (rumqttd's
+//! rustls 0.22 on ring) with a server certificate the hub issues from its
+//! device CA, and client certificates required and verified against that CA,
+//! so only enrolled devices connect. The plain listener stays for the hub's
+//! own client (keep it on loopback). Not here: per-device topic ACLs (rumqttd
+//! has none; the hub refuses a payload naming another device than its topic,
+//! and docs/mosquitto.md shows an external broker that enforces them) and
+//! revocation at the broker (the hub refuses windows of revoked devices).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -32,39 +36,87 @@ pub const MAX_CONNECTIONS: usize = 10_010;
 const SEGMENT_BYTES: usize = 1 << 20;
 const SEGMENTS: usize = 2;
 
-/// Starts rumqttd listening on `listen`; returns the bound address.
-/// `max_payload` bounds one message.
-pub fn start(listen: SocketAddr, max_payload: usize) -> anyhow::Result<SocketAddr> {
+/// The files of the TLS listener (PEM).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The device CA: client certificates must chain to it.
+    pub ca: std::path::PathBuf,
+    /// The broker's certificate.
+    pub cert: std::path::PathBuf,
+    /// Its key.
+    pub key: std::path::PathBuf,
+}
+
+/// Binds `listen` briefly to learn the port rumqttd will get (port 0).
+fn probe(listen: SocketAddr, what: &str) -> anyhow::Result<SocketAddr> {
+    let probe = TcpListener::bind(listen)
+        .with_context(|| format!("binding the MQTT broker to {listen} ({what})"))?;
+    Ok(probe.local_addr()?)
+}
+
+fn settings(
+    name: &str,
+    listen: SocketAddr,
+    max_payload: usize,
+    tls: Option<rumqttd::TlsConfig>,
+) -> ServerSettings {
+    ServerSettings {
+        name: name.into(),
+        listen,
+        tls,
+        next_connection_delay_ms: 0,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: max_payload,
+            max_inflight_count: 256,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// Starts rumqttd listening on `listen` (and, with `tls`, on its address for
+/// devices over TLS); returns the bound addresses. `max_payload` bounds one
+/// message.
+pub fn start(
+    listen: SocketAddr,
+    tls: Option<(SocketAddr, TlsFiles)>,
+    max_payload: usize,
+) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
     if !listen.ip().is_loopback() {
         eprintln!(
             "WARNING: the embedded MQTT broker listens on {listen} without TLS or authentication: \
              anyone who reaches it can publish as any device and send acks to agents. \
-             Keep it on loopback, or use an external broker with TLS and ACLs (docs/mosquitto.md)."
+             Keep it on loopback and give devices mqtt.tls_listen, or use an external broker with TLS and ACLs (docs/mosquitto.md)."
         );
     }
-    let addr = {
-        let probe = TcpListener::bind(listen)
-            .with_context(|| format!("binding the MQTT broker to {listen} (mqtt.listen)"))?;
-        probe.local_addr()?
-    };
+    let addr = probe(listen, "mqtt.listen")?;
     let mut v4 = HashMap::new();
     v4.insert(
         "flotilla".to_string(),
-        ServerSettings {
-            name: "flotilla-mqtt".into(),
-            listen: addr,
-            tls: None,
-            next_connection_delay_ms: 0,
-            connections: ConnectionSettings {
-                connection_timeout_ms: 10_000,
-                max_payload_size: max_payload,
-                max_inflight_count: 256,
-                auth: None,
-                external_auth: None,
-                dynamic_filters: true,
-            },
-        },
+        settings("flotilla-mqtt", addr, max_payload, None),
     );
+    let mut tls_addr = None;
+    if let Some((tls_listen, files)) = tls {
+        let a = probe(tls_listen, "mqtt.tls_listen")?;
+        let path = |p: &std::path::Path| p.display().to_string();
+        let config = rumqttd::TlsConfig::Rustls {
+            capath: Some(path(&files.ca)),
+            certpath: path(&files.cert),
+            keypath: path(&files.key),
+        };
+        anyhow::ensure!(
+            config.validate_paths(),
+            "the MQTT TLS files under {} are missing",
+            files.cert.parent().map(path).unwrap_or_default()
+        );
+        v4.insert(
+            "flotilla-tls".to_string(),
+            settings("flotilla-mqtt-tls", a, max_payload, Some(config)),
+        );
+        tls_addr = Some(a);
+    }
     let config = Config {
         id: 0,
         router: RouterConfig {
@@ -88,7 +140,7 @@ pub fn start(listen: SocketAddr, max_payload: usize) -> anyhow::Result<SocketAdd
             }
         })
         .context("starting the MQTT broker thread")?;
-    Ok(addr)
+    Ok((addr, tls_addr))
 }
 
 /// Waits until the broker at `addr` answers an MQTT CONNECT (a plain TCP

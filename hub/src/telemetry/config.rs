@@ -5,6 +5,7 @@
 //! [mqtt]
 //! mode = "embedded"                 # or "external": the hub is a client of another broker
 //! listen = "127.0.0.1:1884"         # embedded broker (MQTT 3.1.1, plain TCP); port 0 picks one
+//! tls_listen = "0.0.0.0:8883"       # embedded broker, TLS for devices (device certificates required)
 //! advertise = "hub.example:1884"    # what agents are told (GET /api/v1/hub); default: bound address
 //! url = "mqtt://127.0.0.1:1883"     # external broker: mqtt://HOST:PORT or HOST:PORT
 //! fleet = "default"                 # topics live under flotilla/v1/{fleet}/
@@ -30,6 +31,7 @@
 //! ```
 //! Environment: `FLOTILLA_HUB_MQTT_MODE`, `FLOTILLA_HUB_MQTT_LISTEN`,
 //! `FLOTILLA_HUB_MQTT_URL`, `FLOTILLA_HUB_MQTT_FLEET`, `FLOTILLA_HUB_MQTT_ADVERTISE`,
+//! `FLOTILLA_HUB_MQTT_TLS_LISTEN`,
 //! `FLOTILLA_HUB_MQTT_USERNAME`, `FLOTILLA_HUB_MQTT_PASSWORD`,
 //! `FLOTILLA_HUB_TELEMETRY_RETENTION_SECS`, `FLOTILLA_HUB_WEBHOOK_BACKOFF_MS`
 //! and `FLOTILLA_HUB_WEBHOOK_MAX_ATTEMPTS`.
@@ -84,6 +86,10 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Password at an external broker (environment only, never in the file).
     pub password: Option<String>,
+    /// A second listener of the embedded broker for devices: MQTT over TLS
+    /// with a certificate issued by the device CA, clients must present
+    /// their device certificate. Agents are told to use it.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for MqttConfig {
@@ -95,6 +101,7 @@ impl std::fmt::Debug for MqttConfig {
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("tls_listen", &self.tls_listen)
             .finish()
     }
 }
@@ -147,6 +154,7 @@ pub(crate) struct RawMqtt {
     fleet: Option<String>,
     client_id: Option<String>,
     username: Option<String>,
+    tls_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,7 +280,24 @@ impl MqttConfig {
                 "mqtt.client_id {client_id:?} must be 1 to 128 printable characters"
             )));
         }
+        let tls_listen = env("FLOTILLA_HUB_MQTT_TLS_LISTEN")
+            .or(raw.tls_listen)
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| {
+                t.trim().parse::<SocketAddr>().map_err(|_| {
+                    ConfigError(format!(
+                        "mqtt.tls_listen {t:?} is not an address like 0.0.0.0:8883"
+                    ))
+                })
+            })
+            .transpose()?;
+        if tls_listen.is_some() && matches!(mode, BrokerMode::External { .. }) {
+            return Err(ConfigError(
+                "mqtt.tls_listen is for the embedded broker; an external broker has its own TLS (docs/mosquitto.md)".into(),
+            ));
+        }
         Ok(Self {
+            tls_listen,
             mode,
             advertise,
             fleet,

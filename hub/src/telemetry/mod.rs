@@ -83,6 +83,11 @@ pub struct Telemetry {
     /// Fleet name.
     pub fleet: String,
     /// The broker address agents are told (`GET /api/v1/hub`).
+    /// Whether agents publish over TLS with their device certificate (the
+    /// embedded broker's TLS listener).
+    pub mqtt_tls: bool,
+    /// The embedded broker's TLS listener, when it has one.
+    pub tls_addr: Option<std::net::SocketAddr>,
     pub mqtt_addr: String,
     /// The broker's address: where the embedded one listens, or the external one.
     pub broker_addr: String,
@@ -120,6 +125,46 @@ impl Drop for TelemetryTasks {
     }
 }
 
+/// The embedded broker's TLS files under `DATA/mqtt-tls/`: the device CA,
+/// and a server certificate from it (fresh key at every start) for
+/// `sync.cert_names`, `localhost`, `127.0.0.1` and the TLS listen address.
+fn broker_tls_files(config: &HubConfig, registry: &Registry) -> anyhow::Result<broker::TlsFiles> {
+    use crate::devices::ca::pem_encode;
+    let dir = config.data_dir.join("mqtt-tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut names = config.sync.cert_names.clone();
+    names.push("localhost".into());
+    names.push("127.0.0.1".into());
+    if let Some(a) = config.mqtt.tls_listen {
+        if !a.ip().is_unspecified() {
+            names.push(a.ip().to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    let ca = registry.ca();
+    let leaf = ca
+        .issue_hub_cert(&names, crate::now())
+        .context("issuing the MQTT broker's certificate")?;
+    let files = broker::TlsFiles {
+        ca: dir.join("device-ca.pem"),
+        cert: dir.join("broker.pem"),
+        key: dir.join("broker-key.pem"),
+    };
+    let write = |p: &std::path::Path, text: String, mode: u32| {
+        crate::keystore::write_atomic(p, text.as_bytes(), mode)
+            .with_context(|| format!("writing {}", p.display()))
+    };
+    write(&files.ca, ca.cert_pem(), 0o644)?;
+    write(
+        &files.cert,
+        pem_encode("CERTIFICATE", &leaf.cert_der),
+        0o644,
+    )?;
+    write(&files.key, pem_encode("PRIVATE KEY", &leaf.key_der), 0o600)?;
+    Ok(files)
+}
+
 impl Telemetry {
     /// Opens `DATA/telemetry.redb`, starts the embedded broker (if configured)
     /// and restores alerts. Call [`Telemetry::spawn`] to start the tasks.
@@ -129,14 +174,18 @@ impl Telemetry {
         )?);
         let limits = Limits::default();
         let max_payload = usize::try_from(limits.max_telemetry_bytes).unwrap_or(usize::MAX);
-        let (dial, bound) = match &config.mqtt.mode {
+        let (dial, bound, tls_addr) = match &config.mqtt.mode {
             BrokerMode::Embedded { listen } => {
-                let addr = broker::start(*listen, max_payload + 4096)?;
+                let tls = match config.mqtt.tls_listen {
+                    Some(t) => Some((t, broker_tls_files(config, &registry)?)),
+                    None => None,
+                };
+                let (addr, tls_addr) = broker::start(*listen, tls, max_payload + 4096)?;
                 broker::wait_ready(addr).await?;
-                (broker::local_dial(addr), addr.to_string())
+                (broker::local_dial(addr), addr.to_string(), tls_addr)
             }
             BrokerMode::External { host, port } => {
-                ((host.clone(), *port), format!("{host}:{port}"))
+                ((host.clone(), *port), format!("{host}:{port}"), None)
             }
         };
         let api_rules = store.alert_rules().context("reading alert rules")?;
@@ -156,7 +205,10 @@ impl Telemetry {
                 .mqtt
                 .advertise
                 .clone()
+                .or_else(|| tls_addr.map(|a| a.to_string()))
                 .unwrap_or_else(|| bound.clone()),
+            mqtt_tls: tls_addr.is_some(),
+            tls_addr,
             broker_addr: bound,
             embedded: matches!(config.mqtt.mode, BrokerMode::Embedded { .. }),
             counters: Counters::default(),

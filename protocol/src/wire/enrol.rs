@@ -70,6 +70,10 @@ pub struct TelemetryHint {
     pub mqtt_addr: String,
     /// The fleet: one topic level, `flotilla/v1/{fleet}/{device}/...`.
     pub fleet: String,
+    /// The broker speaks TLS and wants the device certificate; its server
+    /// certificate is issued by the device CA the agent pins.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl Frame for EnrolFrame {

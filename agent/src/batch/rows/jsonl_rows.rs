@@ -98,7 +98,7 @@ impl<R: BufRead> JsonlRows<R> {
             Err(e) => return (None, Err(RowProblem::NotJson(json_message(&e)))),
         };
         match parsed {
-            Line::Array(values) => (None, numbers(values, |i| format!("value {}", i + 1))),
+            Line::Array(values) => (None, numbers(&values, |i| format!("value {}", i + 1))),
             Line::Other(what) => (
                 None,
                 Err(RowProblem::NotARow(format!(
@@ -126,9 +126,7 @@ impl<R: BufRead> JsonlRows<R> {
         let id = by_key.remove("id").cloned();
         if let Some(features) = by_key.get("features") {
             let cells = match features {
-                Value::Array(values) => {
-                    numbers(values.clone(), |i| format!("features value {}", i + 1))
-                }
+                Value::Array(values) => numbers(values, |i| format!("features value {}", i + 1)),
                 _ => Err(RowProblem::NotARow(
                     "\"features\" is not an array".to_owned(),
                 )),
@@ -188,7 +186,7 @@ fn json_message(e: &serde_json::Error) -> String {
     format!("{e}").chars().take(120).collect()
 }
 
-fn numbers(values: Vec<Value>, at: impl Fn(usize) -> String) -> Result<Vec<Number>, RowProblem> {
+fn numbers(values: &[Value], at: impl Fn(usize) -> String) -> Result<Vec<Number>, RowProblem> {
     values
         .iter()
         .enumerate()
