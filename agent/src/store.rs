@@ -33,6 +33,13 @@ use flotilla_protocol::reconcile::{AgentRecord, ReconcileError};
 use flotilla_protocol::telemetry::{OutboxChange, OutboxMeta};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+/// redb's page cache for the agent's file. redb's default (1 GiB) keeps
+/// every chunk of a fetch resident; chunks are written once and read once
+/// (at staging), so a small cache costs nothing and bounds the agent's memory
+/// during a fetch (50 agents pulling a 100 MiB model each ran this machine out
+/// of memory with the default).
+const CACHE_BYTES: usize = 32 << 20;
+
 /// File name of the store inside the agent's data directory.
 pub const STORE_FILE: &str = "agent.redb";
 
@@ -143,16 +150,19 @@ impl AgentStore {
             source,
         })?;
         let path = data_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyRunning {
-                dir: data_dir.to_owned(),
-                path: path.clone(),
-            },
-            source => StoreError::Open {
-                path: path.clone(),
-                source: Box::new(source),
-            },
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyRunning {
+                    dir: data_dir.to_owned(),
+                    path: path.clone(),
+                },
+                source => StoreError::Open {
+                    path: path.clone(),
+                    source: Box::new(source),
+                },
+            })?;
         let store = Self { db, path };
         let tx = store.db.begin_write().map_err(store.err("create tables"))?;
         {

@@ -45,7 +45,7 @@ enrol() { # DIR SITE
   "$T/flotilla-agent" enroll --data-dir "$1" --hub "$SYNC" --token "$tok" --hub-ca-fingerprint "$FP" >/dev/null
 }
 status_field() { # DIR PYEXPR
-  "$T/flotilla-agent" status --output json --data-dir "$1" 2>/dev/null | python3 -c "import json,sys
+  { "$T/flotilla-agent" status --output json --data-dir "$1" 2>/dev/null || true; } | python3 -c "import json,sys
 try:
     s=json.load(sys.stdin); print($2)
 except Exception: print('')"
@@ -105,5 +105,12 @@ for _ in $(seq 6000); do
 done
 end=$(date +%s.%N)
 PEAK=$(grep VmHWM /proc/$HUB/status | awk '{print $2}')
-python3 -c "print(f'swarm: {$n}/$SWARM active in {$end-$start:.1f}s; hub RSS before {$BASE/1024:.0f} MiB, peak during the swarm {$PEAK/1024:.0f} MiB (VmHWM)')"
+APEAK=0; ANOW=0
+for p in "${SP[@]}"; do
+  a=$(awk '/VmHWM/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+  [ "${a:-0}" -gt "$APEAK" ] && APEAK=$a
+  a=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+  [ "${a:-0}" -gt "$ANOW" ] && ANOW=$a
+done
+python3 -c "print(f'swarm: {$n}/$SWARM active in {$end-$start:.1f}s; hub RSS before {$BASE/1024:.0f} MiB, peak during the swarm {$PEAK/1024:.0f} MiB (VmHWM); largest agent peak {$APEAK/1024:.0f} MiB, largest agent RSS once active {$ANOW/1024:.0f} MiB')"
 for p in "${SP[@]}"; do kill "$p" 2>/dev/null || true; done

@@ -79,6 +79,7 @@ listener $MQ 127.0.0.1
 allow_anonymous true
 persistence false
 max_queued_messages 100000
+set_tcp_nodelay true
 EOF
 mosquitto -c "$W/mosquitto.conf" >/dev/null 2>&1 &
 PIDS+=("$!")

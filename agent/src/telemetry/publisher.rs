@@ -179,6 +179,11 @@ impl Publisher {
             ));
         }
         let (client, mut events) = AsyncClient::new(opts, REQUEST_QUEUE);
+        // Small publishes and acks: without TCP_NODELAY, Nagle's algorithm
+        // and delayed ACKs hold them ~40 ms.
+        let mut net = events.network_options();
+        net.set_tcp_nodelay(true);
+        events.set_network_options(net);
         tracing::info!(broker = %format!("{}:{}", self.host, self.port), epoch = self.outbox.meta().epoch, pending = self.outbox.len(), "telemetry starting");
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + self.window, self.window);

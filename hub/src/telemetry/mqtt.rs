@@ -66,7 +66,12 @@ pub fn spawn(
     if let Some(user) = &cfg.username {
         opts.set_credentials(user.clone(), cfg.password.clone().unwrap_or_default());
     }
-    let (client, events) = AsyncClient::new(opts, REQUEST_BUFFER);
+    let (client, mut events) = AsyncClient::new(opts, REQUEST_BUFFER);
+    // Acks are small writes right after small reads: without TCP_NODELAY,
+    // Nagle's algorithm and delayed ACKs add ~40 ms to every ack.
+    let mut net = events.network_options();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
     let (tx, rx) = mpsc::channel(INBOUND_BUFFER);
     let connected = Arc::new(AtomicBool::new(false));
     let link = MqttLink {
