@@ -86,11 +86,16 @@ fn agent(timeout: Duration) -> ureq::Agent {
 /// back to the pool); `Ok` only for a 200.
 fn send(agent: &ureq::Agent, url: &str, body: &[u8], sink: &mut Vec<u8>) -> Result<(), String> {
     sink.clear();
-    match agent
-        .post(url)
-        .set("content-type", "application/json")
-        .send_bytes(body)
-    {
+    // An empty body means GET (e.g. `/v2/health/live`: the HTTP floor).
+    let answer = if body.is_empty() {
+        agent.get(url).call()
+    } else {
+        agent
+            .post(url)
+            .set("content-type", "application/json")
+            .send_bytes(body)
+    };
+    match answer {
         Ok(resp) => {
             let status = resp.status();
             resp.into_reader()
@@ -117,6 +122,9 @@ fn check_first_answer(args: &Args, body: &[u8]) -> anyhow::Result<()> {
     let mut answer = Vec::new();
     if let Err(e) = send(&agent, &args.url, body, &mut answer) {
         bail!("first request to {} failed: {e}", args.url);
+    }
+    if body.is_empty() {
+        return Ok(());
     }
     let parsed: serde_json::Value =
         serde_json::from_slice(&answer).context("the first answer is not JSON")?;

@@ -218,7 +218,15 @@ for c in $CONCURRENCIES; do
   done
 done
 
-# 6. Bare calls, with the servers idle.
+# 6. The HTTP floor: the same client, one connection, GET /v2/health/live on
+# the agent (no body, no model): what loopback HTTP costs before any scoring.
+say "HTTP floor (GET /v2/health/live on the agent, concurrency 1)"
+: >"$W/empty"
+"$T/examples/http_load" --url "$AGENT_URL/v2/health/live" --body "$W/empty" --concurrency 1 \
+  --secs "$SECS" --warmup-secs "$WARMUP" >"$W/floor.json"
+cat "$W/floor.json" >&2
+
+# 7. Bare calls, with the servers idle.
 say "bare executor call (Model::run, RAYON_NUM_THREADS=1)"
 RAYON_NUM_THREADS=1 "$T/examples/bare_run" time --model "$W/mlp.onnx" --body "$W/body.json" \
   --secs "$SECS" --warmup-secs "$WARMUP" >"$W/bare-flotilla.json"
@@ -228,7 +236,7 @@ say "bare ONNX Runtime call (InferenceSession.run from Python, 1 thread)"
   --secs "$SECS" --warmup-secs "$WARMUP" >"$W/bare-ort.json"
 cat "$W/bare-ort.json" >&2
 
-# 7. The table.
+# 8. The table.
 CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 "$PY" - "$W" "$SECS" "$ROUNDS" "$WARMUP" "$PROFILE" "$(nproc)" "${CPU:-unknown CPU}" \
   "$(rustc --version 2>/dev/null || echo 'rustc ?')" "$CONCURRENCIES" "${SERVERS[@]}" <<'EOF'
@@ -300,6 +308,12 @@ print(f"Agent overhead at concurrency {c1}: HTTP p50 {cell['agent', c1]['p50']:.
       f"{bare['p50_us']:.1f} us = **{over:.0f} us** (goal under 100 us: {goal}). This includes loopback TCP "
       f"and the client's own time, so it is an upper bound on the agent's share. The same difference for "
       f"FastAPI over a bare ORT call: {ort_over:.0f} us.\n")
+floor = json.load(open(f"{w}/floor.json"))
+own = over - floor["p50_us"]
+print(f"HTTP floor: GET /v2/health/live on the agent with the same client, p50 {floor['p50_us']:.0f} us. "
+      f"Without it, the agent's own scoring path (decode, validate, route, queue, hand the run to a "
+      f"blocking thread, encode) costs about **{own:.0f} us** at p50 "
+      f"(goal under 100 us: {'met' if own < 100 else 'NOT met'}).\n")
 print("Per-round p50 (us) / throughput (req/s):\n")
 for c in concs:
     for s in servers:
