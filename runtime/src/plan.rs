@@ -249,7 +249,7 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         outputs.push((name.to_owned(), src));
     }
 
-    pretranspose_gemm_weights(&mut steps, &mut constants);
+    pretranspose_gemm_weights(&mut steps, &mut constants, &outputs);
     fuse_activations(&mut steps, &outputs);
     plan_frees(&mut steps, &outputs, slot_count);
     Ok(Plan {
@@ -264,7 +264,14 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
 /// Stores every constant `Gemm` weight read with `transB=1` transposed once, in
 /// the row-major `[K, N]` layout the matmul reads without a copy, and clears
 /// `transB` on those nodes. A weight shared by several nodes is transposed once.
-fn pretranspose_gemm_weights(steps: &mut [Step], constants: &mut Vec<Value>) {
+/// An original no step and no graph output reads any more is released (its
+/// slot holds [`Value::None`]), so the plan keeps one copy of each weight;
+/// not in graphs with control flow, whose bodies may read outer values by name.
+fn pretranspose_gemm_weights(
+    steps: &mut [Step],
+    constants: &mut Vec<Value>,
+    outputs: &[(String, Src)],
+) {
     let mut transposed: HashMap<usize, usize> = HashMap::new();
     for step in steps.iter_mut().filter(|s| s.op_type == "Gemm") {
         let Some(Some(Src::Const(c))) = step.inputs.get(1).copied() else {
@@ -297,6 +304,29 @@ fn pretranspose_gemm_weights(steps: &mut [Step], constants: &mut Vec<Value>) {
         };
         step.inputs[1] = Some(Src::Const(t_index));
         step.info.attrs.set("transB", Attr::Int(0));
+    }
+    if transposed.is_empty()
+        || steps
+            .iter()
+            .any(|s| matches!(s.op_type.as_str(), "If" | "Loop" | "Scan"))
+    {
+        return;
+    }
+    let read: std::collections::HashSet<usize> = steps
+        .iter()
+        .flat_map(|s| s.inputs.iter().flatten())
+        .chain(outputs.iter().map(|(_, src)| src))
+        .filter_map(|src| match src {
+            Src::Const(c) => Some(*c),
+            Src::Slot(_) => None,
+        })
+        .collect();
+    for original in transposed.keys() {
+        if !read.contains(original) {
+            if let Some(v) = constants.get_mut(*original) {
+                *v = Value::None;
+            }
+        }
     }
 }
 
@@ -426,5 +456,35 @@ fn plan_frees(steps: &mut [Step], outputs: &[(String, Src)], slot_count: usize) 
         if let Some(i) = last {
             steps[i].free.push(slot);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposed_gemm_weights_are_kept_once() {
+        let bytes = crate::generate::mlp(&[64, 256, 256, 10], 1);
+        let proto = crate::signature::decode_model(&bytes).unwrap();
+        let graph = proto.graph.as_ref().unwrap();
+        let opsets = HashMap::from([(String::new(), 17)]);
+        let plan = build(
+            graph,
+            &PlanContext {
+                opsets: &opsets,
+                base_dir: None,
+            },
+        )
+        .unwrap();
+        let weights: usize = plan
+            .constants
+            .iter()
+            .filter_map(|v| v.as_tensor())
+            .filter(|t| t.rank() == 2)
+            .count();
+        // Three Gemm weights, each held once (transposed), not twice.
+        assert_eq!(weights, 3);
+        assert!(plan.constants.iter().any(|v| matches!(v, Value::None)));
     }
 }

@@ -73,9 +73,13 @@ pub fn single_endpoint(name: &str) -> EndpointAssignment {
 ///
 /// A one-line reason: unreadable file, not ONNX, unsupported operator.
 pub fn load_onnx_file(path: &Path, name: Option<&str>) -> Result<LocalModel, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let signature = flotilla_runtime::model_signature(&bytes)
-        .map_err(|e| format!("{}: not a usable ONNX model: {e}", path.display()))?;
+    // The bytes are read again by the load below; free them first.
+    let signature = {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        flotilla_runtime::model_signature(&bytes)
+            .map_err(|e| format!("{}: not a usable ONNX model: {e}", path.display()))?
+    };
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())

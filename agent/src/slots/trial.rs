@@ -75,8 +75,15 @@ impl LoadedModel {
         let bytes = std::fs::read(&path)
             .map_err(|e| format!("cannot read entrypoint {}: {e}", path.display()))?;
         let base = path.parent().unwrap_or(dir);
-        let model =
-            Model::load(&bytes, Some(base)).map_err(|e| format!("cannot load {entry}: {e}"))?;
+        // Decode, then free the file's bytes before planning: the file, the
+        // decoded initializers and the planned weights are each about the
+        // model's size, and only two of them need to coexist.
+        let proto = <flotilla_runtime::onnx::ModelProto as prost::Message>::decode(&bytes[..])
+            .map_err(|e| format!("cannot load {entry}: not an ONNX model: {e}"))?;
+        drop(bytes);
+        let model = Model::from_proto(&proto, Some(base))
+            .map_err(|e| format!("cannot load {entry}: {e}"))?;
+        drop(proto);
         Ok(Self {
             model,
             signature: manifest.signature.clone(),
