@@ -79,7 +79,12 @@ impl LoadedModel {
         // decoded initializers and the planned weights are each about the
         // model's size, and only two of them need to coexist.
         let proto = <flotilla_runtime::onnx::ModelProto as prost::Message>::decode(&bytes[..])
-            .map_err(|e| format!("cannot load {entry}: not an ONNX model: {e}"))?;
+            .map_err(|e| {
+                let e = flotilla_runtime::ModelError::Decode {
+                    message: e.to_string(),
+                };
+                format!("cannot load {entry}: {e}")
+            })?;
         drop(bytes);
         let model = Model::from_proto(&proto, Some(base))
             .map_err(|e| format!("cannot load {entry}: {e}"))?;
