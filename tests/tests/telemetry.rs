@@ -178,13 +178,18 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .unwrap();
+        Self::with_config(&conf, port)
+    }
+
+    /// Starts Mosquitto with `conf` and waits until `port` accepts.
+    fn with_config(conf: &Path, port: u16) -> Self {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("this test needs the mosquitto binary (apt-get install mosquitto); .ci/run installs it");
         let child = Command::new(bin)
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -491,24 +496,7 @@ fn agents_publish_over_tls_with_their_device_certificate() {
         ),
     )
     .unwrap();
-    let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .expect("this test needs the mosquitto binary; .ci/run installs it");
-    let mut broker = Mosquitto {
-        child: Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", tls)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut broker = Mosquitto::with_config(&conf, tls);
     let (mut agent, _) = deploy(&hub, dir.path());
     let tls_addr = format!("127.0.0.1:{tls}");
     let ca = broker_ca.to_str().unwrap().to_string();
