@@ -167,6 +167,42 @@ impl Client {
         )
     }
 
+    /// The status code the hub answers to a POST of `body`, read while the
+    /// body is still being written: a hub that refuses early (413) may close
+    /// the connection before the client has sent everything, which an HTTP
+    /// client reports as a broken pipe instead of the answer.
+    pub fn status_of_early_refusal(&self, path: &str, body: &[u8]) -> u16 {
+        use std::io::{Read, Write};
+        let addr = self.base.trim_start_matches("http://").to_string();
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.token,
+            body.len()
+        );
+        let mut writer = stream.try_clone().unwrap();
+        let body = body.to_vec();
+        let sender = std::thread::spawn(move || {
+            // Errors are expected once the hub has answered and closed.
+            let _ = writer.write_all(head.as_bytes());
+            let _ = writer.write_all(&body);
+        });
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        let _ = sender.join();
+        let text = String::from_utf8_lossy(&answer);
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
+        status
+    }
+
     pub fn bytes(&self, path: &str) -> Vec<u8> {
         let mut out = Vec::new();
         std::io::Read::read_to_end(
