@@ -97,6 +97,19 @@ impl DriftRecorder {
                 ),
             }
         }
+        // A window over the hub's limit would be refused whole, losing every
+        // count in it: record no more features than a window may carry.
+        let max = flotilla_protocol::limits::Limits::default().max_drift_features;
+        if inputs.len() + outputs.len() > max {
+            tracing::warn!(
+                %target,
+                features = inputs.len() + outputs.len(),
+                max,
+                "drift baseline has more features than a telemetry window carries; the rest are not recorded"
+            );
+            inputs.truncate(max);
+            outputs.truncate(max - inputs.len());
+        }
         (!inputs.is_empty() || !outputs.is_empty()).then(|| Self {
             target: target.to_owned(),
             columns: Mutex::new((inputs, outputs)),

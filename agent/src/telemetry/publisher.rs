@@ -298,24 +298,37 @@ impl Publisher {
         if !self.connected {
             return;
         }
-        let due: Vec<(u64, Vec<u8>)> = self
-            .outbox
-            .pending()
-            .filter(|w| w.last_seq > self.cursor)
-            .map(|w| (w.last_seq, w.bytes.to_vec()))
-            .collect();
-        let mut handed = 0u64;
-        for (last_seq, bytes) in due {
+        // Only what the client takes is copied: during a backlog flush this
+        // runs on every MQTT event while most windows still wait.
+        let mut handed_seqs = Vec::new();
+        for w in self.outbox.pending().filter(|w| w.last_seq > self.cursor) {
             if client
-                .try_publish(self.topics.window.clone(), QoS::AtLeastOnce, false, bytes)
+                .try_publish(
+                    self.topics.window.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    w.bytes.to_vec(),
+                )
                 .is_err()
             {
                 break;
             }
+            handed_seqs.push(w.last_seq);
+        }
+        let handed = handed_seqs.len() as u64;
+        let now = Instant::now();
+        for last_seq in handed_seqs {
             self.cursor = last_seq;
-            self.sent_at.entry(last_seq).or_insert_with(Instant::now);
+            self.sent_at.entry(last_seq).or_insert(now);
             self.outbox.mark_published(last_seq);
-            handed += 1;
+        }
+        // Send times of windows the outbox merged away (no ack will name
+        // their last_seq alone) are forgotten, so the map stays as small as
+        // the outbox.
+        if self.sent_at.len() > self.outbox.len() * 2 + 64 {
+            let live: std::collections::HashSet<u64> =
+                self.outbox.pending().map(|w| w.last_seq).collect();
+            self.sent_at.retain(|k, _| live.contains(k));
         }
         if handed > 0 {
             self.status
