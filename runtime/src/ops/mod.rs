@@ -135,7 +135,7 @@ pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
-    let families: [fn(&str) -> Option<Kernel>; 17] = [
+    let families: &[fn(&str) -> Option<Kernel>] = &[
         attention::lookup,
         resize::lookup,
         constant::lookup,
