@@ -147,7 +147,8 @@ pub async fn enrol(opts: &EnrolOptions) -> Result<Enrolled, EnrolError> {
             .parse()
             .map_err(|_| unreachable("bad bind".into()))?
     };
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| unreachable(e.to_string()))?;
+    let endpoint =
+        flotilla_net::udp::endpoint(bind, None).map_err(|e| unreachable(e.to_string()))?;
     let answer = tokio::time::timeout(ENROL_TIMEOUT, async {
         let conn = endpoint
             .connect_with(config, addr, HUB_SERVER_NAME)

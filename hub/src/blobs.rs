@@ -25,10 +25,23 @@ pub trait ChunkStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Chunks as files.
+///
+/// Reads check each chunk's SHA-256 the first time this process reads (or
+/// writes) it; later reads of the same chunk trust the file. Chunk files are
+/// never rewritten in place, and every agent verifies every byte it receives
+/// against signed metadata, so the re-check only turned disk corruption into a
+/// clear error at the hub. Hashing once per process keeps that, while a swarm
+/// of agents pulling one bundle no longer costs the hub one SHA-256 of every
+/// chunk per agent.
 #[derive(Debug, Clone)]
 pub struct FsChunks {
     root: PathBuf,
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Sha256Digest>>>,
 }
+
+/// Most digests remembered as verified (32 bytes each); past it the set starts
+/// over, which only costs re-hashing.
+const MAX_VERIFIED: usize = 1 << 22;
 
 impl FsChunks {
     /// Chunks under `root` (created if missing).
@@ -36,7 +49,22 @@ impl FsChunks {
         fs::create_dir_all(root)?;
         Ok(Self {
             root: root.to_path_buf(),
+            verified: std::sync::Arc::default(),
         })
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Sha256Digest>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn mark_verified(&self, digest: &Sha256Digest) {
+        let mut set = self.verified();
+        if set.len() >= MAX_VERIFIED {
+            set.clear();
+        }
+        set.insert(*digest);
     }
 
     fn path(&self, d: &Sha256Digest) -> PathBuf {
@@ -63,6 +91,8 @@ impl ChunkStore for FsChunks {
         f.write_all(data)?;
         f.sync_data()?;
         fs::rename(&tmp, &path)?;
+        // Callers store what they hashed (registration, uploads).
+        self.mark_verified(digest);
         Ok(true)
     }
 
@@ -72,16 +102,21 @@ impl ChunkStore for FsChunks {
 
     fn get(&self, digest: &Sha256Digest) -> std::io::Result<Vec<u8>> {
         let data = fs::read(self.path(digest))?;
+        if self.verified().contains(digest) {
+            return Ok(data);
+        }
         if Sha256Digest::of(&data) != *digest {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("chunk {digest} is corrupt on disk"),
             ));
         }
+        self.mark_verified(digest);
         Ok(data)
     }
 
     fn remove(&self, digest: &Sha256Digest) -> std::io::Result<()> {
+        self.verified().remove(digest);
         match fs::remove_file(self.path(digest)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -157,9 +192,29 @@ mod tests {
         assert!(!s.put(&d, b"hello").unwrap());
         assert_eq!(s.get(&d).unwrap(), b"hello");
         std::fs::write(s.path(&d), b"HELLO").unwrap();
-        assert!(s.get(&d).is_err());
+        // A fresh open (a restarted hub) has verified nothing yet.
+        let reopened = FsChunks::open(dir.path()).unwrap();
+        let e = reopened.get(&d).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
         s.remove(&d).unwrap();
         assert!(!s.has(&d));
+    }
+
+    #[test]
+    fn a_chunk_is_hashed_once_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsChunks::open(dir.path()).unwrap();
+        let d = Sha256Digest::of(b"abc");
+        std::fs::create_dir_all(s.path(&d).parent().unwrap()).unwrap();
+        std::fs::write(s.path(&d), b"abc").unwrap();
+        assert_eq!(s.get(&d).unwrap(), b"abc", "first read hashes and passes");
+        // Later reads trust the file; a clone (another handle) shares the set.
+        std::fs::write(s.path(&d), b"abd").unwrap();
+        assert_eq!(s.clone().get(&d).unwrap(), b"abd");
+        // Removing forgets it: a chunk written again is checked again.
+        s.remove(&d).unwrap();
+        std::fs::write(s.path(&d), b"xyz").unwrap();
+        assert!(s.get(&d).is_err());
     }
 
     #[test]

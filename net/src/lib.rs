@@ -11,6 +11,7 @@
 //! - [`framed`]: length-prefixed CBOR frames on quinn streams, with limits.
 //! - [`rate`]: a token-bucket bandwidth limiter (global and per connection).
 //! - [`backoff`]: exponential reconnect backoff with full jitter.
+//! - [`udp`]: endpoint sockets with buffers sized for bulk transfer.
 //!
 //! Every connection is TLS 1.3 with the ring provider only. ALPN tells the two
 //! kinds of connection apart: [`ALPN_SYNC`] (mTLS with a device certificate)
@@ -20,6 +21,7 @@ pub mod backoff;
 pub mod framed;
 pub mod rate;
 pub mod tls;
+pub mod udp;
 
 pub use backoff::Backoff;
 pub use framed::{FramedRecv, FramedSend};

@@ -6,16 +6,25 @@
 //! are all constants, and assigns every remaining intermediate value a slot that is
 //! freed right after its last use.
 //!
+//! Subgraphs (the bodies of `If`, `Loop`, `Scan`, `SequenceMap`) are planned here
+//! too, once, into a [`Subgraph`] stored in the node's attribute. A body may read any
+//! value of an enclosing graph by name; such a name is a *capture*: the body's plan
+//! gets one extra input per capture, and the node that owns the body reads the
+//! captured values as extra (implicit) inputs, so ordering, liveness and freeing in
+//! the enclosing graph see them like any other read.
+//!
 //! This module does not run anything except constant folding; [`crate::exec`] runs
 //! a [`Plan`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::ModelError;
 use crate::exec;
-use crate::onnx::{GraphProto, NodeProto};
+use crate::onnx::{attribute_proto::AttributeType, type_proto, GraphProto, NodeProto};
 use crate::ops::{self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION};
+use crate::tensor::ElemType;
 use crate::tensor_io::decode_tensor;
 use crate::value::Value;
 
@@ -37,7 +46,8 @@ pub(crate) struct Step {
     pub(crate) op_type: String,
     pub(crate) kernel: Kernel,
     pub(crate) info: NodeInfo,
-    /// One entry per declared input; `None` for an empty name.
+    /// One entry per declared input; `None` for an empty name. A node with
+    /// subgraphs has one more entry per value its bodies capture (see [`Subgraph`]).
     pub(crate) inputs: Vec<Option<Src>>,
     /// One entry per declared output; `None` for an empty name.
     pub(crate) outputs: Vec<Option<usize>>,
@@ -54,12 +64,36 @@ pub(crate) struct PlanInput {
 /// A planned graph.
 #[derive(Debug)]
 pub(crate) struct Plan {
+    /// The graph's runtime inputs in order; for a subgraph, followed by one input
+    /// per captured outer value.
     pub(crate) inputs: Vec<PlanInput>,
     /// Graph outputs in order: name and where to read it.
     pub(crate) outputs: Vec<(String, Src)>,
     pub(crate) constants: Vec<Value>,
     pub(crate) steps: Vec<Step>,
     pub(crate) slot_count: usize,
+}
+
+/// A planned graph attribute: the body of a control-flow or `SequenceMap` node.
+///
+/// Design: the body is planned once at load time like any graph; what it reads
+/// from enclosing graphs becomes inputs of its plan (after its declared ones), fed
+/// from the owning node's implicit inputs at `capture_at`. Running a body is then
+/// just [`exec::run`] on fresh slots, so a body cannot see or keep the enclosing
+/// run's slots.
+#[derive(Debug)]
+pub(crate) struct Subgraph {
+    /// The body's plan.
+    pub(crate) plan: Plan,
+    /// How many of the plan's inputs are the body's declared inputs.
+    // invariant: formal_inputs + capture_at.len() == plan.inputs.len()
+    pub(crate) formal_inputs: usize,
+    /// For each captured outer value, in plan-input order, its index among the
+    /// owning node's inputs (always past the node's declared inputs).
+    pub(crate) capture_at: Vec<usize>,
+    /// Declared element type of each body output (of the tensor, or of a
+    /// sequence's tensors), for results built from zero iterations.
+    pub(crate) output_elems: Vec<Option<ElemType>>,
 }
 
 /// What planning needs from the model around the graph.
@@ -71,10 +105,75 @@ pub(crate) struct PlanContext<'a> {
     pub(crate) base_dir: Option<&'a Path>,
 }
 
+/// The names an enclosing graph defines, for resolving what a subgraph reads.
+///
+/// Nesting depth is bounded by the protobuf decoder's recursion limit.
+struct Scope<'a> {
+    names: HashSet<&'a str>,
+    parent: Option<&'a Scope<'a>>,
+}
+
+impl Scope<'_> {
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains(name) || self.parent.is_some_and(|p| p.contains(name))
+    }
+}
+
 struct Prepared<'g> {
     proto: &'g NodeProto,
     kernel: Kernel,
     info: NodeInfo,
+    /// Outer values the node's subgraphs capture, read after the declared inputs.
+    implicit: Vec<String>,
+}
+
+impl Prepared<'_> {
+    /// Every name the node reads: declared inputs (empty names included), then
+    /// implicit ones.
+    fn reads(&self) -> impl Iterator<Item = &str> {
+        self.proto
+            .input
+            .iter()
+            .map(String::as_str)
+            .chain(self.implicit.iter().map(String::as_str))
+    }
+}
+
+/// Run-time slot assignment while planning one graph, including the slots of
+/// values captured from enclosing graphs.
+struct Slots<'s> {
+    slot_of: HashMap<String, usize>,
+    count: usize,
+    inputs: Vec<PlanInput>,
+    /// Names captured from enclosing graphs, in plan-input order.
+    captured: Vec<String>,
+    outer: Option<&'s Scope<'s>>,
+}
+
+impl Slots<'_> {
+    fn fresh(&mut self, name: &str) -> usize {
+        let s = self.count;
+        self.slot_of.insert(name.to_owned(), s);
+        self.count += 1;
+        s
+    }
+
+    /// Where `name` is read from: a local slot, a constant, or a new capture.
+    fn resolve(&mut self, name: &str, const_of: &HashMap<String, usize>) -> Option<Src> {
+        if let Some(&s) = self.slot_of.get(name) {
+            return Some(Src::Slot(s));
+        }
+        if let Some(&c) = const_of.get(name) {
+            return Some(Src::Const(c));
+        }
+        if self.outer.is_some_and(|o| o.contains(name)) {
+            let s = self.fresh(name);
+            self.inputs.push(PlanInput { slot: s });
+            self.captured.push(name.to_owned());
+            return Some(Src::Slot(s));
+        }
+        None
+    }
 }
 
 /// Plans `graph`.
@@ -85,6 +184,17 @@ struct Prepared<'g> {
 /// [`ModelError::Malformed`] for dangling or doubly produced values and cycles, and
 /// the tensor decoding errors of initializers and tensor attributes.
 pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, ModelError> {
+    build_graph(graph, ctx, None).map(|(plan, _)| plan)
+}
+
+/// Plans `graph` inside `outer` (`None` for the main graph); also returns the
+/// names it captures from enclosing graphs, one per plan input past the
+/// declared ones.
+fn build_graph<'a>(
+    graph: &'a GraphProto,
+    ctx: &PlanContext<'_>,
+    outer: Option<&'a Scope<'a>>,
+) -> Result<(Plan, Vec<String>), ModelError> {
     let malformed = |reason: String| ModelError::Malformed { reason };
 
     // Constants: initializers.
@@ -111,7 +221,23 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         }
     }
 
-    // Resolve kernels and attributes.
+    // What this graph's subgraphs may read from here or further out.
+    let scope = Scope {
+        names: defined
+            .iter()
+            .map(String::as_str)
+            .chain(
+                graph
+                    .node
+                    .iter()
+                    .flat_map(|n| n.output.iter().map(String::as_str)),
+            )
+            .filter(|n| !n.is_empty())
+            .collect(),
+        parent: outer,
+    };
+
+    // Resolve kernels and attributes; plan subgraphs.
     let mut prepared = Vec::with_capacity(graph.node.len());
     for node in &graph.node {
         let domain = node.domain();
@@ -132,15 +258,18 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         let mut attrs = Attrs::decode(&node.attribute, ctx.base_dir)?;
         // Only the planner's own fusions may set this key (see `fuse_activations`).
         attrs.remove(FUSED_ACTIVATION);
+        let opset = ctx.opsets.get(key).copied().unwrap_or(0);
+        let implicit = plan_subgraphs(node, opset, ctx, &scope, &mut attrs)?;
         let info = NodeInfo {
             attrs,
-            opset: ctx.opsets.get(key).copied().unwrap_or(0),
+            opset,
             outputs: node.output.len(),
         };
         prepared.push(Prepared {
             proto: node,
             kernel,
             info,
+            implicit,
         });
     }
 
@@ -153,18 +282,21 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         let node = prepared[i].proto;
         if node.output.iter().any(|o| needed.contains(o.as_str())) {
             live[i] = true;
-            needed.extend(node.input.iter().map(String::as_str));
+            needed.extend(prepared[i].reads());
         }
     }
 
     // Constant folding, then slot assignment, in topological order.
-    let mut slot_of: HashMap<String, usize> = HashMap::new();
-    let mut slot_count = 0usize;
-    let mut inputs = Vec::with_capacity(input_names.len());
+    let mut slots = Slots {
+        slot_of: HashMap::new(),
+        count: 0,
+        inputs: Vec::with_capacity(input_names.len()),
+        captured: Vec::new(),
+        outer,
+    };
     for name in input_names {
-        slot_of.insert(name, slot_count);
-        inputs.push(PlanInput { slot: slot_count });
-        slot_count += 1;
+        let s = slots.fresh(&name);
+        slots.inputs.push(PlanInput { slot: s });
     }
     let mut steps: Vec<Step> = Vec::new();
     for &i in &order {
@@ -177,7 +309,9 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
             .input
             .iter()
             .all(|n| n.is_empty() || const_of.contains_key(n));
-        if all_const && ops::is_foldable(node.op_type()) {
+        // A node with a body is never folded: the body may read run-time values.
+        let has_body = node.attribute.iter().any(|a| a.g.is_some());
+        if all_const && !has_body && ops::is_foldable(node.op_type()) {
             let values = Inputs {
                 values: node
                     .input
@@ -197,17 +331,20 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
                 }
             }
         }
-        let mut srcs = Vec::with_capacity(node.input.len());
-        for n in &node.input {
+        let mut srcs = Vec::with_capacity(node.input.len() + p.implicit.len());
+        for (k, n) in p.reads().enumerate() {
             if n.is_empty() {
                 srcs.push(None);
-            } else if let Some(&s) = slot_of.get(n) {
-                srcs.push(Some(Src::Slot(s)));
-            } else if let Some(&c) = const_of.get(n) {
-                srcs.push(Some(Src::Const(c)));
+            } else if let Some(src) = slots.resolve(n, &const_of) {
+                srcs.push(Some(src));
             } else {
+                let how = if k < node.input.len() {
+                    "reads"
+                } else {
+                    "has a body that reads"
+                };
                 return Err(malformed(format!(
-                    "node {:?} ({}) reads {n:?}, which nothing produces",
+                    "node {:?} ({}) {how} {n:?}, which nothing produces",
                     node.name(),
                     node.op_type()
                 )));
@@ -218,9 +355,7 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
             if n.is_empty() {
                 outs.push(None);
             } else {
-                slot_of.insert(n.clone(), slot_count);
-                outs.push(Some(slot_count));
-                slot_count += 1;
+                outs.push(Some(slots.fresh(n)));
             }
         }
         steps.push(Step {
@@ -237,11 +372,7 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
     let mut outputs = Vec::with_capacity(graph.output.len());
     for o in &graph.output {
         let name = o.name();
-        let src = if let Some(&s) = slot_of.get(name) {
-            Src::Slot(s)
-        } else if let Some(&c) = const_of.get(name) {
-            Src::Const(c)
-        } else {
+        let Some(src) = slots.resolve(name, &const_of) else {
             return Err(malformed(format!(
                 "graph output {name:?} is never produced"
             )));
@@ -249,24 +380,102 @@ pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, M
         outputs.push((name.to_owned(), src));
     }
 
+    let slot_count = slots.count;
     pretranspose_gemm_weights(&mut steps, &mut constants, &outputs);
     fuse_activations(&mut steps, &outputs);
     plan_frees(&mut steps, &outputs, slot_count);
-    Ok(Plan {
-        inputs,
+    let plan = Plan {
+        inputs: slots.inputs,
         outputs,
         constants,
         steps,
         slot_count,
-    })
+    };
+    Ok((plan, slots.captured))
+}
+
+/// Plans every graph attribute of `node` inside `scope`, stores the result in
+/// `attrs` and checks the bodies' arity against the node; returns the union of the outer values they capture, which become
+/// the node's implicit inputs (in first-capture order).
+fn plan_subgraphs(
+    node: &NodeProto,
+    opset: i64,
+    ctx: &PlanContext<'_>,
+    scope: &Scope<'_>,
+    attrs: &mut Attrs,
+) -> Result<Vec<String>, ModelError> {
+    let mut implicit: Vec<String> = Vec::new();
+    for a in &node.attribute {
+        let Some(body) = a.g.as_ref() else {
+            continue;
+        };
+        if a.r#type.is_some() && a.r#type() != AttributeType::Graph {
+            continue;
+        }
+        let (plan, captured) = build_graph(body, ctx, Some(scope)).map_err(|e| match e {
+            ModelError::Malformed { reason } => ModelError::Malformed {
+                reason: format!(
+                    "in attribute {:?} of node {:?} ({}): {reason}",
+                    a.name(),
+                    node.name(),
+                    node.op_type()
+                ),
+            },
+            other => other,
+        })?;
+        let capture_at = captured
+            .iter()
+            .map(|name| {
+                let k = implicit.iter().position(|n| n == name).unwrap_or_else(|| {
+                    implicit.push(name.clone());
+                    implicit.len() - 1
+                });
+                node.input.len() + k
+            })
+            .collect();
+        let output_elems = body.output.iter().map(declared_elem).collect();
+        let sub = Subgraph {
+            formal_inputs: plan.inputs.len() - captured.len(),
+            plan,
+            capture_at,
+            output_elems,
+        };
+        attrs.set(a.name(), Attr::Graph(Some(Arc::new(sub))));
+    }
+    ops::control::check_bodies(
+        node.op_type(),
+        opset,
+        node.input.len(),
+        node.output.len(),
+        attrs,
+    )
+    .map_err(|reason| ModelError::Malformed {
+        reason: format!("node {:?} ({}): {reason}", node.name(), node.op_type()),
+    })?;
+    Ok(implicit)
+}
+
+/// The element type a value declares: of its tensor, or of its sequence's or
+/// optional's tensors.
+fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
+    let mut ty = v.r#type.as_ref()?.value.as_ref()?;
+    loop {
+        ty = match ty {
+            type_proto::Value::TensorType(t) => return ElemType::from_onnx(t.elem_type()),
+            type_proto::Value::SequenceType(s) => s.elem_type.as_ref()?.value.as_ref()?,
+            type_proto::Value::OptionalType(o) => o.elem_type.as_ref()?.value.as_ref()?,
+            _ => return None,
+        };
+    }
 }
 
 /// Stores every constant `Gemm` weight read with `transB=1` transposed once, in
 /// the row-major `[K, N]` layout the matmul reads without a copy, and clears
 /// `transB` on those nodes. A weight shared by several nodes is transposed once.
 /// An original no step and no graph output reads any more is released (its
-/// slot holds [`Value::None`]), so the plan keeps one copy of each weight;
-/// not in graphs with control flow, whose bodies may read outer values by name.
+/// slot holds [`Value::None`]), so the plan keeps one copy of each weight. A
+/// body that reads the original by name reads it through its node's implicit
+/// inputs, so the original is kept then.
 fn pretranspose_gemm_weights(
     steps: &mut [Step],
     constants: &mut Vec<Value>,
@@ -305,11 +514,7 @@ fn pretranspose_gemm_weights(
         step.inputs[1] = Some(Src::Const(t_index));
         step.info.attrs.set("transB", Attr::Int(0));
     }
-    if transposed.is_empty()
-        || steps
-            .iter()
-            .any(|s| matches!(s.op_type.as_str(), "If" | "Loop" | "Scan"))
-    {
+    if transposed.is_empty() {
         return;
     }
     let read: std::collections::HashSet<usize> = steps
@@ -403,8 +608,8 @@ fn topological_order(
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
     for (i, p) in nodes.iter().enumerate() {
         let mut deps: HashSet<usize> = HashSet::new();
-        for n in &p.proto.input {
-            if let Some(&j) = producer.get(n.as_str()) {
+        for n in p.reads() {
+            if let Some(&j) = producer.get(n) {
                 deps.insert(j);
             }
         }
@@ -486,5 +691,109 @@ mod tests {
         // Three Gemm weights, each held once (transposed), not twice.
         assert_eq!(weights, 3);
         assert!(plan.constants.iter().any(|v| matches!(v, Value::None)));
+    }
+
+    use crate::ops::control::tests::{
+        any, boolean, floats, graph, int64, load, node, read, run, with_body,
+    };
+
+    fn plan_of(g: &GraphProto) -> Result<Plan, ModelError> {
+        let opsets = HashMap::from([(String::new(), 17)]);
+        build(
+            g,
+            &PlanContext {
+                opsets: &opsets,
+                base_dir: None,
+            },
+        )
+    }
+
+    /// `t = x + x`, then `If(c)` whose branches return `t` and `x` by name; the
+    /// `If` is listed before the node producing `t`.
+    fn capturing_if() -> GraphProto {
+        let then_branch = graph(vec![node("Identity", &["t"], &["a"])], vec![], &["a"]);
+        let else_branch = graph(vec![], vec![], &["x"]);
+        let n = with_body(node("If", &["c"], &["y"]), "then_branch", then_branch);
+        let n = with_body(n, "else_branch", else_branch);
+        graph(
+            vec![n, node("Add", &["x", "x"], &["t"])],
+            vec![any("c"), any("x")],
+            &["y"],
+        )
+    }
+
+    #[test]
+    fn captured_values_are_implicit_inputs_freed_after_the_owning_node() {
+        let plan = plan_of(&capturing_if()).unwrap();
+        let ops: Vec<_> = plan.steps.iter().map(|s| s.op_type.as_str()).collect();
+        // The producer of `t` runs first although the proto lists it second.
+        assert_eq!(ops, ["Add", "If"]);
+        let add_out = plan.steps[0].outputs[0].unwrap();
+        let step = &plan.steps[1];
+        // Declared `c`, then `t` (then branch) and `x` (else branch).
+        assert_eq!(step.inputs.len(), 3);
+        assert_eq!(step.inputs[1], Some(Src::Slot(add_out)));
+        assert!(step.free.contains(&add_out));
+        let Ok(sub) = step.info.attrs.graph("then_branch") else {
+            panic!("then_branch not planned")
+        };
+        assert_eq!((sub.formal_inputs, sub.capture_at.clone()), (0, vec![1]));
+    }
+
+    #[test]
+    fn a_branch_may_return_an_outer_value_directly() {
+        let m = load(capturing_if(), 17).unwrap();
+        let x = floats(&[2], &[1.0, 2.0]);
+        let out = run(&m, vec![("c", boolean(false)), ("x", x.clone())]).unwrap();
+        assert_eq!(read(&out[0]), (vec![2], vec![1.0, 2.0]));
+        let out = run(&m, vec![("c", boolean(true)), ("x", x)]).unwrap();
+        assert_eq!(read(&out[0]), (vec![2], vec![2.0, 4.0]));
+    }
+
+    #[test]
+    fn nested_bodies_capture_through_every_level() {
+        // Loop body -> If -> reads the main graph's `w` and the body's `acc_in`.
+        let inner = graph(vec![node("Add", &["acc_in", "w"], &["r"])], vec![], &["r"]);
+        let n = with_body(node("If", &["c"], &["acc_out"]), "then_branch", inner);
+        let n = with_body(n, "else_branch", graph(vec![], vec![], &["acc_in"]));
+        let body = graph(
+            vec![n, node("Identity", &["cond_in"], &["cond_out"])],
+            vec![any("i"), any("cond_in"), any("acc_in")],
+            &["cond_out", "acc_out"],
+        );
+        let l = with_body(node("Loop", &["m", "", "x"], &["y"]), "body", body);
+        let g = graph(
+            vec![l, node("Neg", &["x"], &["w"])],
+            vec![any("m"), any("c"), any("x")],
+            &["y"],
+        );
+        let m = load(g, 17).unwrap();
+        let x = floats(&[1], &[1.0]);
+        let out = run(&m, vec![("m", int64(3)), ("c", boolean(true)), ("x", x)]).unwrap();
+        assert_eq!(read(&out[0]), (vec![1], vec![-2.0]));
+    }
+
+    #[test]
+    fn a_body_reading_an_unknown_name_is_malformed() {
+        let branch = || graph(vec![node("Identity", &["nowhere"], &["a"])], vec![], &["a"]);
+        let n = with_body(node("If", &["c"], &["y"]), "then_branch", branch());
+        let n = with_body(n, "else_branch", branch());
+        let err = plan_of(&graph(vec![n], vec![any("c")], &["y"])).unwrap_err();
+        let ModelError::Malformed { reason } = err else {
+            panic!("not malformed: {err}")
+        };
+        assert!(
+            reason.contains("then_branch") && reason.contains("nowhere"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_body_reading_its_own_node_output_is_a_cycle() {
+        let branch = || graph(vec![node("Identity", &["y"], &["a"])], vec![], &["a"]);
+        let n = with_body(node("If", &["c"], &["y"]), "then_branch", branch());
+        let n = with_body(n, "else_branch", branch());
+        let err = plan_of(&graph(vec![n], vec![any("c")], &["y"])).unwrap_err();
+        assert!(err.to_string().contains("cycle"), "{err}");
     }
 }

@@ -288,7 +288,7 @@ impl Agent {
         } else {
             "0.0.0.0:0".parse()?
         };
-        let endpoint = quinn::Endpoint::client(bind).context("opening a UDP socket")?;
+        let endpoint = flotilla_net::udp::endpoint(bind, None).context("opening a UDP socket")?;
         tracing::info!(device = %self.config.device_id, hub = %addr, "agent starting");
         let (stop_scoring, scoring_stopped) = tokio::sync::oneshot::channel::<()>();
         let (scoring_addr, scoring) =

@@ -144,9 +144,11 @@ impl SyncServer {
             &transport,
         )?;
         let endpoint =
-            quinn::Endpoint::server(server, config.listen).map_err(|source| SyncError::Bind {
-                addr: config.listen,
-                source,
+            flotilla_net::udp::endpoint(config.listen, Some(server)).map_err(|source| {
+                SyncError::Bind {
+                    addr: config.listen,
+                    source,
+                }
             })?;
         let addr = endpoint.local_addr().map_err(|source| SyncError::Bind {
             addr: config.listen,

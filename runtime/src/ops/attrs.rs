@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::ModelError;
 use crate::onnx::{attribute_proto::AttributeType, AttributeProto};
 use crate::ops::OpError;
+use crate::plan::Subgraph;
 use crate::tensor::Tensor;
 use crate::tensor_io::decode_tensor;
 
@@ -20,8 +22,9 @@ pub(crate) enum Attr {
     Int(i64),
     String(String),
     Tensor(Tensor),
-    /// A subgraph (If/Loop/Scan bodies); no kernel reads it yet.
-    Graph,
+    /// A subgraph (If/Loop/Scan/SequenceMap bodies): `None` as decoded here,
+    /// the planned body once [`crate::plan`] has planned it.
+    Graph(Option<Arc<Subgraph>>),
     Floats(Vec<f32>),
     Ints(Vec<i64>),
     Strings(Vec<String>),
@@ -127,6 +130,18 @@ impl Attrs {
         }
     }
 
+    /// A planned graph attribute, which must be present.
+    pub(crate) fn graph(&self, name: &str) -> Result<&Subgraph, OpError> {
+        match self.map.get(name) {
+            None => Err(OpError::new(format!("attribute {name:?} is required"))),
+            Some(Attr::Graph(Some(g))) => Ok(g),
+            Some(Attr::Graph(None)) => Err(OpError::new(format!(
+                "internal: attribute {name:?} was not planned"
+            ))),
+            Some(other) => Err(wrong(name, "graph", other)),
+        }
+    }
+
     /// A tensor attribute, if present.
     pub(crate) fn tensor(&self, name: &str) -> Result<Option<&Tensor>, OpError> {
         match self.map.get(name) {
@@ -143,7 +158,7 @@ fn wrong(name: &str, want: &str, got: &Attr) -> OpError {
         Attr::Int(_) => "int",
         Attr::String(_) => "string",
         Attr::Tensor(_) => "tensor",
-        Attr::Graph => "graph",
+        Attr::Graph(_) => "graph",
         Attr::Floats(_) => "floats",
         Attr::Ints(_) => "ints",
         Attr::Strings(_) => "strings",
@@ -176,7 +191,7 @@ fn decode_one(a: &AttributeProto, base_dir: Option<&Path>) -> Result<Attr, Model
             None => Attr::Other,
         },
         AttributeType::Graph => match &a.g {
-            Some(_) => Attr::Graph,
+            Some(_) => Attr::Graph(None),
             None => Attr::Other,
         },
         AttributeType::Floats => Attr::Floats(a.floats.clone()),

@@ -242,10 +242,37 @@ fn conv_f32(
 
 fn conv_integer(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, w) = (i.tensor(0)?, i.tensor(1)?);
-    let zx = i.opt(2)?.map(scalar_i64).transpose()?.unwrap_or(0) as f64;
-    let zw = i.opt(3)?.map(scalar_i64).transpose()?.unwrap_or(0) as f64;
+    let zx = match i.opt(2)? {
+        Some(t) if t.len() == 1 => scalar_i64(t)? as f64,
+        Some(t) => {
+            return Err(OpError::new(format!(
+                "ConvInteger x_zero_point must be a scalar, has shape {:?}",
+                t.shape()
+            )))
+        }
+        None => 0.0,
+    };
+    let ws = w.candle().to_dtype(DType::F32)?;
+    // w_zero_point is a scalar or one value per output channel (W's first dim).
+    let ws = match i.opt(3)? {
+        None => ws,
+        Some(t) if t.len() == 1 => (ws - scalar_i64(t)? as f64)?,
+        Some(t) if w.rank() > 0 && t.rank() == 1 && t.len() == w.shape()[0] => {
+            let mut zshape = vec![1usize; w.rank()];
+            zshape[0] = t.len();
+            let z = t.candle().to_dtype(DType::F32)?.reshape(zshape)?;
+            ws.broadcast_sub(&z)?
+        }
+        Some(t) => {
+            return Err(OpError::new(format!(
+                "ConvInteger w_zero_point {:?} fits neither a scalar nor W's {:?} output channels",
+                t.shape(),
+                w.shape()
+            )))
+        }
+    };
     let xs = Tensor::from_candle(ElemType::F32, (x.candle().to_dtype(DType::F32)? - zx)?)?;
-    let ws = Tensor::from_candle(ElemType::F32, (w.candle().to_dtype(DType::F32)? - zw)?)?;
+    let ws = Tensor::from_candle(ElemType::F32, ws)?;
     // Padding must read as the zero point, i.e. 0 after the shift: im2col pads with 0.
     let y = conv_f32(n, &xs, &ws, None, Activation::None)?;
     one(Tensor::from_candle(ElemType::I32, y.round()?)?)
@@ -375,6 +402,57 @@ mod tests {
     use super::*;
     use crate::ops::attrs::Attrs;
     use crate::value::Value;
+
+    fn conv_integer_of(ts: Vec<Tensor>, pads: Option<Vec<i64>>) -> OpResult {
+        let mut attrs = Attrs::default();
+        if let Some(p) = pads {
+            attrs.set("pads", crate::ops::Attr::Ints(p));
+        }
+        let info = NodeInfo {
+            attrs,
+            opset: 10,
+            outputs: 1,
+        };
+        let vals: Vec<Value> = ts.into_iter().map(Value::Tensor).collect();
+        conv_integer(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+    }
+
+    fn u8s(shape: &[usize], v: Vec<i64>) -> Tensor {
+        Tensor::from_i64_as(ElemType::U8, shape, v).unwrap()
+    }
+
+    #[test]
+    fn conv_integer_applies_a_weight_zero_point_per_output_channel() {
+        let x = u8s(&[1, 1, 1, 1], vec![3]);
+        let w = u8s(&[2, 1, 1, 1], vec![1, 5]);
+        let out =
+            conv_integer_of(vec![x, w, u8s(&[], vec![1]), u8s(&[2], vec![0, 1])], None).unwrap();
+        let t = out[0].as_tensor().unwrap();
+        assert_eq!(t.elem_type(), ElemType::I32);
+        assert_eq!(t.to_i64_vec().unwrap(), vec![2, 8]);
+    }
+
+    #[test]
+    fn conv_integer_padding_reads_the_input_zero_point() {
+        // Every padded tap equals x_zero_point, so it adds nothing.
+        let x = u8s(&[1, 1, 1, 1], vec![4]);
+        let w = u8s(&[1, 1, 2, 2], vec![1, 1, 1, 1]);
+        let out = conv_integer_of(vec![x, w, u8s(&[], vec![1])], Some(vec![1, 1, 0, 0])).unwrap();
+        assert_eq!(out[0].as_tensor().unwrap().to_i64_vec().unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn conv_integer_rejects_a_weight_zero_point_of_the_wrong_length() {
+        let x = u8s(&[1, 1, 1, 1], vec![3]);
+        let w = u8s(&[2, 1, 1, 1], vec![1, 5]);
+        let zw = u8s(&[3], vec![0, 0, 0]);
+        assert!(conv_integer_of(vec![x, w, u8s(&[], vec![0]), zw], None).is_err());
+    }
 
     #[test]
     fn conv_with_default_attributes_is_a_valid_correlation() {

@@ -273,19 +273,32 @@ fn bit_shift(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     };
     let (a, b) = (i.tensor(0)?, i.tensor(1)?);
     let (shape, av, bv) = host_i64(a, b)?;
+    let elem = a.elem_type();
+    let width: i64 = match elem {
+        ElemType::I8 | ElemType::U8 => 8,
+        ElemType::I16 | ElemType::U16 => 16,
+        ElemType::I32 | ElemType::U32 => 32,
+        ElemType::I64 | ElemType::U64 => 64,
+        other => return Err(OpError::new(format!("BitShift on {other}"))),
+    };
+    let signed = elem.is_signed_int();
     let v = av
         .iter()
         .zip(&bv)
         .map(|(&x, &y)| {
-            let (x, y) = (x as u64, y as u64);
-            let r = if y >= 64 {
-                0
-            } else if left {
-                x << y
-            } else {
+            // Opset 28: a shift outside [0, width) leaves only the sign fill.
+            if y < 0 || y >= width {
+                return if !left && signed && x < 0 { -1 } else { 0 };
+            }
+            if left {
+                // Bits past the type's width are dropped when narrowing back.
+                ((x as u64) << y) as i64
+            } else if signed {
+                // Signed values arrive sign-extended: an arithmetic shift.
                 x >> y
-            };
-            r as i64
+            } else {
+                ((x as u64) >> y) as i64
+            }
         })
         .collect();
     one(from_i64(a.elem_type(), &shape, v)?)
@@ -490,5 +503,28 @@ mod tests {
         let r = run(max, &[a, b]).to_f32_vec().unwrap();
         assert!(r[0].is_nan());
         assert_eq!(r[1], 2.0);
+    }
+
+    #[test]
+    fn signed_right_shift_out_of_range_leaves_the_sign_fill() {
+        let x = Tensor::from_i64_as(ElemType::I8, &[4], vec![-8, 4, -1, -8]).unwrap();
+        let y = Tensor::from_i64_as(ElemType::I8, &[4], vec![-1, 8, 100, 1]).unwrap();
+        let vals = [Value::Tensor(x), Value::Tensor(y)];
+        let mut info = NodeInfo {
+            attrs: Default::default(),
+            opset: 28,
+            outputs: 1,
+        };
+        info.attrs
+            .set("direction", crate::ops::Attr::String("RIGHT".into()));
+        let out = bit_shift(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        let z = out[0].as_tensor().unwrap().to_i64_vec().unwrap();
+        assert_eq!(z, vec![-1, 0, -1, -4]);
     }
 }

@@ -5,6 +5,7 @@
 //! `true`, integers wrap into narrower types.
 
 use crate::ops::common::{axis_in, bool_tensor, expand_to, from_f64, numel, scalar_f64};
+use crate::ops::precision::round_to;
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 use crate::value::Value;
@@ -123,6 +124,9 @@ fn quantize(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let axis = n.attrs.int("axis", 1)?;
     let block = n.attrs.int("block_size", 0)?;
     let scale = along_axis(i.tensor(1)?, x.shape(), axis, block)?;
+    // The quotient is taken in the inputs' own type, so that a tie there (0.5 /
+    // (1 / 51) is 25.5 in float, 25.4999... in double) rounds to even as specified.
+    let quotient_elem = quotient_type(x.elem_type(), i.tensor(1)?.elem_type());
     let (zp, elem) = match i.opt(2)? {
         Some(z) => (along_axis(z, x.shape(), axis, block)?, z.elem_type()),
         None => (vec![0.0; x.len()], ElemType::U8),
@@ -144,9 +148,24 @@ fn quantize(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         .to_f64_vec()?
         .iter()
         .enumerate()
-        .map(|(k, &v)| ((v / scale[k]).round_ties_even() + zp[k]).clamp(lo, hi) as i64)
+        .map(|(k, &v)| {
+            let q = round_to(quotient_elem, v / scale[k]);
+            (q.round_ties_even() + zp[k]).clamp(lo, hi) as i64
+        })
         .collect();
     one(Tensor::from_i64_as(elem, x.shape(), v)?)
+}
+
+/// The float type `x / scale` is computed in: the inputs' common type, float when
+/// two different half types meet.
+fn quotient_type(x: ElemType, scale: ElemType) -> ElemType {
+    if x == scale {
+        x
+    } else if x == ElemType::F64 || scale == ElemType::F64 {
+        ElemType::F64
+    } else {
+        ElemType::F32
+    }
 }
 
 fn dequantize(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
@@ -195,4 +214,42 @@ fn dynamic_quantize(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         Value::Tensor(from_f64(ElemType::F32, &[], vec![scale])?),
         Value::Tensor(Tensor::from_i64_as(ElemType::U8, &[], vec![zp as i64])?),
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantize_divides_in_float_so_float_ties_round_to_even() {
+        // 0.5 / (1 / 51) is 25.4999... in double but exactly 25.5 in float, which
+        // rounds to 26; with zero point 153 that is 179 (DynamicQuantizeLinear's
+        // expanded test).
+        let x = Tensor::from_f32(&[2], vec![0.5, 2.0]).unwrap();
+        let scale = Tensor::from_f32(&[], vec![0.019_607_844]).unwrap();
+        let zp = Tensor::from_i64_as(ElemType::U8, &[], vec![153]).unwrap();
+        let vals = [Value::Tensor(x), Value::Tensor(scale), Value::Tensor(zp)];
+        let n = NodeInfo {
+            attrs: Default::default(),
+            opset: 21,
+            outputs: 1,
+        };
+        let out = quantize(
+            &n,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        let y = out[0].as_tensor().unwrap();
+        assert_eq!(y.elem_type(), ElemType::U8);
+        assert_eq!(y.to_i64_vec().unwrap(), vec![179, 255]);
+    }
+
+    #[test]
+    fn quotients_of_mixed_types_are_taken_in_the_wider() {
+        assert_eq!(quotient_type(ElemType::F16, ElemType::F16), ElemType::F16);
+        assert_eq!(quotient_type(ElemType::F16, ElemType::F32), ElemType::F32);
+        assert_eq!(quotient_type(ElemType::F32, ElemType::F64), ElemType::F64);
+    }
 }

@@ -12,24 +12,45 @@
 
 mod attention;
 mod attrs;
+mod causal_conv;
+mod col2im;
 mod common;
 mod constant;
+pub(crate) mod control;
 mod conv;
+mod deform_conv;
+mod detection;
 mod einsum;
 mod elementwise;
+mod flex_attention;
 mod fused;
 mod gather;
+mod grid;
+mod linear_attention;
+mod loss;
 mod matmul;
 mod misc;
 mod norm;
+mod numeric;
 mod pool;
+mod precision;
+mod qlinear;
 mod reduce;
 mod resize;
 mod rnn;
+mod rotary;
+mod select;
+mod sequence;
 mod shape;
+mod signal;
 mod slicing;
 mod softmax;
+mod swiglu;
+mod tensor_scatter;
+mod text;
 mod unary;
+mod unique;
+mod unpool;
 mod window;
 
 use std::fmt;
@@ -132,11 +153,21 @@ impl<'a> Inputs<'a> {
 
 /// The kernel for `op_type` in `domain` (empty or `ai.onnx` for the default domain).
 pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
+    // The preview domain has its own names; only FlexAttention is implemented.
+    if domain == "ai.onnx.preview" {
+        return flex_attention::lookup_preview(op_type);
+    }
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
     let families: &[fn(&str) -> Option<Kernel>] = &[
         attention::lookup,
+        qlinear::lookup,
+        linear_attention::lookup,
+        causal_conv::lookup,
+        tensor_scatter::lookup,
+        swiglu::lookup,
+        rotary::lookup,
         resize::lookup,
         constant::lookup,
         slicing::lookup,
@@ -152,6 +183,19 @@ pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
         softmax::lookup,
         rnn::lookup,
         misc::lookup,
+        control::lookup,
+        sequence::lookup,
+        grid::lookup,
+        detection::lookup,
+        col2im::lookup,
+        unpool::lookup,
+        deform_conv::lookup,
+        loss::lookup,
+        numeric::lookup,
+        select::lookup,
+        signal::lookup,
+        text::lookup,
+        unique::lookup,
         common::lookup,
     ];
     families.iter().find_map(|f| f(op_type))

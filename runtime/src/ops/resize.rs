@@ -4,8 +4,8 @@
 //!
 //! Interpolation is separable: each resized axis gets a table of (input index,
 //! weight) taps per output index, applied one axis at a time on host f64 values,
-//! which matches the ONNX reference's per-axis recursion. `antialias` is not
-//! implemented (an error, not a silent approximation).
+//! which matches the ONNX reference's per-axis recursion. `antialias` (opset 18)
+//! widens the linear and cubic filters when downscaling; nearest ignores it.
 
 use crate::ops::common::{axis_in, bool_tensor, from_f64, full, ints, like, numel};
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
@@ -34,6 +34,8 @@ struct Settings<'a> {
     nearest: &'a str,
     cubic_a: f64,
     exclude_outside: bool,
+    /// Stretch the linear and cubic filters by `1 / scale` when downscaling.
+    antialias: bool,
 }
 
 /// Taps for one output index: (input index, weight); `None` when the source
@@ -111,6 +113,10 @@ fn taps_for_axis(
                     };
                     vec![(clamp(v as i64), 1.0)]
                 }
+                Mode::Linear if s.antialias => {
+                    let mut t = stretched(orig, scale, 1.0, |d| (1.0 - d.abs()).max(0.0));
+                    finish(&mut t, input, s.exclude_outside)
+                }
                 Mode::Linear => {
                     let x0 = orig.floor();
                     let r = orig - x0;
@@ -118,21 +124,16 @@ fn taps_for_axis(
                     let mut t = vec![(x0, 1.0 - r), (x0 + 1, r)];
                     finish(&mut t, input, s.exclude_outside)
                 }
+                Mode::Cubic if s.antialias => {
+                    let mut t = stretched(orig, scale, 2.0, |d| cubic(s.cubic_a, d));
+                    finish(&mut t, input, s.exclude_outside)
+                }
                 Mode::Cubic => {
                     let a = s.cubic_a;
                     let x0 = orig.floor();
                     let r = orig - x0;
                     let x0 = x0 as i64;
-                    let w = |d: f64| {
-                        let d = d.abs();
-                        if d <= 1.0 {
-                            ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
-                        } else if d < 2.0 {
-                            ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
-                        } else {
-                            0.0
-                        }
-                    };
+                    let w = |d: f64| cubic(a, d);
                     let mut t = vec![
                         (x0 - 1, w(r + 1.0)),
                         (x0, w(r)),
@@ -144,6 +145,41 @@ fn taps_for_axis(
             })
         })
         .collect()
+}
+
+/// The cubic convolution kernel with coefficient `a` at distance `d`.
+fn cubic(a: f64, d: f64) -> f64 {
+    let d = d.abs();
+    if d <= 1.0 {
+        ((a + 2.0) * d - (a + 3.0)) * d * d + 1.0
+    } else if d < 2.0 {
+        ((a * d - 5.0 * a) * d + 8.0 * a) * d - 4.0 * a
+    } else {
+        0.0
+    }
+}
+
+/// Antialiased taps around source coordinate `orig`: a filter of half-width
+/// `support` stretched by `1 / scale` when downscaling (scale < 1), its weights
+/// normalised to sum to one. At scale >= 1 these are the plain taps.
+fn stretched(orig: f64, scale: f64, support: f64, kernel: impl Fn(f64) -> f64) -> Vec<(i64, f64)> {
+    let s = scale.min(1.0);
+    let x0 = orig.floor();
+    let r = orig - x0;
+    let x0 = x0 as i64;
+    // Offsets from x0 whose stretched distance can fall inside the support.
+    let first = (-support / s).floor() as i64 + 1;
+    let last = 1 - first;
+    let mut t: Vec<(i64, f64)> = (first..=last)
+        .map(|k| (x0 + k, kernel((k as f64 - r) * s)))
+        .collect();
+    let sum: f64 = t.iter().map(|(_, w)| w).sum();
+    if sum != 0.0 {
+        for (_, w) in &mut t {
+            *w /= sum;
+        }
+    }
+    t
 }
 
 /// Clamps tap indices to the input (edge padding), or with `exclude` drops the
@@ -170,9 +206,6 @@ fn finish(t: &mut [(i64, f64)], input: usize, exclude: bool) -> Vec<(usize, f64)
 fn resize(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let x = i.tensor(0)?;
     let r = x.rank();
-    if n.attrs.int("antialias", 0)? != 0 {
-        return Err(OpError::new("Resize with antialias is not supported"));
-    }
     let axes: Vec<usize> = match n.attrs.ints("axes")? {
         Some(a) => a.iter().map(|&a| axis_in(a, r)).collect::<Result<_, _>>()?,
         None => (0..r).collect(),
@@ -250,6 +283,7 @@ fn resize(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         )?,
         cubic_a: f64::from(n.attrs.float("cubic_coeff_a", -0.75)?),
         exclude_outside: n.attrs.int("exclude_outside", 0)? != 0,
+        antialias: n.attrs.int("antialias", 0)? != 0,
     };
     let roi: Vec<f64> = match roi_t {
         Some(t) if !t.is_empty() => t.to_f64_vec()?,
@@ -367,6 +401,93 @@ fn upsample(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         nearest: "floor",
         cubic_a: -0.75,
         exclude_outside: false,
+        antialias: false,
     };
     one(interpolate(x, &s, &scales, &out, |_| (0.0, 1.0), 0.0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{Attr, Attrs};
+    use crate::tensor::Tensor;
+    use crate::value::Value;
+
+    fn run(attrs: &[(&str, Attr)], x: Tensor, scales: Vec<f32>) -> OpResult {
+        let mut a = Attrs::default();
+        for (name, v) in attrs {
+            a.set(name, v.clone());
+        }
+        let info = NodeInfo {
+            attrs: a,
+            opset: 19,
+            outputs: 1,
+        };
+        let n = scales.len();
+        let vals = [
+            Value::Tensor(x),
+            Value::Tensor(Tensor::from_f32(&[n], scales).unwrap()),
+        ];
+        resize(
+            &info,
+            &Inputs {
+                values: vec![Some(&vals[0]), None, Some(&vals[1])],
+            },
+        )
+    }
+
+    fn ramp() -> Tensor {
+        Tensor::from_f32(&[1, 1, 1, 4], vec![0., 1., 2., 3.]).unwrap()
+    }
+
+    #[test]
+    fn antialias_widens_the_linear_filter_when_downscaling() {
+        let attrs = [
+            ("mode", Attr::String("linear".into())),
+            ("antialias", Attr::Int(1)),
+        ];
+        let y = run(&attrs, ramp(), vec![1., 1., 1., 0.5]).unwrap();
+        // Four taps weighted 1:3:3:1 around 0.5 and 2.5, edges clamped.
+        assert_eq!(
+            y[0].as_tensor().unwrap().to_f32_vec().unwrap(),
+            vec![0.625, 2.375]
+        );
+    }
+
+    #[test]
+    fn linear_without_antialias_reads_two_taps() {
+        let attrs = [("mode", Attr::String("linear".into()))];
+        let y = run(&attrs, ramp(), vec![1., 1., 1., 0.5]).unwrap();
+        assert_eq!(
+            y[0].as_tensor().unwrap().to_f32_vec().unwrap(),
+            vec![0.5, 2.5]
+        );
+    }
+
+    #[test]
+    fn antialias_taps_at_upscale_are_the_plain_taps() {
+        let t = stretched(0.25, 2.0, 1.0, |d| (1.0 - d.abs()).max(0.0));
+        assert_eq!(t, vec![(0, 0.75), (1, 0.25)]);
+        let t = stretched(0.5, 1.0, 2.0, |d| cubic(-0.75, d));
+        assert_eq!(t.len(), 4);
+        assert_eq!(t[0].0, -1);
+    }
+
+    #[test]
+    fn resize_without_scales_or_sizes_is_rejected() {
+        let info = NodeInfo {
+            attrs: Attrs::default(),
+            opset: 19,
+            outputs: 1,
+        };
+        let x = Value::Tensor(ramp());
+        let err = resize(
+            &info,
+            &Inputs {
+                values: vec![Some(&x)],
+            },
+        )
+        .unwrap_err();
+        assert!(err.message.contains("scales or sizes"), "{err}");
+    }
 }

@@ -245,7 +245,14 @@ fn space_to_depth(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         ));
     }
     let t = reshaped(x, &[nb, c, h / b, b, w / b, b])?;
-    let t = permuted(&t, &[0, 3, 5, 1, 2, 4])?;
+    // Output channel: (row * b + col) * c + ch for DCR, ch * b * b + row * b + col for
+    // CRD (opset 28), the inverses of DepthToSpace's two modes.
+    let perm = match n.attrs.string("mode", "DCR")? {
+        "DCR" => [0, 3, 5, 1, 2, 4],
+        "CRD" => [0, 1, 3, 5, 2, 4],
+        m => return Err(OpError::new(format!("mode must be DCR or CRD, got {m:?}"))),
+    };
+    let t = permuted(&t, &perm)?;
     one(reshaped(&t, &[nb, c * b * b, h / b, w / b])?)
 }
 
@@ -306,5 +313,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out[0].as_tensor().unwrap().shape(), &[3, 1]);
+    }
+
+    #[test]
+    fn space_to_depth_crd_keeps_each_channel_block_together() {
+        let x = Tensor::from_f32(&[1, 2, 2, 2], (0..8).map(|v| v as f32).collect()).unwrap();
+        let vals = [Value::Tensor(x)];
+        let mut n = info();
+        n.attrs.set("blocksize", crate::ops::Attr::Int(2));
+        n.attrs.set("mode", crate::ops::Attr::String("CRD".into()));
+        let out = space_to_depth(
+            &n,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        let y = out[0].as_tensor().unwrap();
+        assert_eq!(y.shape(), &[1, 8, 1, 1]);
+        assert_eq!(
+            y.to_f32_vec().unwrap(),
+            (0..8).map(|v| v as f32).collect::<Vec<_>>()
+        );
     }
 }
