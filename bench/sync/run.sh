@@ -2,7 +2,9 @@
 # Distribution benchmark (issue 4), release build, loopback, this machine:
 #  1. one agent pulling a ~1 GiB bundle over QUIC, goodput against curl
 #     downloading the same bytes over HTTPS/TCP from `openssl s_server` on the
-#     same machine, interleaved, ROUNDS rounds, medians;
+#     same machine, interleaved, ROUNDS rounds, medians; curl both discards
+#     the bytes (-o /dev/null) and stores them to a file beside the agent's
+#     data (the agent stores what it fetches);
 #  2. SWARM agents pulling one ~100 MiB bundle at once: total time until all
 #     are active, and the hub's peak memory (VmHWM).
 # Usage: bench/sync/run.sh [ROUNDS] [SWARM]
@@ -60,10 +62,15 @@ PIDS+=("$!")
 sleep 0.5
 
 echo "bundle: $BIG bytes; rounds: $ROUNDS"
-Q=(); C=()
+Q=(); C=(); CF=()
 for r in $(seq "$ROUNDS"); do
   ct=$(curl -sk -o /dev/null -w '%{time_total}' "https://127.0.0.1:$PORT/big.onnx")
   C+=("$ct")
+  # The same download stored to a file on the agent's filesystem: the agent
+  # stores what it fetches, so this is the like-for-like peer.
+  cf=$(curl -sk -o "$W/curl.out" -w '%{time_total}' "https://127.0.0.1:$PORT/big.onnx")
+  rm -f "$W/curl.out"
+  CF+=("$cf")
   D="$W/agent-big-$r"; enrol "$D" big
   "$T/flotilla-agent" run --data-dir "$D" --listen 127.0.0.1:0 >/dev/null 2>"$D.log" & A=$!; PIDS+=("$A")
   f=""
@@ -76,13 +83,13 @@ for r in $(seq "$ROUNDS"); do
   kill "$A" 2>/dev/null || true; wait "$A" 2>/dev/null || true
   rm -rf "$D"
   Q+=("$f")
-  python3 -c "print(f'round $r: quic agent {$fb/1048576/$f:.0f} MiB/s ({$f:.2f}s for $fb bytes), curl https {$BIG/1048576/$ct:.0f} MiB/s ({$ct:.2f}s)')"
+  python3 -c "print(f'round $r: quic agent {$fb/1048576/$f:.0f} MiB/s ({$f:.2f}s for $fb bytes), curl https to /dev/null {$BIG/1048576/$ct:.0f} MiB/s ({$ct:.2f}s), to a file {$BIG/1048576/$cf:.0f} MiB/s ({$cf:.2f}s)')"
 done
-python3 - "$BIG" "${Q[*]}" "${C[*]}" <<'PY'
+python3 - "$BIG" "${Q[*]}" "${C[*]}" "${CF[*]}" <<'PY'
 import statistics, sys
-size = int(sys.argv[1]); q = [float(x) for x in sys.argv[2].split()]; c = [float(x) for x in sys.argv[3].split()]
-mq, mc = statistics.median(q), statistics.median(c)
-print(f"median: agent {size/1048576/mq:.0f} MiB/s, curl {size/1048576/mc:.0f} MiB/s, ratio agent/curl = {mc/mq:.2f}x")
+size = int(sys.argv[1]); q, c, cf = ([float(x) for x in a.split()] for a in sys.argv[2:5])
+mq, mc, mf = statistics.median(q), statistics.median(c), statistics.median(cf)
+print(f"median: agent {size/1048576/mq:.0f} MiB/s, curl to /dev/null {size/1048576/mc:.0f} MiB/s (ratio {mc/mq:.2f}x), curl to a file {size/1048576/mf:.0f} MiB/s (ratio {mf/mq:.2f}x)")
 PY
 
 echo "swarm: $SWARM agents pulling $MID bytes at once"

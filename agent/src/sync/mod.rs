@@ -17,6 +17,7 @@
 
 mod link;
 pub mod status;
+mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ use crate::store::{AgentStore, TrustDocs};
 use crate::telemetry::{AgentView, Publisher, TelemetryStatus};
 use link::Link;
 pub use status::AgentStatus;
+use writer::ChunkWriter;
 
 /// What reaches the event loop.
 #[derive(Debug)]
@@ -108,6 +110,8 @@ pub struct Agent {
     files: DataFiles,
     limits: Limits,
     store: Arc<AgentStore>,
+    /// Chunk writes, off the event loop.
+    writer: ChunkWriter,
     trusted: TrustedSet,
     docs: TrustDocs,
     director: Option<DirectorDocument>,
@@ -193,10 +197,12 @@ impl Agent {
             Duration::from_millis(config.sync.reconnect_min_ms),
             Duration::from_millis(config.sync.reconnect_max_ms),
         );
+        let writer = ChunkWriter::start(Arc::clone(&store)).context("starting the chunk writer")?;
         Ok(Self {
             config,
             files,
             limits,
+            writer,
             store,
             trusted,
             docs,
@@ -378,6 +384,9 @@ impl Agent {
             Ok(Ok(())) => {}
         }
         endpoint.wait_idle().await;
+        if let Err(e) = self.writer.flush().await {
+            tracing::warn!(error = %format!("{e:#}"), "chunks of the last burst were not written");
+        }
         tracing::info!("agent stopped");
         Ok(())
     }
@@ -758,8 +767,9 @@ impl Agent {
         }
     }
 
-    /// Performs the reconciler's actions in order. Consecutive chunk writes
-    /// go to the store in one transaction, flushed before any other action.
+    /// Performs the reconciler's actions in order. Chunk writes go to the
+    /// [`ChunkWriter`], flushed before any action that reads the store or
+    /// persists the record.
     async fn perform(&mut self) -> anyhow::Result<()> {
         let mut writes: Vec<(Sha256Digest, Vec<u8>)> = Vec::new();
         // Versions made active by this batch: a version on trial is served
@@ -776,7 +786,12 @@ impl Agent {
                 Action::QueryStore { .. } | Action::FetchChunks { .. } => {}
                 _ => self.status_changed = true,
             }
-            self.flush_writes(&mut writes)?;
+            self.writer.write(&mut writes).await?;
+            // Requests and reports neither read the store nor need the
+            // writes durable; everything else waits for them.
+            if !matches!(action, Action::FetchChunks { .. } | Action::Report(_)) {
+                self.writer.flush().await?;
+            }
             match action {
                 Action::QueryStore { digests } => {
                     let (present, absent) = self.store.has_chunks(&digests)?;
@@ -866,7 +881,7 @@ impl Agent {
                 _ => {}
             }
         }
-        self.flush_writes(&mut writes)?;
+        self.writer.write(&mut writes).await?;
         for (key, target) in activated {
             if on_trial.contains(&(key.clone(), target.clone()))
                 || self.loaded.get(&key) == Some(&target)
@@ -899,17 +914,6 @@ impl Agent {
                 })
                 .await;
         });
-    }
-
-    fn flush_writes(&self, writes: &mut Vec<(Sha256Digest, Vec<u8>)>) -> anyhow::Result<()> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        let batch: Vec<(Sha256Digest, &[u8])> =
-            writes.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-        self.store.put_chunks(&batch)?;
-        writes.clear();
-        Ok(())
     }
 
     fn start_trial(&mut self, key: DeploymentKey, target: String) {

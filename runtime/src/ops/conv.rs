@@ -1,17 +1,23 @@
 //! Convolutions: `Conv` (any number of spatial dims, strides, pads, dilations,
 //! groups, `auto_pad`), `ConvTranspose`, `ConvInteger`.
 //!
-//! Design: im2col on the host into one matrix per (batch item, group), then one
-//! candle matmul with the group's weights, so every geometry goes through the same
-//! fast GEMM. Two spatial dims (the common case) take a row-copying im2col, 1x1
-//! kernels skip it, and bias and a fused activation are applied in the one pass
-//! that assembles the output. Direct 3x3, depthwise and NHWC kernels are not here
-//! yet.
+//! Design: im2col on the host, then the `gemm` crate's kernels ([`sgemm`]) with
+//! the group's weights, writing straight into the output, so every geometry goes
+//! through the same fast GEMM. Two spatial dims (the common case) build im2col in
+//! blocks of output rows that stay in cache, 1x1 kernels skip it; the bias is
+//! written into the output before the product accumulates onto it, and a fused
+//! activation is applied per block while it is still in cache. With more than one
+//! thread and more than one image, images run in parallel (one product per
+//! thread); a single image lets the product split itself. Direct 3x3, depthwise
+//! and NHWC kernels are not here yet.
 
 use candle_core::{DType, Device};
 
+use rayon::prelude::*;
+
 use crate::ops::common::{for_each_index, like, numel, scalar_i64};
-use crate::ops::fused::{channels_epilogue, with_f32};
+use crate::ops::fused::with_f32;
+use crate::ops::sgemm::{self, MatRef};
 use crate::ops::window::Window;
 use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
@@ -91,15 +97,26 @@ fn im2col(
     cols
 }
 
-/// im2col for two spatial dims: the same matrix as [`im2col`], built row by row
-/// with the valid output columns of each kernel tap computed once (a plain copy at
-/// stride 1).
-fn im2col_2d(x: &[f32], c: usize, h: usize, wd: usize, w: &Window) -> Vec<f32> {
+/// im2col for two spatial dims, for the output rows `rows` only: the
+/// `[c * kh * kw, rows.len() * ow]` block of the matrix [`im2col`] builds, written
+/// row by row into `cols` (every element, padding as 0, so a reused buffer needs no
+/// clearing), with the valid output columns of each kernel tap computed once (a
+/// plain copy at stride 1).
+fn im2col_2d(
+    x: &[f32],
+    c: usize,
+    (h, wd): (usize, usize),
+    w: &Window,
+    rows: std::ops::Range<usize>,
+    cols: &mut [f32],
+) {
     let (kh, kw) = (w.kernel[0], w.kernel[1]);
-    let (oh, ow) = (w.out[0], w.out[1]);
+    let ow = w.out[1];
     let (sh, sw) = (w.strides[0], w.strides[1]);
-    let osz = oh * ow;
-    let mut cols = vec![0f32; c * kh * kw * osz];
+    let n = rows.len() * ow;
+    if n == 0 {
+        return;
+    }
     for kx in 0..kw {
         // Output columns whose input column ox*sw + off lies inside [0, wd).
         let off = (kx * w.dilations[1]) as i64 - w.pad_begin[1] as i64;
@@ -113,20 +130,22 @@ fn im2col_2d(x: &[f32], c: usize, h: usize, wd: usize, w: &Window) -> Vec<f32> {
         } else {
             0
         };
-        if lo >= hi {
-            continue;
-        }
+        let (lo, hi) = if lo < hi { (lo, hi) } else { (0, 0) };
         for ci in 0..c {
             let plane = &x[ci * h * wd..(ci + 1) * h * wd];
             for ky in 0..kh {
-                let row = ((ci * kh + ky) * kw + kx) * osz;
-                for oy in 0..oh {
+                let row = ((ci * kh + ky) * kw + kx) * n;
+                let row = &mut cols[row..row + n];
+                for (dst, oy) in row.chunks_exact_mut(ow).zip(rows.clone()) {
                     let iy = (oy * sh + ky * w.dilations[0]) as i64 - w.pad_begin[0] as i64;
-                    if iy < 0 || iy as usize >= h {
+                    if iy < 0 || iy as usize >= h || lo == hi {
+                        dst.fill(0.0);
                         continue;
                     }
+                    dst[..lo].fill(0.0);
+                    dst[hi..].fill(0.0);
                     let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
-                    let dst = &mut cols[row + oy * ow + lo..row + oy * ow + hi];
+                    let dst = &mut dst[lo..hi];
                     let first = (lo * sw) as i64 + off;
                     if sw == 1 {
                         let first = first as usize;
@@ -140,8 +159,11 @@ fn im2col_2d(x: &[f32], c: usize, h: usize, wd: usize, w: &Window) -> Vec<f32> {
             }
         }
     }
-    cols
 }
+
+/// How many f32 values one im2col block may hold (256 KiB): blocks of output rows
+/// are built and multiplied one at a time so that the block stays in cache.
+const IM2COL_BLOCK: usize = 64 * 1024;
 
 fn conv(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, w) = (i.tensor(0)?, i.tensor(1)?);
@@ -196,48 +218,172 @@ fn conv_f32(
         }
         None => None,
     };
-    let wt = w
-        .candle()
-        .to_dtype(DType::F32)?
-        .reshape((g, mg, cg * ksz))?;
+    let kdim = cg * ksz;
     // A 1x1 kernel at stride 1 without padding reads the input as its own im2col.
     let pointwise = win.kernel.iter().all(|&k| k == 1)
         && win.strides.iter().all(|&s| s == 1)
         && win.pad_begin.iter().all(|&p| p == 0)
         && win.out == spatial;
+    let maps: Vec<_> = (0..spatial.len())
+        .map(|d| axis_map(&win, d, spatial[d]))
+        .collect();
+    let geometry = ConvGeometry {
+        c,
+        cg,
+        g,
+        mg,
+        kdim,
+        isz,
+        osz,
+        spatial,
+        win: &win,
+        maps: &maps,
+        pointwise,
+        bias: bias.as_deref(),
+        act,
+    };
     let xc = x.candle().to_dtype(DType::F32)?;
-    let mut out: Vec<f32> = Vec::with_capacity(nb * m * osz);
-    with_f32(&xc, |xv| {
-        let maps: Vec<_> = (0..spatial.len())
-            .map(|d| axis_map(&win, d, spatial[d]))
-            .collect();
-        for b in 0..nb {
-            for gi in 0..g {
-                let start = (b * c + gi * cg) * isz;
-                let slice = xv
-                    .get(start..start + cg * isz)
-                    .ok_or_else(|| OpError::new("input too short"))?;
-                let cols = if pointwise {
-                    slice.to_vec()
-                } else if spatial.len() == 2 {
-                    im2col_2d(slice, cg, spatial[0], spatial[1], &win)
-                } else {
-                    im2col(slice, cg, spatial, &win, &maps)
-                };
-                let cols = candle_core::Tensor::from_vec(cols, (cg * ksz, osz), &Device::Cpu)?;
-                let y = wt.get(gi)?.matmul(&cols)?;
-                let gb = bias.as_deref().map(|b| &b[gi * mg..(gi + 1) * mg]);
-                with_f32(&y, |yv| {
-                    channels_epilogue(&mut out, yv, gb, act, osz);
-                    Ok(())
-                })?;
+    let wc = w.candle().to_dtype(DType::F32)?;
+    let mut out = vec![0f32; nb * m * osz];
+    let threads = sgemm::threads();
+    with_f32(&wc, |wv| {
+        with_f32(&xc, |xv| {
+            if xv.len() != nb * c * isz || wv.len() != m * kdim {
+                return Err(OpError::new("internal: conv operand sizes"));
             }
-        }
-        Ok(())
+            if out.is_empty() {
+                return Ok(());
+            }
+            let image = |b: usize, y: &mut [f32], scratch: &mut Vec<f32>, t: usize| {
+                let xb = &xv[b * c * isz..(b + 1) * c * isz];
+                geometry.image(xb, wv, y, scratch, t)
+            };
+            if nb > 1 && threads > 1 {
+                // One image per task; each product on its own thread.
+                out.par_chunks_mut(m * osz)
+                    .enumerate()
+                    .try_for_each_init(Vec::new, |scratch, (b, y)| image(b, y, scratch, 1))
+            } else {
+                let mut scratch = Vec::new();
+                for (b, y) in out.chunks_mut(m * osz).enumerate() {
+                    image(b, y, &mut scratch, threads)?;
+                }
+                Ok(())
+            }
+        })
     })?;
     let mut shape = vec![nb, m];
     shape.extend(&win.out);
     Ok(candle_core::Tensor::from_vec(out, &*shape, &Device::Cpu)?)
+}
+
+/// One `Conv`'s resolved sizes, shared by the per-image work.
+struct ConvGeometry<'a> {
+    c: usize,
+    cg: usize,
+    g: usize,
+    mg: usize,
+    /// Rows of the im2col matrix: cg * prod(kernel).
+    kdim: usize,
+    isz: usize,
+    osz: usize,
+    spatial: &'a [usize],
+    win: &'a Window,
+    maps: &'a [Vec<Option<usize>>],
+    pointwise: bool,
+    bias: Option<&'a [f32]>,
+    act: Activation,
+}
+
+impl ConvGeometry<'_> {
+    /// The output `y` ([m, osz]) of one image `x` ([c, isz]) with weights `w`
+    /// ([m, kdim]): per group, bias written first, im2col blocks multiplied into
+    /// `y` (accumulating onto the bias), the activation applied per block.
+    fn image(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        scratch: &mut Vec<f32>,
+        threads: usize,
+    ) -> Result<(), OpError> {
+        let (cg, mg, kdim, isz, osz) = (self.cg, self.mg, self.kdim, self.isz, self.osz);
+        if x.len() != self.c * isz || y.len() != self.g * mg * osz {
+            return Err(OpError::new("internal: conv image sizes"));
+        }
+        for gi in 0..self.g {
+            let xs = &x[gi * cg * isz..(gi + 1) * cg * isz];
+            let wg = MatRef::rows(&w[gi * mg * kdim..(gi + 1) * mg * kdim], kdim);
+            let yg = &mut y[gi * mg * osz..(gi + 1) * mg * osz];
+            if let Some(b) = self.bias {
+                for (row, &bv) in yg.chunks_exact_mut(osz).zip(&b[gi * mg..]) {
+                    row.fill(bv);
+                }
+            }
+            let acc = self.bias.is_some();
+            if self.pointwise {
+                sgemm::gemm(
+                    mg,
+                    osz,
+                    kdim,
+                    yg,
+                    osz,
+                    acc,
+                    wg,
+                    MatRef::rows(xs, osz),
+                    threads,
+                )?;
+                self.activate(yg, 0..osz);
+            } else if self.spatial.len() == 2 {
+                let (oh, ow) = (self.win.out[0], self.win.out[1]);
+                let blocks = (kdim * osz).div_ceil(IM2COL_BLOCK).clamp(1, oh.max(1));
+                let block_rows = oh.div_ceil(blocks).max(1);
+                for oy0 in (0..oh).step_by(block_rows) {
+                    let oy1 = (oy0 + block_rows).min(oh);
+                    let ncols = (oy1 - oy0) * ow;
+                    scratch.resize(kdim * ncols, 0.0);
+                    let dims = (self.spatial[0], self.spatial[1]);
+                    im2col_2d(
+                        xs,
+                        cg,
+                        dims,
+                        self.win,
+                        oy0..oy1,
+                        &mut scratch[..kdim * ncols],
+                    );
+                    let cols = MatRef::rows(&scratch[..kdim * ncols], ncols);
+                    let dst = &mut yg[oy0 * ow..];
+                    sgemm::gemm(mg, ncols, kdim, dst, osz, acc, wg, cols, threads)?;
+                    self.activate(yg, oy0 * ow..oy1 * ow);
+                }
+            } else {
+                let cols = im2col(xs, cg, self.spatial, self.win, self.maps);
+                sgemm::gemm(
+                    mg,
+                    osz,
+                    kdim,
+                    yg,
+                    osz,
+                    acc,
+                    wg,
+                    MatRef::rows(&cols, osz),
+                    threads,
+                )?;
+                self.activate(yg, 0..osz);
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the fused activation to columns `cols` of every row of `y`.
+    fn activate(&self, y: &mut [f32], cols: std::ops::Range<usize>) {
+        if self.act == Activation::None || self.osz == 0 {
+            return;
+        }
+        for row in y.chunks_exact_mut(self.osz) {
+            self.act.apply_in_place(&mut row[cols.clone()]);
+        }
+    }
 }
 
 fn conv_integer(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
@@ -474,5 +620,237 @@ mod tests {
         let t = out[0].as_tensor().unwrap();
         assert_eq!(t.shape(), &[1, 1, 2, 2]);
         assert_eq!(t.to_f32_vec().unwrap(), vec![6., 8., 12., 14.]);
+    }
+
+    /// Direct convolution by the definition, in f64.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        x: &[f32],
+        xs: &[usize],
+        w: &[f32],
+        ws: &[usize],
+        b: Option<&[f32]>,
+        g: usize,
+        win: &Window,
+        relu: bool,
+    ) -> Vec<f32> {
+        let (nb, c) = (xs[0], xs[1]);
+        let (m, cg) = (ws[0], ws[1]);
+        let mg = m / g;
+        let sp = &xs[2..];
+        let k = sp.len();
+        let mut out = Vec::new();
+        for bi in 0..nb {
+            for mi in 0..m {
+                let gi = mi / mg;
+                for_each_index(&win.out, |o| {
+                    let mut acc = b.map_or(0.0, |b| f64::from(b[mi]));
+                    for ci in 0..cg {
+                        for_each_index(&win.kernel, |kk| {
+                            let mut xoff = (bi * c + gi * cg + ci) as i64;
+                            let mut woff = (mi * cg + ci) as i64;
+                            for d in 0..k {
+                                let p = (o[d] * win.strides[d] + kk[d] * win.dilations[d]) as i64
+                                    - win.pad_begin[d] as i64;
+                                if p < 0 || p >= sp[d] as i64 {
+                                    return;
+                                }
+                                xoff = xoff * sp[d] as i64 + p;
+                                woff = woff * win.kernel[d] as i64 + kk[d] as i64;
+                            }
+                            acc += f64::from(x[xoff as usize]) * f64::from(w[woff as usize]);
+                        });
+                    }
+                    out.push(if relu && acc < 0.0 { 0.0 } else { acc as f32 });
+                });
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv_matches_the_direct_definition_for_every_geometry() {
+        let mut seed = 11u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        // (x shape, m, group, kernel, strides, pads, dilations, bias, relu)
+        type Case = (
+            Vec<usize>,
+            usize,
+            usize,
+            Vec<usize>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<i64>,
+            bool,
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                vec![1, 3, 9, 9],
+                4,
+                1,
+                vec![3, 3],
+                vec![1, 1],
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                true,
+                true,
+            ),
+            (
+                vec![3, 4, 8, 7],
+                6,
+                2,
+                vec![3, 3],
+                vec![1, 1],
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                true,
+                false,
+            ),
+            (
+                vec![2, 2, 9, 11],
+                3,
+                1,
+                vec![3, 2],
+                vec![2, 3],
+                vec![0, 1, 2, 0],
+                vec![1, 1],
+                false,
+                true,
+            ),
+            (
+                vec![2, 4, 10, 10],
+                4,
+                4,
+                vec![3, 3],
+                vec![1, 2],
+                vec![2, 1, 0, 2],
+                vec![2, 1],
+                true,
+                false,
+            ),
+            (
+                vec![2, 5, 6, 5],
+                3,
+                1,
+                vec![1, 1],
+                vec![1, 1],
+                vec![0, 0, 0, 0],
+                vec![1, 1],
+                true,
+                true,
+            ),
+            (
+                vec![1, 2, 6, 6],
+                2,
+                1,
+                vec![1, 1],
+                vec![2, 2],
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                false,
+                false,
+            ),
+            (
+                vec![2, 3, 11],
+                4,
+                1,
+                vec![3],
+                vec![2],
+                vec![1, 2],
+                vec![2],
+                true,
+                true,
+            ),
+            (
+                vec![2, 2, 5, 4, 6],
+                4,
+                2,
+                vec![2, 3, 2],
+                vec![1, 2, 1],
+                vec![1, 0, 1, 0, 1, 1],
+                vec![1, 1, 2],
+                true,
+                false,
+            ),
+            // Large enough for several im2col blocks.
+            (
+                vec![1, 16, 40, 40],
+                8,
+                1,
+                vec![3, 3],
+                vec![1, 1],
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                true,
+                true,
+            ),
+        ];
+        for (xs, m, g, kernel, strides, pads, dil, with_bias, relu) in cases {
+            let cg = xs[1] / g;
+            let mut ws = vec![m, cg];
+            ws.extend(&kernel);
+            let xv: Vec<f32> = (0..xs.iter().product::<usize>()).map(|_| rnd()).collect();
+            let wv: Vec<f32> = (0..ws.iter().product::<usize>()).map(|_| rnd()).collect();
+            let bv: Vec<f32> = (0..m).map(|_| rnd()).collect();
+            let mut attrs = Attrs::default();
+            attrs.set("group", crate::ops::Attr::Int(g as i64));
+            attrs.set("strides", crate::ops::Attr::Ints(strides));
+            attrs.set("pads", crate::ops::Attr::Ints(pads));
+            attrs.set("dilations", crate::ops::Attr::Ints(dil));
+            if relu {
+                attrs.set(
+                    crate::ops::FUSED_ACTIVATION,
+                    crate::ops::Attr::String("Relu".to_owned()),
+                );
+            }
+            let info = NodeInfo {
+                attrs,
+                opset: 11,
+                outputs: 1,
+            };
+            let win = Window::new(&info, &xs[2..], kernel.clone(), false).unwrap();
+            let want = reference(
+                &xv,
+                &xs,
+                &wv,
+                &ws,
+                with_bias.then_some(&bv[..]),
+                g,
+                &win,
+                relu,
+            );
+            let mut vals = vec![
+                Value::Tensor(Tensor::from_f32(&xs, xv).unwrap()),
+                Value::Tensor(Tensor::from_f32(&ws, wv).unwrap()),
+            ];
+            if with_bias {
+                vals.push(Value::Tensor(Tensor::from_f32(&[m], bv).unwrap()));
+            }
+            let out = conv(
+                &info,
+                &Inputs {
+                    values: vals.iter().map(Some).collect(),
+                },
+            )
+            .unwrap();
+            let t = out[0].as_tensor().unwrap();
+            let mut shape = vec![xs[0], m];
+            shape.extend(&win.out);
+            assert_eq!(t.shape(), &shape[..], "{xs:?} {kernel:?}");
+            let got = t.to_f32_vec().unwrap();
+            assert_eq!(got.len(), want.len());
+            for (i, (p, q)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                    "{xs:?} {kernel:?} at {i}: {p} vs {q}"
+                );
+            }
+        }
     }
 }

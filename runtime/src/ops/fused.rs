@@ -1,6 +1,7 @@
 //! Fused epilogues for the compute-heavy kernels (`Gemm`, `Conv`): bias add and an
 //! elementwise activation applied in the one pass that also builds the output
-//! buffer, and borrowed access to the f32 data of CPU tensors.
+//! buffer (or in place, as `Conv` does), and borrowed access to the f32 data of
+//! CPU tensors.
 //!
 //! Design: the planner ([`crate::plan`]) fuses a `Relu` that is the only reader of
 //! a `Gemm` or `Conv` output into that node by setting the private attribute
@@ -10,7 +11,7 @@
 //!
 //! This module does not decide what to fuse; the planner does.
 
-use candle_core::{DType, Device, Storage};
+use candle_core::{Device, Storage, WithDType};
 
 use crate::ops::{NodeInfo, OpError};
 
@@ -39,8 +40,17 @@ impl Activation {
         op_type == "Relu"
     }
 
+    /// Applies the activation to every value of `v`.
+    pub(crate) fn apply_in_place(self, v: &mut [f32]) {
+        if self != Self::None {
+            for x in v {
+                *x = self.apply(*x);
+            }
+        }
+    }
+
     #[inline]
-    fn apply(self, v: f32) -> f32 {
+    pub(crate) fn apply(self, v: f32) -> f32 {
         match self {
             Self::None => v,
             // NaN stays NaN, as Relu's kernel does.
@@ -61,10 +71,19 @@ pub(crate) fn with_f32<R>(
     t: &candle_core::Tensor,
     f: impl FnOnce(&[f32]) -> Result<R, OpError>,
 ) -> Result<R, OpError> {
-    if t.dtype() == DType::F32 && t.is_contiguous() && t.device().is_cpu() {
+    with_host(t, f)
+}
+
+/// [`with_f32`] for any host element type `T`: borrowed when `t` already is a
+/// contiguous CPU tensor of `T`, converted into a host copy otherwise.
+pub(crate) fn with_host<T: WithDType, R>(
+    t: &candle_core::Tensor,
+    f: impl FnOnce(&[T]) -> Result<R, OpError>,
+) -> Result<R, OpError> {
+    if t.dtype() == T::DTYPE && t.is_contiguous() && t.device().is_cpu() {
         let (storage, layout) = t.storage_and_layout();
         if let Storage::Cpu(cpu) = &*storage {
-            let data = cpu.as_slice::<f32>()?;
+            let data = cpu.as_slice::<T>()?;
             let start = layout.start_offset();
             let slice = data
                 .get(start..start + t.elem_count())
@@ -72,7 +91,7 @@ pub(crate) fn with_f32<R>(
             return f(slice);
         }
     }
-    let copy = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let copy = t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()?;
     f(&copy)
 }
 
@@ -101,24 +120,6 @@ pub(crate) fn rows_epilogue(
     Ok(candle_core::Tensor::from_vec(out, shape, &Device::Cpu)?)
 }
 
-/// Appends `act(y[c, p] + bias[c])` for a `[channels, plane]` block `y` (bias per
-/// channel, as after a `Conv`) to `out`.
-pub(crate) fn channels_epilogue(
-    out: &mut Vec<f32>,
-    y: &[f32],
-    bias: Option<&[f32]>,
-    act: Activation,
-    plane: usize,
-) {
-    if plane == 0 {
-        return;
-    }
-    for (c, row) in y.chunks_exact(plane).enumerate() {
-        let b = bias.and_then(|b| b.get(c)).copied().unwrap_or(0.0);
-        out.extend(row.iter().map(|&x| act.apply(x + b)));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,16 +134,11 @@ mod tests {
     }
 
     #[test]
-    fn channels_epilogue_adds_the_bias_per_channel() {
-        let mut out = Vec::new();
-        channels_epilogue(
-            &mut out,
-            &[1., 2., 3., 4.],
-            Some(&[10., 20.]),
-            Activation::None,
-            2,
-        );
-        assert_eq!(out, vec![11., 12., 23., 24.]);
+    fn relu_in_place_zeroes_negatives_and_keeps_nan() {
+        let mut v = [-1.0f32, 0.5, f32::NAN];
+        Activation::Relu.apply_in_place(&mut v);
+        assert_eq!(&v[..2], &[0.0, 0.5]);
+        assert!(v[2].is_nan());
     }
 
     #[test]

@@ -41,6 +41,7 @@ mod rnn;
 mod rotary;
 mod select;
 mod sequence;
+mod sgemm;
 mod shape;
 mod signal;
 mod slicing;

@@ -5,6 +5,8 @@
 //! Windows are walked on host copies in f64; results return in the input's
 //! element type.
 
+use rayon::prelude::*;
+
 use crate::ops::common::{for_each_index, from_f64, i64_tensor, numel, strides};
 use crate::ops::fused::with_f32;
 use crate::ops::window::Window;
@@ -36,7 +38,9 @@ enum Mode {
 /// `MaxPool` over two spatial dims of an f32 tensor without the indices output:
 /// plain loops over each plane, the window clipped to the input once per output
 /// row and column, and a branch-free maximum (NaN is tracked on the side so that
-/// it still wins, as in the general path).
+/// it still wins, as in the general path). A 2x2 window at stride 2 that never
+/// leaves the input (the common downsampling) has its own loop. Planes are split
+/// over rayon's threads when there is enough work.
 fn max_pool_2d(x: &Tensor, win: &Window) -> Result<Tensor, OpError> {
     let (nb, c, h, w) = (x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3]);
     let (oh, ow) = (win.out[0], win.out[1]);
@@ -55,30 +59,90 @@ fn max_pool_2d(x: &Tensor, win: &Window) -> Result<Tensor, OpError> {
             .collect()
     };
     let (rows, cols) = (taps(0, oh, h), taps(1, ow, w));
-    let mut out = Vec::with_capacity(nb * c * oh * ow);
-    with_f32(x.candle(), |xv| {
-        for plane in xv.chunks_exact(h * w).take(nb * c) {
-            for ys in &rows {
-                for xs in &cols {
-                    let mut acc = f32::NEG_INFINITY;
-                    let mut nan = false;
-                    for &iy in ys {
-                        let row = &plane[iy * w..(iy + 1) * w];
-                        for &ix in xs {
-                            let v = row[ix];
-                            acc = if v > acc { v } else { acc };
-                            nan |= v.is_nan();
-                        }
-                    }
-                    out.push(if nan { f32::NAN } else { acc });
+    let two_by_two = win.kernel == [2, 2]
+        && win.strides == [2, 2]
+        && win.dilations == [1, 1]
+        && win.pad_begin == [0, 0]
+        && 2 * oh <= h
+        && 2 * ow <= w;
+    let plane = |src: &[f32], dst: &mut [f32]| {
+        if two_by_two {
+            max_pool_2x2(src, dst, w, ow);
+        } else {
+            max_pool_plane(src, dst, w, &rows, &cols);
+        }
+    };
+    let mut out = vec![0f32; nb * c * oh * ow];
+    let (isz, osz) = (h * w, oh * ow);
+    if osz > 0 && isz > 0 {
+        with_f32(x.candle(), |xv| {
+            if xv.len() != nb * c * isz {
+                return Err(OpError::new("internal: MaxPool input size"));
+            }
+            if out.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+                out.par_chunks_mut(osz)
+                    .zip(xv.par_chunks(isz))
+                    .for_each(|(dst, src)| plane(src, dst));
+            } else {
+                for (dst, src) in out.chunks_mut(osz).zip(xv.chunks(isz)) {
+                    plane(src, dst);
                 }
             }
-        }
-        Ok(())
-    })?;
+            Ok(())
+        })?;
+    }
     let mut shape = vec![nb, c];
     shape.extend(&win.out);
     Ok(Tensor::from_f32(&shape, out)?)
+}
+
+/// Output values below which pooling stays on the calling thread.
+const PARALLEL_MIN: usize = 64 * 1024;
+
+/// One plane of a clipped-window maximum (see [`max_pool_2d`]).
+fn max_pool_plane(
+    src: &[f32],
+    dst: &mut [f32],
+    w: usize,
+    rows: &[Vec<usize>],
+    cols: &[Vec<usize>],
+) {
+    let mut o = dst.iter_mut();
+    for ys in rows {
+        for xs in cols {
+            let mut acc = f32::NEG_INFINITY;
+            let mut nan = false;
+            for &iy in ys {
+                let row = &src[iy * w..(iy + 1) * w];
+                for &ix in xs {
+                    let v = row[ix];
+                    acc = if v > acc { v } else { acc };
+                    nan |= v.is_nan();
+                }
+            }
+            if let Some(d) = o.next() {
+                *d = if nan { f32::NAN } else { acc };
+            }
+        }
+    }
+}
+
+/// One plane of a 2x2, stride-2 maximum whose windows all lie inside the input.
+fn max_pool_2x2(src: &[f32], dst: &mut [f32], w: usize, ow: usize) {
+    let max = |a: f32, b: f32| if b > a { b } else { a };
+    for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
+        let r0 = &src[2 * oy * w..2 * oy * w + 2 * ow];
+        let r1 = &src[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+        for ((d, p), q) in out
+            .iter_mut()
+            .zip(r0.chunks_exact(2))
+            .zip(r1.chunks_exact(2))
+        {
+            let m = max(max(p[0], p[1]), max(q[0], q[1]));
+            let nan = p[0].is_nan() | p[1].is_nan() | q[0].is_nan() | q[1].is_nan();
+            *d = if nan { f32::NAN } else { m };
+        }
+    }
 }
 
 fn pool(n: &NodeInfo, i: &Inputs<'_>, mode: Mode) -> OpResult {
@@ -275,5 +339,56 @@ mod tests {
             Mode::Average,
         );
         assert_eq!(y.to_f32_vec().unwrap(), vec![1., 1.5, 2., 2.5]);
+    }
+
+    #[test]
+    fn max_pool_2d_fast_paths_match_the_general_f64_path() {
+        let mut seed = 7u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as f64 / (1u64 << 31) as f64) * 4.0 - 2.0
+        };
+        type Case<'a> = (&'a [usize], &'a [(&'a str, Vec<i64>)]);
+        let cases: &[Case<'_>] = &[
+            (
+                &[2, 3, 8, 10],
+                &[("kernel_shape", vec![2, 2]), ("strides", vec![2, 2])],
+            ),
+            (
+                &[1, 2, 7, 9],
+                &[("kernel_shape", vec![2, 2]), ("strides", vec![2, 2])],
+            ),
+            (
+                &[1, 2, 7, 9],
+                &[
+                    ("kernel_shape", vec![3, 2]),
+                    ("strides", vec![2, 1]),
+                    ("pads", vec![1, 0, 1, 1]),
+                ],
+            ),
+            (
+                &[1, 1, 6, 6],
+                &[("kernel_shape", vec![2, 2]), ("dilations", vec![2, 1])],
+            ),
+        ];
+        for (shape, attrs) in cases {
+            let n: usize = shape.iter().product();
+            let mut v: Vec<f64> = (0..n).map(|_| f64::from(rnd() as f32)).collect();
+            v[3] = f64::NAN;
+            let x32 = Tensor::from_f32(shape, v.iter().map(|&x| x as f32).collect()).unwrap();
+            let x64 = crate::ops::common::from_f64(ElemType::F64, shape, v).unwrap();
+            let fast = run(attrs, x32, Mode::Max);
+            let general = run(attrs, x64, Mode::Max);
+            assert_eq!(fast.shape(), general.shape());
+            let (a, b) = (fast.to_f64_vec().unwrap(), general.to_f64_vec().unwrap());
+            for (p, q) in a.iter().zip(&b) {
+                assert!(
+                    p == q || (p.is_nan() && q.is_nan()),
+                    "{shape:?} {attrs:?}: {p} vs {q}"
+                );
+            }
+        }
     }
 }

@@ -2,16 +2,19 @@
 //! `sequence_lens`, initial states, peepholes, `clip`, `input_forget`,
 //! `linear_before_reset`, `layout`, custom activations).
 //!
-//! Design: computed in f64. The input projection X·Wᵀ of all steps is one matmul;
-//! the recurrent product h·Rᵀ is one small matmul per step and batch item, and the
-//! gates run on the host. Batching the recurrent product over batch items is
-//! left for later.
+//! Design: computed in f32 (f64 for f64 models) on host buffers allocated once per
+//! call. W and R are read in place as transposed operands of the `gemm` crate
+//! ([`sgemm`]), so they are never converted or copied for an f32 model. The input
+//! projection X·Wᵀ + Wb of all steps is one product; the recurrent product
+//! H·Rᵀ + Rb is one product per step for all batch items at once, and the gates
+//! run on the host, fused into one loop per item.
 
-use candle_core::{DType, Device};
+use candle_core::{Device, WithDType};
 
-use crate::ops::common::from_f64;
+use crate::ops::fused::with_host;
+use crate::ops::sgemm::{self, GemmElem, MatRef};
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
-use crate::tensor::Tensor;
+use crate::tensor::{ElemType, Tensor};
 use crate::value::Value;
 
 /// The kernel for `op`, if this family has it.
@@ -74,15 +77,23 @@ enum ActKind {
 }
 
 impl Act {
-    fn apply(self, x: f64) -> f64 {
-        let (a, b) = (self.alpha, self.beta);
+    fn apply<T: Real>(self, x: T) -> T {
+        let (a, b) = (T::from_f64(self.alpha), T::from_f64(self.beta));
+        let (zero, one) = (T::zero(), T::one());
         match self.kind {
-            ActKind::Relu => x.max(0.0),
+            // NaN maps to 0, as f64::max does.
+            ActKind::Relu => {
+                if x > zero {
+                    x
+                } else {
+                    zero
+                }
+            }
             ActKind::Tanh => x.tanh(),
-            ActKind::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            ActKind::Sigmoid => one / (one + (-x).exp()),
             ActKind::Affine => a * x + b,
             ActKind::LeakyRelu => {
-                if x < 0.0 {
+                if x < zero {
                     a * x
                 } else {
                     x
@@ -92,23 +103,64 @@ impl Act {
                 if x > a {
                     x
                 } else {
-                    0.0
+                    zero
                 }
             }
             ActKind::ScaledTanh => a * (b * x).tanh(),
-            ActKind::HardSigmoid => (a * x + b).clamp(0.0, 1.0),
+            ActKind::HardSigmoid => clamp(a * x + b, zero, one),
             ActKind::Elu => {
-                if x < 0.0 {
-                    a * (x.exp() - 1.0)
+                if x < zero {
+                    a * (x.exp() - one)
                 } else {
                     x
                 }
             }
-            ActKind::Softsign => x / (1.0 + x.abs()),
+            ActKind::Softsign => x / (one + x.abs()),
             ActKind::Softplus => x.exp().ln_1p(),
         }
     }
 }
+
+/// `v` limited to `[lo, hi]`; NaN stays NaN (as `f64::clamp`).
+fn clamp<T: PartialOrd>(v: T, lo: T, hi: T) -> T {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
+}
+
+/// The element types the recurrences compute in: f64 for f64 models, f32 for
+/// every other float type.
+trait Real: GemmElem + WithDType + std::ops::Neg<Output = Self> {
+    fn exp(self) -> Self;
+    fn tanh(self) -> Self;
+    fn abs(self) -> Self;
+    fn ln_1p(self) -> Self;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
 
 fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError> {
     let names: Vec<String> = match n.attrs.strings("activations")? {
@@ -160,10 +212,6 @@ fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError
         .collect()
 }
 
-fn f64s(t: Option<&Tensor>) -> Result<Option<Vec<f64>>, OpError> {
-    t.map(|t| t.to_f64_vec().map_err(OpError::from)).transpose()
-}
-
 fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     let x = i.tensor(0)?;
     let w = i.tensor(1)?;
@@ -205,165 +253,54 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     let input_forget = n.attrs.int("input_forget", 0)? != 0;
     let lbr = n.attrs.int("linear_before_reset", 0)? != 0;
 
+    let lens: Vec<usize> = match i.opt(4)? {
+        Some(t) => {
+            let l = t.to_i64_vec()?;
+            if l.len() != batch {
+                return Err(OpError::new(format!(
+                    "sequence_lens has {} values for batch {batch}",
+                    l.len()
+                )));
+            }
+            l.iter().map(|&l| (l.max(0) as usize).min(seq)).collect()
+        }
+        None => vec![seq; batch],
+    };
+    let spec = Spec {
+        cell,
+        seq,
+        batch,
+        input,
+        hidden,
+        dirs,
+        reverse: direction == "reverse",
+        acts,
+        per_dir,
+        clip,
+        input_forget,
+        lbr,
+        lens,
+    };
     // X as [seq, batch, input].
     let xs = if layout == 0 {
         x.candle().clone()
     } else {
         x.candle().transpose(0, 1)?.contiguous()?
     };
-    let xs = xs.to_dtype(DType::F64)?.reshape((seq * batch, input))?;
-    let w64 = w.candle().to_dtype(DType::F64)?;
-    let r64 = r.candle().to_dtype(DType::F64)?;
-    // Only GRU without linear_before_reset reads R's rows on the host.
-    let rv = if cell == Cell::Gru && !lbr {
-        r.to_f64_vec()?
+    let (y, y_h, y_c) = if x.elem_type() == ElemType::F64 {
+        outputs::<f64>(&spec, i, &xs)?
     } else {
-        Vec::new()
+        outputs::<f32>(&spec, i, &xs)?
     };
-    let bv = f64s(i.opt(3)?)?;
-    let lens: Option<Vec<i64>> = i.opt(4)?.map(|t| t.to_i64_vec()).transpose()?;
-    let h0 = f64s(i.opt(5)?)?;
-    let c0 = if cell == Cell::Lstm {
-        f64s(i.opt(6)?)?
-    } else {
-        None
-    };
-    let p = if cell == Cell::Lstm {
-        f64s(i.opt(7)?)?
-    } else {
-        None
-    };
-
-    let mut y = vec![0f64; seq * dirs * batch * hidden];
-    let mut y_h = vec![0f64; dirs * batch * hidden];
-    let mut y_c = vec![0f64; dirs * batch * hidden];
-    let gh = g * hidden;
-    for d in 0..dirs {
-        let reverse = direction == "reverse" || d == 1;
-        let rd = rv
-            .get(d * gh * hidden..(d + 1) * gh * hidden)
-            .unwrap_or(&[]);
-        // X Wᵀ for every step and batch item at once: [seq * batch, gates * hidden].
-        let gx_all: Vec<f64> = if seq * batch * gh * input == 0 {
-            vec![0.0; seq * batch * gh]
-        } else {
-            xs.matmul(&w64.get(d)?.t()?)?
-                .flatten_all()?
-                .to_vec1::<f64>()?
-        };
-        // Rᵀ row-major, so the per-step product reads it without repacking.
-        let rd_t = r64.get(d)?.t()?.contiguous()?;
-        let (wb, rb) = match &bv {
-            Some(b) => (
-                b[d * 2 * gh..d * 2 * gh + gh].to_vec(),
-                b[d * 2 * gh + gh..(d + 1) * 2 * gh].to_vec(),
-            ),
-            None => (vec![0.0; gh], vec![0.0; gh]),
-        };
-        let a = &acts[d * per_dir..(d + 1) * per_dir];
-        let clip_v = |v: f64| clip.map_or(v, |c| v.clamp(-c, c));
-        for b in 0..batch {
-            let len = lens
-                .as_ref()
-                .and_then(|l| l.get(b))
-                .map_or(seq, |&l| (l.max(0) as usize).min(seq));
-            let mut h: Vec<f64> = match &h0 {
-                Some(h0) => h0[(d * batch + b) * hidden..(d * batch + b + 1) * hidden].to_vec(),
-                None => vec![0.0; hidden],
-            };
-            let mut c: Vec<f64> = match &c0 {
-                Some(c0) => c0[(d * batch + b) * hidden..(d * batch + b + 1) * hidden].to_vec(),
-                None => vec![0.0; hidden],
-            };
-            for step in 0..len {
-                let t = if reverse { len - 1 - step } else { step };
-                // gx = x Wᵀ + Wb, gr = h Rᵀ + Rb, per gate row.
-                let xw = &gx_all[(t * batch + b) * gh..(t * batch + b + 1) * gh];
-                let gx: Vec<f64> = wb.iter().zip(xw).map(|(p, q)| p + q).collect();
-                let gr: Vec<f64> = if hidden == 0 {
-                    rb.clone()
-                } else {
-                    let hr = candle_core::Tensor::from_slice(&h, (1, hidden), &Device::Cpu)?
-                        .matmul(&rd_t)?
-                        .flatten_all()?
-                        .to_vec1::<f64>()?;
-                    rb.iter().zip(&hr).map(|(p, q)| p + q).collect()
-                };
-                match cell {
-                    Cell::Rnn => {
-                        for k in 0..hidden {
-                            h[k] = a[0].apply(clip_v(gx[k] + gr[k]));
-                        }
-                    }
-                    Cell::Lstm => {
-                        let peep = |which: usize, k: usize| {
-                            p.as_ref()
-                                .map_or(0.0, |p| p[d * 3 * hidden + which * hidden + k])
-                        };
-                        let mut new_c = vec![0.0; hidden];
-                        for k in 0..hidden {
-                            let pre = |gate: usize| gx[gate * hidden + k] + gr[gate * hidden + k];
-                            let it = a[0].apply(clip_v(pre(0) + peep(0, k) * c[k]));
-                            let ft = if input_forget {
-                                1.0 - it
-                            } else {
-                                a[0].apply(clip_v(pre(2) + peep(2, k) * c[k]))
-                            };
-                            let ct = a[1].apply(clip_v(pre(3)));
-                            new_c[k] = ft * c[k] + it * ct;
-                        }
-                        for k in 0..hidden {
-                            let pre = gx[hidden + k] + gr[hidden + k];
-                            let ot = a[0].apply(clip_v(pre + peep(1, k) * new_c[k]));
-                            h[k] = ot * a[2].apply(new_c[k]);
-                        }
-                        c = new_c;
-                    }
-                    Cell::Gru => {
-                        let zt: Vec<f64> = (0..hidden)
-                            .map(|k| a[0].apply(clip_v(gx[k] + gr[k])))
-                            .collect();
-                        let rt: Vec<f64> = (0..hidden)
-                            .map(|k| a[0].apply(clip_v(gx[hidden + k] + gr[hidden + k])))
-                            .collect();
-                        let hh = 2 * hidden;
-                        let new_h: Vec<f64> = if lbr {
-                            (0..hidden)
-                                .map(|k| a[1].apply(clip_v(gx[hh + k] + rt[k] * gr[hh + k])))
-                                .collect()
-                        } else {
-                            // (rt ⊙ H) Rhᵀ + Rbh.
-                            let rh_in: Vec<f64> = h.iter().zip(&rt).map(|(p, q)| p * q).collect();
-                            (0..hidden)
-                                .map(|k| {
-                                    let row = &rd[(hh + k) * hidden..(hh + k + 1) * hidden];
-                                    let s: f64 = row.iter().zip(&rh_in).map(|(p, q)| p * q).sum();
-                                    a[1].apply(clip_v(gx[hh + k] + s + rb[hh + k]))
-                                })
-                                .collect()
-                        };
-                        for k in 0..hidden {
-                            h[k] = (1.0 - zt[k]) * new_h[k] + zt[k] * h[k];
-                        }
-                    }
-                }
-                let base = ((t * dirs + d) * batch + b) * hidden;
-                y[base..base + hidden].copy_from_slice(&h);
-            }
-            let base = (d * batch + b) * hidden;
-            y_h[base..base + hidden].copy_from_slice(&h);
-            y_c[base..base + hidden].copy_from_slice(&c);
-        }
-    }
     let elem = x.elem_type();
+    let y_t = Tensor::from_candle(elem, y.reshape((seq, dirs, batch, hidden))?)?;
     let y_t = if layout == 0 {
-        from_f64(elem, &[seq, dirs, batch, hidden], y)?
+        y_t
     } else {
-        let t = from_f64(elem, &[seq, dirs, batch, hidden], y)?;
-        crate::ops::shape::permuted(&t, &[2, 0, 1, 3])?
+        crate::ops::shape::permuted(&y_t, &[2, 0, 1, 3])?
     };
-    let state = |v: Vec<f64>| -> Result<Tensor, OpError> {
-        let t = from_f64(elem, &[dirs, batch, hidden], v)?;
+    let state = |v: candle_core::Tensor| -> Result<Tensor, OpError> {
+        let t = Tensor::from_candle(elem, v.reshape((dirs, batch, hidden))?)?;
         if layout == 0 {
             Ok(t)
         } else {
@@ -375,4 +312,372 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
         out.push(Value::Tensor(state(y_c)?));
     }
     Ok(out)
+}
+
+/// One recurrent node's resolved attributes and sizes.
+struct Spec {
+    cell: Cell,
+    seq: usize,
+    batch: usize,
+    input: usize,
+    hidden: usize,
+    dirs: usize,
+    /// `direction` is "reverse" (the second direction of a bidirectional node
+    /// always runs in reverse).
+    reverse: bool,
+    acts: Vec<Act>,
+    per_dir: usize,
+    clip: Option<f64>,
+    input_forget: bool,
+    lbr: bool,
+    /// Steps per batch item, clipped to `seq`.
+    lens: Vec<usize>,
+}
+
+/// The optional input `idx` as a host vector of `T` with `len` values (or None).
+fn host_opt<T: Real>(i: &Inputs<'_>, idx: usize, len: usize) -> Result<Option<Vec<T>>, OpError> {
+    match i.opt(idx)? {
+        None => Ok(None),
+        Some(t) if t.len() == len => with_host(t.candle(), |v: &[T]| Ok(Some(v.to_vec()))),
+        Some(t) => Err(OpError::new(format!(
+            "input {idx} has {} values, expected {len}",
+            t.len()
+        ))),
+    }
+}
+
+/// Y ([seq, dirs, batch, hidden]), Y_h and Y_c ([dirs, batch, hidden]) computed in
+/// `T`, with W and R read in place (no transposed copies).
+fn outputs<T: Real>(
+    s: &Spec,
+    i: &Inputs<'_>,
+    xs: &candle_core::Tensor,
+) -> Result<
+    (
+        candle_core::Tensor,
+        candle_core::Tensor,
+        candle_core::Tensor,
+    ),
+    OpError,
+> {
+    let (w, r) = (i.tensor(1)?, i.tensor(2)?);
+    let (batch, hidden, dirs) = (s.batch, s.hidden, s.dirs);
+    let gh = s.cell.gates() * hidden;
+    let bias = host_opt::<T>(i, 3, dirs * 2 * gh)?;
+    let h0 = host_opt::<T>(i, 5, dirs * batch * hidden)?;
+    let (c0, peep) = if s.cell == Cell::Lstm {
+        (
+            host_opt::<T>(i, 6, dirs * batch * hidden)?,
+            host_opt::<T>(i, 7, dirs * 3 * hidden)?,
+        )
+    } else {
+        (None, None)
+    };
+    let mut y = vec![T::zero(); s.seq * dirs * batch * hidden];
+    let mut y_h = vec![T::zero(); dirs * batch * hidden];
+    let mut y_c = vec![T::zero(); dirs * batch * hidden];
+    with_host(xs, |xv: &[T]| {
+        with_host(w.candle(), |wv: &[T]| {
+            with_host(r.candle(), |rv: &[T]| {
+                let mut run = Run::<T>::new(s);
+                for d in 0..dirs {
+                    let states = d * batch * hidden..(d + 1) * batch * hidden;
+                    let dir = Direction {
+                        d,
+                        reverse: s.reverse || d == 1,
+                        w: &wv[d * gh * s.input..(d + 1) * gh * s.input],
+                        r: &rv[d * gh * hidden..(d + 1) * gh * hidden],
+                        bias: bias.as_ref().map(|b| &b[d * 2 * gh..(d + 1) * 2 * gh]),
+                        peep: peep
+                            .as_ref()
+                            .map(|p| &p[d * 3 * hidden..(d + 1) * 3 * hidden]),
+                        acts: &s.acts[d * s.per_dir..(d + 1) * s.per_dir],
+                    };
+                    let h0 = h0.as_ref().map(|v| &v[states.clone()]);
+                    let c0 = c0.as_ref().map(|v| &v[states.clone()]);
+                    run.direction(s, &dir, xv, h0, c0, &mut y)?;
+                    y_h[states.clone()].copy_from_slice(&run.h);
+                    y_c[states].copy_from_slice(&run.c);
+                }
+                Ok(())
+            })
+        })
+    })?;
+    let cpu = &Device::Cpu;
+    Ok((
+        candle_core::Tensor::from_vec(y, s.seq * dirs * batch * hidden, cpu)?,
+        candle_core::Tensor::from_vec(y_h, dirs * batch * hidden, cpu)?,
+        candle_core::Tensor::from_vec(y_c, dirs * batch * hidden, cpu)?,
+    ))
+}
+
+/// The per-direction weights, borrowed from W, R, B and P.
+struct Direction<'a, T> {
+    d: usize,
+    reverse: bool,
+    /// [gates * hidden, input]
+    w: &'a [T],
+    /// [gates * hidden, hidden]
+    r: &'a [T],
+    /// Wb then Rb, [2 * gates * hidden].
+    bias: Option<&'a [T]>,
+    /// [3 * hidden]
+    peep: Option<&'a [T]>,
+    acts: &'a [Act],
+}
+
+/// Buffers reused by every step and direction, allocated once per call.
+struct Run<T> {
+    /// X Wᵀ + Wb for every step and batch item: [seq * batch, gates * hidden].
+    gx: Vec<T>,
+    /// H Rᵀ + Rb for the current step: [batch, gates * hidden].
+    gr: Vec<T>,
+    /// Hidden and cell state: [batch, hidden].
+    h: Vec<T>,
+    c: Vec<T>,
+    /// GRU: the update gate, and (rt ⊙ H) and its product with Rhᵀ.
+    z: Vec<T>,
+    rh: Vec<T>,
+    hn: Vec<T>,
+}
+
+impl<T: Real> Run<T> {
+    fn new(s: &Spec) -> Self {
+        let gh = s.cell.gates() * s.hidden;
+        let bh = s.batch * s.hidden;
+        let gru = s.cell == Cell::Gru;
+        Self {
+            gx: vec![T::zero(); s.seq * s.batch * gh],
+            gr: vec![T::zero(); s.batch * gh],
+            h: vec![T::zero(); bh],
+            c: vec![T::zero(); bh],
+            z: vec![T::zero(); if gru { bh } else { 0 }],
+            rh: vec![T::zero(); if gru { bh } else { 0 }],
+            hn: vec![T::zero(); if gru { bh } else { 0 }],
+        }
+    }
+
+    /// Runs direction `dir` over the sequence, writing its slots of `y`; leaves the
+    /// final states in `h` and `c`.
+    fn direction(
+        &mut self,
+        s: &Spec,
+        dir: &Direction<'_, T>,
+        xv: &[T],
+        h0: Option<&[T]>,
+        c0: Option<&[T]>,
+        y: &mut [T],
+    ) -> Result<(), OpError> {
+        let (batch, hidden, input) = (s.batch, s.hidden, s.input);
+        let gh = s.cell.gates() * hidden;
+        let zeros = vec![T::zero(); 2 * gh];
+        let bias = dir.bias.unwrap_or(&zeros);
+        let (wb, rb) = bias.split_at(gh);
+        // gx = X Wᵀ + Wb, all steps at once.
+        if gh > 0 {
+            for row in self.gx.chunks_exact_mut(gh) {
+                row.copy_from_slice(wb);
+            }
+        }
+        sgemm::gemm(
+            s.seq * batch,
+            gh,
+            input,
+            &mut self.gx,
+            gh,
+            true,
+            MatRef::rows(xv, input),
+            MatRef::transposed(dir.w, input),
+            sgemm::threads(),
+        )?;
+        match h0 {
+            Some(v) => self.h.copy_from_slice(v),
+            None => self.h.fill(T::zero()),
+        }
+        match c0 {
+            Some(v) => self.c.copy_from_slice(v),
+            None => self.c.fill(T::zero()),
+        }
+        let steps = s.lens.iter().copied().max().unwrap_or(0);
+        let clip = s.clip.map(T::from_f64);
+        let clip = |v: T| clip.map_or(v, |c| clamp(v, -c, c));
+        let a = dir.acts;
+        let one = T::one();
+        for step in 0..steps {
+            // gr = H Rᵀ + Rb for every batch item at once.
+            if gh > 0 {
+                for row in self.gr.chunks_exact_mut(gh) {
+                    row.copy_from_slice(rb);
+                }
+            }
+            let h_in = MatRef::rows(&self.h, hidden);
+            let rt = MatRef::transposed(dir.r, hidden);
+            sgemm::gemm(batch, gh, hidden, &mut self.gr, gh, true, h_in, rt, 1)?;
+            // The time index of item b at this step, while it is still running.
+            let time = |b: usize| {
+                let len = s.lens[b];
+                (step < len).then(|| if dir.reverse { len - 1 - step } else { step })
+            };
+            if s.cell == Cell::Gru {
+                // z and r gates; then (rt ⊙ H) Rhᵀ for every item at once.
+                for b in 0..batch {
+                    let Some(t) = time(b) else { continue };
+                    let gx = &self.gx[(t * batch + b) * gh..(t * batch + b + 1) * gh];
+                    let gr = &self.gr[b * gh..(b + 1) * gh];
+                    for k in 0..hidden {
+                        let hk = b * hidden + k;
+                        self.z[hk] = a[0].apply(clip(gx[k] + gr[k]));
+                        let rt = a[0].apply(clip(gx[hidden + k] + gr[hidden + k]));
+                        // With linear_before_reset rt scales the product; else the input.
+                        self.rh[hk] = if s.lbr { rt } else { rt * self.h[hk] };
+                    }
+                }
+                if !s.lbr {
+                    let rh = MatRef::transposed(&dir.r[2 * hidden * hidden..], hidden);
+                    let rh_in = MatRef::rows(&self.rh, hidden);
+                    sgemm::gemm(
+                        batch,
+                        hidden,
+                        hidden,
+                        &mut self.hn,
+                        hidden,
+                        false,
+                        rh_in,
+                        rh,
+                        1,
+                    )?;
+                }
+            }
+            for b in 0..batch {
+                let Some(t) = time(b) else { continue };
+                let gx = &self.gx[(t * batch + b) * gh..(t * batch + b + 1) * gh];
+                let gr = &self.gr[b * gh..(b + 1) * gh];
+                let h = &mut self.h[b * hidden..(b + 1) * hidden];
+                match s.cell {
+                    Cell::Rnn => {
+                        for k in 0..hidden {
+                            h[k] = a[0].apply(clip(gx[k] + gr[k]));
+                        }
+                    }
+                    Cell::Lstm => {
+                        let c = &mut self.c[b * hidden..(b + 1) * hidden];
+                        let peep = |which: usize, k: usize| {
+                            dir.peep.map_or(T::zero(), |p| p[which * hidden + k])
+                        };
+                        for k in 0..hidden {
+                            // Gates in ONNX order: i, o, f, c.
+                            let pre = |gate: usize| gx[gate * hidden + k] + gr[gate * hidden + k];
+                            let it = a[0].apply(clip(pre(0) + peep(0, k) * c[k]));
+                            let ft = if s.input_forget {
+                                one - it
+                            } else {
+                                a[0].apply(clip(pre(2) + peep(2, k) * c[k]))
+                            };
+                            let ct = a[1].apply(clip(pre(3)));
+                            let new_c = ft * c[k] + it * ct;
+                            let ot = a[0].apply(clip(pre(1) + peep(1, k) * new_c));
+                            c[k] = new_c;
+                            h[k] = ot * a[2].apply(new_c);
+                        }
+                    }
+                    Cell::Gru => {
+                        let hh = 2 * hidden;
+                        for k in 0..hidden {
+                            let hk = b * hidden + k;
+                            let pre = if s.lbr {
+                                gx[hh + k] + self.rh[hk] * gr[hh + k]
+                            } else {
+                                gx[hh + k] + self.hn[hk] + rb[hh + k]
+                            };
+                            let new_h = a[1].apply(clip(pre));
+                            let zt = self.z[hk];
+                            h[k] = (one - zt) * new_h + zt * h[k];
+                        }
+                    }
+                }
+                let base = ((t * s.dirs + dir.d) * batch + b) * hidden;
+                y[base..base + hidden].copy_from_slice(h);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::attrs::Attrs;
+
+    fn run(cell: Cell, elem: ElemType, lbr: bool) -> Vec<Vec<f64>> {
+        let (seq, batch, input, hidden, dirs) = (4, 3, 5, 6, 2);
+        let g = cell.gates();
+        let mut seed = 3u64;
+        let mut rnd = move |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    f64::from(((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+                })
+                .collect()
+        };
+        let t = |shape: &[usize], v: Vec<f64>| {
+            Value::Tensor(Tensor::from_f64_as(elem, shape, v).unwrap())
+        };
+        let mut attrs = Attrs::default();
+        attrs.set(
+            "direction",
+            crate::ops::Attr::String("bidirectional".into()),
+        );
+        attrs.set("hidden_size", crate::ops::Attr::Int(hidden as i64));
+        attrs.set("linear_before_reset", crate::ops::Attr::Int(i64::from(lbr)));
+        let info = NodeInfo {
+            attrs,
+            opset: 14,
+            outputs: 3,
+        };
+        let vals = [
+            t(&[seq, batch, input], rnd(seq * batch * input)),
+            t(&[dirs, g * hidden, input], rnd(dirs * g * hidden * input)),
+            t(&[dirs, g * hidden, hidden], rnd(dirs * g * hidden * hidden)),
+            t(&[dirs, 2 * g * hidden], rnd(dirs * 2 * g * hidden)),
+            Value::Tensor(Tensor::from_i64_as(ElemType::I32, &[batch], vec![4, 0, 2]).unwrap()),
+            t(&[dirs, batch, hidden], rnd(dirs * batch * hidden)),
+        ];
+        let out = recurrent(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+            cell,
+        )
+        .unwrap();
+        out.iter()
+            .map(|v| v.as_tensor().unwrap().to_f64_vec().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn f32_and_f64_recurrences_agree_with_ragged_sequence_lengths() {
+        for (cell, lbr) in [
+            (Cell::Lstm, false),
+            (Cell::Gru, false),
+            (Cell::Gru, true),
+            (Cell::Rnn, false),
+        ] {
+            let (a, b) = (run(cell, ElemType::F32, lbr), run(cell, ElemType::F64, lbr));
+            for (p, q) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert!((p - q).abs() < 1e-5, "{cell:?} lbr={lbr}: {p} vs {q}");
+            }
+            // Item 1 has no steps: its Y rows are zero.
+            let hidden = 6;
+            for t in 0..4 {
+                for d in 0..2 {
+                    let base = ((t * 2 + d) * 3 + 1) * hidden;
+                    assert!(a[0][base..base + hidden].iter().all(|&v| v == 0.0));
+                }
+            }
+        }
+    }
 }

@@ -2,12 +2,17 @@
 //!
 //! Before opset 13 these flatten the input to 2-D at `axis` (default 1) and
 //! normalise each row; from opset 13 they normalise along the single `axis`
-//! (default -1). Rows are computed on the host in f64, max-subtracted.
+//! (default -1). Rows are computed on the host in f64, max-subtracted; a
+//! Softmax of float16/bfloat16 rounds to its type after every step (subtract,
+//! exponentiate, each addition of the sum, divide), which is what models
+//! exported in half precision were checked against.
 
 use crate::ops::common::{axis_in, from_f64, numel};
+use crate::ops::precision::softmax_in;
 use crate::ops::reduce::rows;
 use crate::ops::shape::permuted;
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpResult};
+use crate::tensor::ElemType;
 
 /// The kernel for `op`, if this family has it.
 pub(super) fn lookup(op: &str) -> Option<Kernel> {
@@ -27,7 +32,11 @@ enum Kind {
     Hard,
 }
 
-fn normalise(row: &mut [f64], kind: Kind) {
+fn normalise(row: &mut [f64], kind: Kind, elem: ElemType) {
+    if kind == Kind::Soft && matches!(elem, ElemType::F16 | ElemType::BF16) {
+        softmax_in(elem, row);
+        return;
+    }
     let m = row.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     match kind {
         Kind::Hard => {
@@ -58,7 +67,7 @@ fn softmax(n: &NodeInfo, i: &Inputs<'_>, kind: Kind) -> OpResult {
         let mut v = x.to_f64_vec()?;
         if inner > 0 {
             for row in v.chunks_mut(inner) {
-                normalise(row, kind);
+                normalise(row, kind, x.elem_type());
             }
         }
         return one(from_f64(x.elem_type(), x.shape(), v)?);
@@ -68,7 +77,7 @@ fn softmax(n: &NodeInfo, i: &Inputs<'_>, kind: Kind) -> OpResult {
     let mut v = t.to_f64_vec()?;
     if inner > 0 {
         for row in v.chunks_mut(inner) {
-            normalise(row, kind);
+            normalise(row, kind, x.elem_type());
         }
     }
     let mut perm: Vec<usize> = (0..r).filter(|&d| d != a).collect();
