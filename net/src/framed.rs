@@ -110,6 +110,19 @@ impl<F: Frame> FramedSend<F> {
         Ok(())
     }
 
+    /// Writes one frame given as its encoded head and a payload that follows
+    /// it (see `flotilla_protocol::wire::chunk_data_head`): the payload goes
+    /// to quinn as it is, without being copied into an encoded frame.
+    pub async fn send_head_and_payload(
+        &mut self,
+        head: &[u8],
+        payload: Vec<u8>,
+    ) -> Result<(), NetError> {
+        self.send.write_all(head).await?;
+        self.send.write_chunk(bytes::Bytes::from(payload)).await?;
+        Ok(())
+    }
+
     /// Finishes the stream: the peer reads to the end of what was written.
     pub fn finish(&mut self) {
         let _ = self.send.finish();

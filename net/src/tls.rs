@@ -59,6 +59,10 @@ pub struct TransportSettings {
     pub stream_window: u32,
     /// Per-connection receive window, in bytes.
     pub connection_window: u32,
+    /// Bytes a connection may have sent but not yet acknowledged. On the hub
+    /// this is memory held per fetching agent (quinn keeps unacknowledged
+    /// stream data); 8 MiB covers a 100 ms, 600 Mbit/s path.
+    pub send_window: u32,
     /// Largest UDP payload path-MTU discovery may probe for (quinn's default,
     /// 1452, fits Ethernet). With the default socket buffers, 65527 on
     /// loopback stalled a 1 GiB transfer after 40 MB; with the larger buffers
@@ -76,6 +80,7 @@ impl Default for TransportSettings {
             max_bidi_streams: 32,
             stream_window: 8 << 20,
             connection_window: 32 << 20,
+            send_window: 8 << 20,
             max_udp_payload: 1452,
         }
     }
@@ -92,7 +97,7 @@ impl TransportSettings {
         t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
         t.stream_receive_window(quinn::VarInt::from_u32(self.stream_window));
         t.receive_window(quinn::VarInt::from_u32(self.connection_window));
-        t.send_window(u64::from(self.connection_window));
+        t.send_window(u64::from(self.send_window));
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(self.max_udp_payload);
         t.mtu_discovery_config(Some(mtu));

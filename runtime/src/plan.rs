@@ -382,6 +382,7 @@ fn build_graph<'a>(
 
     let slot_count = slots.count;
     pretranspose_gemm_weights(&mut steps, &mut constants, &outputs);
+    fuse_linear_layers(&mut steps, &constants, &outputs);
     fuse_activations(&mut steps, &outputs);
     plan_frees(&mut steps, &outputs, slot_count);
     let plan = Plan {
@@ -535,27 +536,86 @@ fn pretranspose_gemm_weights(
     }
 }
 
-/// Fuses a `Relu` into the `Gemm` or `Conv` before it when the `Relu` is the only
-/// reader of that node's output and the output is not a graph output: the
-/// producer then writes the `Relu`'s output directly (see `ops::fused`).
-fn fuse_activations(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
+/// How many steps (and graph outputs) read each slot.
+fn slot_readers(steps: &[Step], outputs: &[(String, Src)]) -> HashMap<usize, usize> {
     let mut readers: HashMap<usize, usize> = HashMap::new();
-    for step in steps.iter() {
-        for src in step.inputs.iter().flatten() {
-            if let Src::Slot(s) = src {
-                *readers.entry(*s).or_default() += 1;
-            }
-        }
-    }
-    for (_, src) in outputs {
+    let reads = steps
+        .iter()
+        .flat_map(|s| s.inputs.iter().flatten())
+        .chain(outputs.iter().map(|(_, src)| src));
+    for src in reads {
         if let Src::Slot(s) = src {
             *readers.entry(*s).or_default() += 1;
         }
     }
+    readers
+}
+
+/// Fuses `MatMul(A, W)` and the `Add(·, b)` after it into one linear-layer step
+/// (`ops::matmul_bias`) when `W` is a 2-D constant, `b` a constant, and the `Add`
+/// (with exactly two inputs and one output) is the product's only reader and the
+/// product is not a graph output. The fused step keeps the `MatMul`'s place and
+/// writes the `Add`'s output; its kernel falls back to the two kernels for any
+/// shape or type its fast path does not cover, so the rewrite never changes
+/// what the graph computes.
+fn fuse_linear_layers(steps: &mut Vec<Step>, constants: &[Value], outputs: &[(String, Src)]) {
+    let readers = slot_readers(steps, outputs);
     let mut producer_of: HashMap<usize, usize> = HashMap::new();
     let mut remove = vec![false; steps.len()];
     for i in 0..steps.len() {
-        if matches!(steps[i].op_type.as_str(), "Gemm" | "Conv") {
+        if steps[i].op_type == "MatMul" {
+            let weight_is_matrix = matches!(
+                steps[i].inputs[..],
+                [Some(_), Some(Src::Const(c))]
+                    if matches!(constants.get(c), Some(Value::Tensor(w)) if w.rank() == 2)
+            );
+            if let ([Some(out)], true) = (&steps[i].outputs[..], weight_is_matrix) {
+                producer_of.insert(*out, i);
+            }
+            continue;
+        }
+        if steps[i].op_type != "Add" || steps[i].outputs.len() != 1 {
+            continue;
+        }
+        let (x, bias) = match steps[i].inputs[..] {
+            [Some(Src::Slot(x)), Some(Src::Const(b))] | [Some(Src::Const(b)), Some(Src::Slot(x))] => {
+                (x, b)
+            }
+            _ => continue,
+        };
+        let Some(&p) = producer_of.get(&x) else {
+            continue;
+        };
+        if readers.get(&x) != Some(&1) || !matches!(constants.get(bias), Some(Value::Tensor(_))) {
+            continue;
+        }
+        producer_of.remove(&x);
+        steps[p].outputs = steps[i].outputs.clone();
+        steps[p].inputs.push(Some(Src::Const(bias)));
+        steps[p].kernel = ops::matmul_bias::matmul_add;
+        steps[p].op_type = ops::matmul_bias::FUSED_OP.to_owned();
+        steps[p].name = format!("{}+{}", steps[p].name, steps[i].name);
+        remove[i] = true;
+    }
+    let mut i = 0;
+    steps.retain(|_| {
+        i += 1;
+        !remove[i - 1]
+    });
+}
+
+/// Fuses a `Relu` into the `Gemm`, `Conv` or fused linear layer before it when the `Relu` is the only
+/// reader of that node's output and the output is not a graph output: the
+/// producer then writes the `Relu`'s output directly (see `ops::fused`).
+fn fuse_activations(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
+    let readers = slot_readers(steps, outputs);
+    let mut producer_of: HashMap<usize, usize> = HashMap::new();
+    let mut remove = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        if matches!(
+            steps[i].op_type.as_str(),
+            "Gemm" | "Conv" | ops::matmul_bias::FUSED_OP
+        ) {
             if let [Some(out)] = steps[i].outputs[..] {
                 producer_of.insert(out, i);
             }

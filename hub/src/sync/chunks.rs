@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use flotilla_net::{framed, Bandwidth, NetError};
 use flotilla_protocol::digest::Sha256Digest;
-use flotilla_protocol::wire::{ByteBuf, ChunkFrame};
+use flotilla_protocol::wire::{chunk_data_head, ChunkFrame};
 use tokio::sync::Semaphore;
 use tracing::Instrument;
 
@@ -127,7 +127,7 @@ async fn serve(
             }
         };
         for digest in digests {
-            let frame = match lookup(shared, digest).await {
+            let sent = match lookup(shared, digest).await {
                 Some(content) => {
                     let bytes = match content {
                         Content::Chunk(mut bytes) => {
@@ -139,27 +139,33 @@ async fn serve(
                         Content::Manifest(bytes) => bytes,
                     };
                     let n = bytes.len() as u64;
-                    bandwidth.acquire(n).await;
-                    shared.bandwidth.acquire(n).await;
-                    tracing::debug!(%digest, bytes = n, "chunk sent");
-                    ChunkFrame::ChunkData {
-                        digest,
-                        bytes: ByteBuf(bytes),
+                    match chunk_data_head(digest, bytes.len(), limits.max_chunk_frame_bytes) {
+                        Ok(head) => {
+                            bandwidth.acquire(n).await;
+                            shared.bandwidth.acquire(n).await;
+                            tracing::debug!(%digest, bytes = n, "chunk sent");
+                            // The chunk goes to quinn as read, not copied into
+                            // an encoded frame.
+                            tokio::time::timeout(stall, tx.send_head_and_payload(&head, bytes))
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::error!(%digest, error = %e, "chunk too large to send; reporting it missing");
+                            tokio::time::timeout(
+                                stall,
+                                tx.send(&ChunkFrame::ChunkMissing { digest }),
+                            )
+                            .await
+                        }
                     }
                 }
                 None => {
                     tracing::debug!(%digest, "chunk missing");
-                    ChunkFrame::ChunkMissing { digest }
+                    tokio::time::timeout(stall, tx.send(&ChunkFrame::ChunkMissing { digest })).await
                 }
             };
-            match tokio::time::timeout(stall, tx.send(&frame)).await {
+            match sent {
                 Ok(Ok(())) => {}
-                Ok(Err(NetError::Wire(e))) => {
-                    tracing::error!(%digest, error = %e, "chunk too large to send; reporting it missing");
-                    if tx.send(&ChunkFrame::ChunkMissing { digest }).await.is_err() {
-                        return;
-                    }
-                }
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "chunk stream write failed");
                     return;

@@ -7,7 +7,10 @@
 use candle_core::DType;
 
 use crate::ops::common::{broadcast_shape, expand_to, from_i64, like, numel, scalar_i64};
+use rayon::prelude::*;
+
 use crate::ops::fused::{rows_epilogue, with_f32};
+use crate::ops::sgemm::{self, MatRef};
 use crate::ops::shape::reshaped;
 use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
@@ -109,8 +112,80 @@ pub(crate) fn matmul_float(
     Ok(r.reshape(d.out)?)
 }
 
+/// Below this many multiply-adds a product runs on one thread.
+const PARALLEL_MIN_FLOPS: usize = 1 << 18;
+
+/// f32 products whose operands need no broadcasting beyond a shared 2-D weight,
+/// on [`sgemm::gemm`] straight into the output buffer (no expand, no copy of a
+/// contiguous operand), one product per batch item; `None` for the other cases.
+fn matmul_f32(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>, OpError> {
+    if a.elem_type() != ElemType::F32 || b.elem_type() != ElemType::F32 {
+        return Ok(None);
+    }
+    if a.rank() < 2 || b.rank() < 2 {
+        return Ok(None);
+    }
+    let d = dims(a.shape(), b.shape())?;
+    let (m, k, n) = (d.m, d.k, d.n);
+    let a_batch = &a.shape()[..a.rank() - 2];
+    let b_batch = &b.shape()[..b.rank() - 2];
+    let shared_weight = b.rank() == 2;
+    if !shared_weight && (a_batch != d.batch.as_slice() || b_batch != d.batch.as_slice()) {
+        return Ok(None);
+    }
+    let bsz = numel(&d.batch);
+    let mut out = vec![0f32; bsz * m * n];
+    let threads = sgemm::threads();
+    let big = bsz * m * n * k >= PARALLEL_MIN_FLOPS;
+    with_f32(a.candle(), |av| {
+        with_f32(b.candle(), |bv| {
+            if shared_weight {
+                let t = if big { threads } else { 1 };
+                return sgemm::gemm(
+                    bsz * m,
+                    n,
+                    k,
+                    &mut out,
+                    n,
+                    false,
+                    MatRef::rows(av, k),
+                    MatRef::rows(bv, n),
+                    t,
+                );
+            }
+            if av.len() != bsz * m * k || bv.len() != bsz * k * n {
+                return Err(OpError::new("internal: matmul operand sizes"));
+            }
+            let item = |(p, y): (usize, &mut [f32])| {
+                sgemm::gemm(
+                    m,
+                    n,
+                    k,
+                    y,
+                    n,
+                    false,
+                    MatRef::rows(&av[p * m * k..(p + 1) * m * k], k),
+                    MatRef::rows(&bv[p * k * n..(p + 1) * k * n], n),
+                    1,
+                )
+            };
+            if m * n == 0 {
+                Ok(())
+            } else if big && threads > 1 && bsz > 1 {
+                out.par_chunks_mut(m * n).enumerate().try_for_each(item)
+            } else {
+                out.chunks_mut(m * n).enumerate().try_for_each(item)
+            }
+        })
+    })?;
+    Ok(Some(Tensor::from_f32(&d.out, out)?))
+}
+
 fn matmul(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (a, b) = (i.tensor(0)?, i.tensor(1)?);
+    if let Some(y) = matmul_f32(a, b)? {
+        return one(y);
+    }
     if a.elem_type().is_float() {
         let c = if a.candle().dtype() == DType::F16 || a.candle().dtype() == DType::BF16 {
             matmul_float(
@@ -254,6 +329,54 @@ mod tests {
             attrs: Default::default(),
             opset: 13,
             outputs: 1,
+        }
+    }
+
+    fn run_matmul(a: &Tensor, b: &Tensor) -> Tensor {
+        let vals = [Value::Tensor(a.clone()), Value::Tensor(b.clone())];
+        let out = matmul(
+            &info(),
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        out[0].as_tensor().unwrap().clone()
+    }
+
+    fn ramp(shape: &[usize], seed: usize) -> Tensor {
+        let len: usize = shape.iter().product();
+        let v = (0..len)
+            .map(|k| (((k + seed) * 7919) % 23) as f32 * 0.1 - 1.1)
+            .collect();
+        Tensor::from_f32(shape, v).unwrap()
+    }
+
+    #[test]
+    fn the_f32_batched_path_matches_candle_and_broadcasts_stay_general() {
+        let cases: &[(&[usize], &[usize], bool)] = &[
+            (&[2, 3, 4, 5], &[2, 3, 5, 6], true),
+            (&[4, 5], &[5, 6], true),
+            (&[2, 4, 5], &[5, 6], true),
+            (&[8, 64, 64], &[8, 64, 64], true),
+            (&[2, 0, 5], &[2, 5, 3], true),
+            // Broadcast batches and 1-D operands take the general path.
+            (&[1, 4, 5], &[3, 5, 6], false),
+            (&[2, 1, 4, 5], &[3, 5, 6], false),
+            (&[4, 5], &[2, 5, 6], false),
+            (&[5], &[2, 5, 6], false),
+            (&[2, 4, 5], &[5], false),
+        ];
+        for (seed, (ash, bsh, fast)) in cases.iter().enumerate() {
+            let (a, b) = (ramp(ash, seed), ramp(bsh, seed + 50));
+            assert_eq!(matmul_f32(&a, &b).unwrap().is_some(), *fast, "{ash:?} {bsh:?}");
+            let got = run_matmul(&a, &b);
+            let want = matmul_float(a.candle(), b.candle()).unwrap();
+            assert_eq!(got.shape(), want.dims());
+            let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+            for (g, w) in got.to_f32_vec().unwrap().iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 
 use crate::ops::common::{axis_in, expand_to, from_f64, numel};
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
-use crate::tensor::Tensor;
+use crate::tensor::{ElemType, Tensor};
 use crate::value::Value;
 
 /// The kernel for `op`, if this family has it.
@@ -94,11 +94,87 @@ fn batch_norm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     Ok(out)
 }
 
+/// The values of an f32 `LayerNormalization` parameter that covers exactly the
+/// normalised axes `tail` (leading 1s allowed), or `None` when it broadcasts in
+/// any other way.
+fn per_row_f32(t: &Tensor, tail: &[usize]) -> Result<Option<Vec<f32>>, OpError> {
+    let sh = t.shape();
+    let fits = t.elem_type() == ElemType::F32
+        && sh.len() >= tail.len()
+        && sh[sh.len() - tail.len()..] == *tail
+        && sh[..sh.len() - tail.len()].iter().all(|&d| d == 1);
+    Ok(if fits { Some(t.to_f32_vec()?) } else { None })
+}
+
+/// The f32 fast path of `LayerNormalization`: rows normalised in place in f32
+/// (statistics accumulated in f64), scale and bias read once per row position.
+fn layer_norm_f32(n: &NodeInfo, i: &Inputs<'_>, a: usize, eps: f64) -> Result<Option<Vec<Value>>, OpError> {
+    let x = i.tensor(0)?;
+    if x.elem_type() != ElemType::F32 || n.attrs.int("stash_type", 1)? != 1 {
+        return Ok(None);
+    }
+    let tail = &x.shape()[a..];
+    let Some(scale) = per_row_f32(i.tensor(1)?, tail)? else {
+        return Ok(None);
+    };
+    let bias = match i.opt(2)? {
+        Some(b) => match per_row_f32(b, tail)? {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let inner = numel(tail);
+    let outer = numel(&x.shape()[..a]);
+    let mut y = x.to_f32_vec()?;
+    let mut means = Vec::with_capacity(outer);
+    let mut inv_stds = Vec::with_capacity(outer);
+    if inner > 0 {
+        for row in y.chunks_exact_mut(inner) {
+            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / inner as f64;
+            let var = row
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / inner as f64;
+            let inv = 1.0 / (var + eps).sqrt();
+            let (m32, inv32) = (mean as f32, inv as f32);
+            match &bias {
+                Some(b) => {
+                    for ((v, s), b) in row.iter_mut().zip(&scale).zip(b) {
+                        *v = (*v - m32) * inv32 * s + b;
+                    }
+                }
+                None => {
+                    for (v, s) in row.iter_mut().zip(&scale) {
+                        *v = (*v - m32) * inv32 * s;
+                    }
+                }
+            }
+            means.push(mean as f32);
+            inv_stds.push(inv32);
+        }
+    } else {
+        means.resize(outer, f32::NAN);
+        inv_stds.resize(outer, f32::NAN);
+    }
+    let mut stat_shape = x.shape()[..a].to_vec();
+    stat_shape.extend(std::iter::repeat_n(1, x.rank() - a));
+    Ok(Some(vec![
+        Value::Tensor(Tensor::from_f32(x.shape(), y)?),
+        Value::Tensor(Tensor::from_f32(&stat_shape, means)?),
+        Value::Tensor(Tensor::from_f32(&stat_shape, inv_stds)?),
+    ]))
+}
+
 fn layer_norm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let x = i.tensor(0)?;
     let r = x.rank();
     let a = axis_in(n.attrs.int("axis", -1)?, r)?;
     let eps = f64::from(n.attrs.float("epsilon", 1e-5)?);
+    if let Some(out) = layer_norm_f32(n, i, a, eps)? {
+        return Ok(out);
+    }
     let inner = numel(&x.shape()[a..]);
     let outer = numel(&x.shape()[..a]);
     let xv = x.to_f64_vec()?;
@@ -308,4 +384,74 @@ fn lrn(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         }
     }
     Ok(vec![Value::Tensor(from_f64(x.elem_type(), x.shape(), y)?)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Attr;
+
+    fn run(x: &Tensor, scale: &Tensor, bias: Option<&Tensor>, axis: i64) -> Vec<Vec<f64>> {
+        let mut attrs = crate::ops::Attrs::default();
+        attrs.set("axis", Attr::Int(axis));
+        let info = NodeInfo {
+            attrs,
+            opset: 17,
+            outputs: 3,
+        };
+        let mut vals = vec![Value::Tensor(x.clone()), Value::Tensor(scale.clone())];
+        if let Some(b) = bias {
+            vals.push(Value::Tensor(b.clone()));
+        }
+        let out = layer_norm(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+        )
+        .unwrap();
+        out.iter()
+            .map(|v| v.as_tensor().unwrap().to_f64_vec().unwrap())
+            .collect()
+    }
+
+    fn f64_of(t: &Tensor) -> Tensor {
+        Tensor::from_f64_as(ElemType::F64, t.shape(), t.to_f64_vec().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_f32_layer_norm_matches_the_f64_path_and_broadcasts_stay_general() {
+        let shape = [2usize, 3, 4];
+        let x = Tensor::from_f32(
+            &shape,
+            (0..24).map(|k| ((k * 5) % 7) as f32 * 0.3 - 1.0).collect(),
+        )
+        .unwrap();
+        let cases: &[(i64, &[usize])] = &[
+            (-1, &[4]),
+            (-1, &[1, 4]),
+            (1, &[3, 4]),
+            // Broadcast parameters: not the fast path, same result.
+            (1, &[1, 4]),
+            (1, &[3, 1]),
+            (0, &[4]),
+        ];
+        for (axis, psh) in cases {
+            let n: usize = psh.iter().product();
+            let scale = Tensor::from_f32(psh, (0..n).map(|k| 0.5 + k as f32 * 0.1).collect())
+                .unwrap();
+            let bias = Tensor::from_f32(psh, (0..n).map(|k| k as f32 * -0.2).collect()).unwrap();
+            for b in [Some(&bias), None] {
+                let got = run(&x, &scale, b, *axis);
+                let b64 = b.map(f64_of);
+                let want = run(&f64_of(&x), &f64_of(&scale), b64.as_ref(), *axis);
+                for (g, w) in got.iter().zip(&want) {
+                    assert_eq!(g.len(), w.len());
+                    for (p, q) in g.iter().zip(w) {
+                        assert!((p - q).abs() < 1e-5 * (1.0 + q.abs()), "{axis} {psh:?}: {p} vs {q}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -11,6 +11,7 @@
 
 use candle_core::{Device, WithDType};
 
+use crate::ops::fastmath;
 use crate::ops::fused::with_host;
 use crate::ops::sgemm::{self, GemmElem, MatRef};
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
@@ -139,10 +140,14 @@ trait Real: GemmElem + WithDType + std::ops::Neg<Output = Self> {
     fn tanh(self) -> Self;
     fn abs(self) -> Self;
     fn ln_1p(self) -> Self;
+    /// The logistic sigmoid of every element, in place.
+    fn sigmoid_all(v: &mut [Self]);
+    /// tanh of every element, in place.
+    fn tanh_all(v: &mut [Self]);
 }
 
 macro_rules! real {
-    ($t:ty) => {
+    ($t:ty, $sigmoid_all:expr, $tanh_all:expr) => {
         impl Real for $t {
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -156,11 +161,22 @@ macro_rules! real {
             fn ln_1p(self) -> Self {
                 <$t>::ln_1p(self)
             }
+            fn sigmoid_all(v: &mut [Self]) {
+                $sigmoid_all(v)
+            }
+            fn tanh_all(v: &mut [Self]) {
+                $tanh_all(v)
+            }
         }
     };
 }
-real!(f32);
-real!(f64);
+// f32 gates use the vectorised approximations (a few ulps); f64 keeps libm.
+real!(f32, fastmath::sigmoid_in_place, fastmath::tanh_in_place);
+real!(
+    f64,
+    |v: &mut [f64]| v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
+    |v: &mut [f64]| v.iter_mut().for_each(|x| *x = x.tanh())
+);
 
 fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError> {
     let names: Vec<String> = match n.attrs.strings("activations")? {
@@ -439,6 +455,10 @@ struct Run<T> {
     z: Vec<T>,
     rh: Vec<T>,
     hn: Vec<T>,
+    /// LSTM fast path: one item's gate pre-activations, then activations [4 * hidden];
+    /// and tanh of the new cell state [hidden].
+    gates: Vec<T>,
+    c_act: Vec<T>,
 }
 
 impl<T: Real> Run<T> {
@@ -454,6 +474,8 @@ impl<T: Real> Run<T> {
             z: vec![T::zero(); if gru { bh } else { 0 }],
             rh: vec![T::zero(); if gru { bh } else { 0 }],
             hn: vec![T::zero(); if gru { bh } else { 0 }],
+            gates: vec![T::zero(); if gru { 0 } else { gh }],
+            c_act: vec![T::zero(); s.hidden],
         }
     }
 
@@ -473,10 +495,18 @@ impl<T: Real> Run<T> {
         let zeros = vec![T::zero(); 2 * gh];
         let bias = dir.bias.unwrap_or(&zeros);
         let (wb, rb) = bias.split_at(gh);
-        // gx = X Wᵀ + Wb, all steps at once.
+        // GRU's candidate gate needs Rb apart (it is scaled by rt or added after the
+        // product); the other cells add Wb + Rb once, into the input projection.
+        let fold_rb = s.cell != Cell::Gru;
+        let in_bias: Vec<T> = if fold_rb {
+            wb.iter().zip(rb).map(|(&w, &r)| w + r).collect()
+        } else {
+            wb.to_vec()
+        };
+        // gx = X Wᵀ + Wb (+ Rb), all steps at once.
         if gh > 0 {
             for row in self.gx.chunks_exact_mut(gh) {
-                row.copy_from_slice(wb);
+                row.copy_from_slice(&in_bias);
             }
         }
         sgemm::gemm(
@@ -503,16 +533,24 @@ impl<T: Real> Run<T> {
         let clip = |v: T| clip.map_or(v, |c| clamp(v, -c, c));
         let a = dir.acts;
         let one = T::one();
+        let kinds = |k: &[ActKind]| a.len() == k.len() && a.iter().zip(k).all(|(x, &y)| x.kind == y);
+        // The LSTM every exporter writes: default activations, no clip, no
+        // peepholes, separate forget gate; its gates run as whole-slice passes.
+        let plain_lstm = s.cell == Cell::Lstm
+            && s.clip.is_none()
+            && dir.peep.is_none()
+            && !s.input_forget
+            && kinds(&[ActKind::Sigmoid, ActKind::Tanh, ActKind::Tanh]);
         for step in 0..steps {
-            // gr = H Rᵀ + Rb for every batch item at once.
-            if gh > 0 {
+            // gr = H Rᵀ (+ Rb for GRU) for every batch item at once.
+            if gh > 0 && !fold_rb {
                 for row in self.gr.chunks_exact_mut(gh) {
                     row.copy_from_slice(rb);
                 }
             }
             let h_in = MatRef::rows(&self.h, hidden);
             let rt = MatRef::transposed(dir.r, hidden);
-            sgemm::gemm(batch, gh, hidden, &mut self.gr, gh, true, h_in, rt, 1)?;
+            sgemm::gemm(batch, gh, hidden, &mut self.gr, gh, !fold_rb, h_in, rt, 1)?;
             // The time index of item b at this step, while it is still running.
             let time = |b: usize| {
                 let len = s.lens[b];
@@ -554,6 +592,27 @@ impl<T: Real> Run<T> {
                 let gr = &self.gr[b * gh..(b + 1) * gh];
                 let h = &mut self.h[b * hidden..(b + 1) * hidden];
                 match s.cell {
+                    Cell::Lstm if plain_lstm => {
+                        let c = &mut self.c[b * hidden..(b + 1) * hidden];
+                        let g = &mut self.gates;
+                        for ((g, &x), &r) in g.iter_mut().zip(gx).zip(gr) {
+                            *g = x + r;
+                        }
+                        // Gates in ONNX order: i, o, f (sigmoid), then c (tanh).
+                        let (ifo, cand) = g.split_at_mut(3 * hidden);
+                        T::sigmoid_all(ifo);
+                        T::tanh_all(cand);
+                        let (it, rest) = ifo.split_at(hidden);
+                        let (ot, ft) = rest.split_at(hidden);
+                        for k in 0..hidden {
+                            c[k] = ft[k] * c[k] + it[k] * cand[k];
+                        }
+                        self.c_act.copy_from_slice(c);
+                        T::tanh_all(&mut self.c_act);
+                        for k in 0..hidden {
+                            h[k] = ot[k] * self.c_act[k];
+                        }
+                    }
                     Cell::Rnn => {
                         for k in 0..hidden {
                             h[k] = a[0].apply(clip(gx[k] + gr[k]));

@@ -12,7 +12,7 @@ use crate::ops::precision::softmax_in;
 use crate::ops::reduce::rows;
 use crate::ops::shape::permuted;
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpResult};
-use crate::tensor::ElemType;
+use crate::tensor::{ElemType, Tensor};
 
 /// The kernel for `op`, if this family has it.
 pub(super) fn lookup(op: &str) -> Option<Kernel> {
@@ -58,10 +58,59 @@ fn normalise(row: &mut [f64], kind: Kind, elem: ElemType) {
     }
 }
 
+/// Normalises contiguous f32 rows in f32: the common case (an f32 input and
+/// rows that are the innermost axis) without a permute or an f64 round trip.
+fn normalise_f32(row: &mut [f32], kind: Kind) {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    match kind {
+        Kind::Hard => {
+            let first = row.iter().position(|&v| v == m);
+            for (k, v) in row.iter_mut().enumerate() {
+                *v = if Some(k) == first { 1.0 } else { 0.0 };
+            }
+        }
+        Kind::Soft => {
+            let mut sum = 0f64;
+            for v in row.iter_mut() {
+                *v = (*v - m).exp();
+                sum += f64::from(*v);
+            }
+            let inv = (1.0 / sum) as f32;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+        }
+        Kind::Log => {
+            let sum: f64 = row.iter().map(|&v| f64::from((v - m).exp())).sum();
+            let shift = m + sum.ln() as f32;
+            for v in row.iter_mut() {
+                *v -= shift;
+            }
+        }
+    }
+}
+
+/// The f32 fast path when each row is `inner` contiguous values of `x`.
+fn rows_f32(x: &Tensor, inner: usize, kind: Kind) -> OpResult {
+    let mut v = x.to_f32_vec()?;
+    if inner > 0 {
+        for row in v.chunks_mut(inner) {
+            normalise_f32(row, kind);
+        }
+    }
+    one(Tensor::from_f32(x.shape(), v)?)
+}
+
 fn softmax(n: &NodeInfo, i: &Inputs<'_>, kind: Kind) -> OpResult {
     let x = i.tensor(0)?;
     let r = x.rank();
+    let is_f32 = x.elem_type() == ElemType::F32;
     if n.opset < 13 {
+        let a = axis_in(n.attrs.int("axis", 1)?, r.max(1))?;
+        let inner = numel(&x.shape()[a.min(r)..]);
+        if is_f32 {
+            return rows_f32(x, inner, kind);
+        }
         let a = axis_in(n.attrs.int("axis", 1)?, r.max(1))?;
         let inner = numel(&x.shape()[a.min(r)..]);
         let mut v = x.to_f64_vec()?;
@@ -73,6 +122,9 @@ fn softmax(n: &NodeInfo, i: &Inputs<'_>, kind: Kind) -> OpResult {
         return one(from_f64(x.elem_type(), x.shape(), v)?);
     }
     let a = axis_in(n.attrs.int("axis", -1)?, r)?;
+    if is_f32 && a + 1 == r {
+        return rows_f32(x, x.shape()[a], kind);
+    }
     let (t, inner, _, _) = rows(x, &[a])?;
     let mut v = t.to_f64_vec()?;
     if inner > 0 {
@@ -95,8 +147,51 @@ fn softmax(n: &NodeInfo, i: &Inputs<'_>, kind: Kind) -> OpResult {
 mod tests {
     use super::*;
     use crate::ops::attrs::Attrs;
-    use crate::tensor::Tensor;
     use crate::value::Value;
+
+    fn run(x: &Tensor, opset: i64, axis: Option<i64>, kind: Kind) -> Tensor {
+        let mut attrs = Attrs::default();
+        if let Some(a) = axis {
+            attrs.set("axis", crate::ops::Attr::Int(a));
+        }
+        let info = NodeInfo {
+            attrs,
+            opset,
+            outputs: 1,
+        };
+        let vals = [Value::Tensor(x.clone())];
+        let out = softmax(
+            &info,
+            &Inputs {
+                values: vals.iter().map(Some).collect(),
+            },
+            kind,
+        )
+        .unwrap();
+        out[0].as_tensor().unwrap().clone()
+    }
+
+    #[test]
+    fn the_f32_row_path_matches_the_f64_path_for_every_axis_and_kind() {
+        let shape = [2usize, 3, 5];
+        let v: Vec<f32> = (0..30).map(|k| ((k * 7) % 11) as f32 * 0.7 - 3.0).collect();
+        let x32 = Tensor::from_f32(&shape, v.clone()).unwrap();
+        let x64 = Tensor::from_f64_as(
+            ElemType::F64,
+            &shape,
+            v.iter().map(|&f| f64::from(f)).collect(),
+        )
+        .unwrap();
+        for kind in [Kind::Soft, Kind::Log, Kind::Hard] {
+            for (opset, axis) in [(13, None), (13, Some(1)), (13, Some(-1)), (11, None), (11, Some(2)), (11, Some(0))] {
+                let got = run(&x32, opset, axis, kind).to_f64_vec().unwrap();
+                let want = run(&x64, opset, axis, kind).to_f64_vec().unwrap();
+                for (g, w) in got.iter().zip(&want) {
+                    assert!((g - w).abs() < 1e-5, "{kind:?} {opset} {axis:?}: {g} vs {w}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn softmax_13_defaults_to_the_last_axis() {
