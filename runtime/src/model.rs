@@ -348,6 +348,52 @@ mod tests {
 
     fn assert_send_sync<T: Send + Sync>() {}
 
+    mod never_panics {
+        use proptest::prelude::*;
+
+        use crate::generate::mlp;
+        use crate::Model;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+
+            /// Any bytes given as a model file load or fail with a
+            /// `ModelError`; a panic fails the test.
+            #[test]
+            fn arbitrary_bytes_load_or_fail(bytes in prop::collection::vec(any::<u8>(), 0..2048)) {
+                let _ = Model::load(&bytes, None);
+            }
+
+            /// A genuine model with bytes overwritten and a tail cut off: the
+            /// loader and planner return errors, and a model that still loads
+            /// runs or fails without panicking.
+            #[test]
+            fn corrupted_models_load_or_fail(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut bytes = mlp(&[3, 5, 2], 11);
+                for (at, byte) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                let keep = cut.index(bytes.len() + 1);
+                bytes.truncate(keep);
+                if let Ok(model) = Model::load(&bytes, None) {
+                    let inputs = model
+                        .inputs()
+                        .iter()
+                        .filter_map(|spec| {
+                            let t = crate::Tensor::from_f32(&[1, 3], vec![0.5; 3]).ok()?;
+                            Some((spec.name.clone(), t))
+                        })
+                        .collect();
+                    let _ = model.run(inputs);
+                }
+            }
+        }
+    }
+
     #[test]
     fn model_can_be_shared_between_threads() {
         assert_send_sync::<Model>();

@@ -1,0 +1,26 @@
+//! Proves that the executor's loader and planner (`flotilla_runtime::Model::load`)
+//! never panic on any bytes given as a model file: every malformed, truncated or
+//! unsupported model is a `ModelError`.
+//!
+//! Input: a mode byte, then a raw model (even mode) or one edit of a small
+//! genuine MLP from `flotilla_runtime::generate::mlp` (odd mode); see
+//! `flotilla_fuzz::input`.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use flotilla_fuzz::input::shape;
+use libfuzzer_sys::fuzz_target;
+
+fn genuine_model() -> &'static [u8] {
+    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
+    MODEL.get_or_init(|| flotilla_runtime::generate::mlp(&[4, 3, 2], 1))
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let input = shape(mode, rest, genuine_model());
+    let _ = flotilla_runtime::Model::load(input.bytes(), None);
+});
