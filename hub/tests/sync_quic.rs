@@ -320,6 +320,48 @@ fn closed_with(conn: &quinn::Connection) -> Option<u32> {
 }
 
 #[test]
+fn an_address_that_keeps_failing_enrolment_is_refused_until_it_waits() {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::start(dir.path());
+    let c = hub.client(&hub.admin);
+    let fp = fingerprint(&c);
+    let (_key, req) = csr();
+    // Ten refusals (bad tokens) are answered one by one, each about the token.
+    for i in 0..10 {
+        match rt
+            .block_on(enrol(hub.sync_addr, pin(&fp), "flt_not-a-token", &req))
+            .unwrap()
+        {
+            EnrolFrame::Refused { reason } => assert!(reason.contains("token"), "{i}: {reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // The eleventh attempt from the same address is refused before its token
+    // is looked at, even a good token, and says when to retry.
+    let token = create_token(&c, serde_json::json!({}));
+    match rt
+        .block_on(enrol(hub.sync_addr, pin(&fp), &token, &req))
+        .unwrap()
+    {
+        EnrolFrame::Refused { reason } => {
+            assert!(reason.contains("too many refused enrolments"), "{reason}");
+            assert!(reason.contains("try again in"), "{reason}");
+        }
+        other => panic!("an address out of budget must be refused: {other:?}"),
+    }
+    // The good token was not spent: after one refill interval it enrols.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    match rt
+        .block_on(enrol(hub.sync_addr, pin(&fp), &token, &req))
+        .unwrap()
+    {
+        EnrolFrame::Accepted { .. } => {}
+        other => panic!("the token should still be good: {other:?}"),
+    }
+}
+
+#[test]
 fn enrolment_over_quic_pins_the_ca_and_uses_each_token_once() {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();

@@ -64,10 +64,31 @@ pub(super) async fn run(shared: &Shared, conn: &quinn::Connection) {
             return;
         }
     };
-    let registry = shared.registry.clone();
-    let enrolled = tokio::task::spawn_blocking(move || registry.enroll_der(&token, csr.as_slice()))
-        .await
-        .unwrap_or_else(|e| Err(RegistryError::Internal(format!("enrolment task: {e}"))));
+    let source = conn.remote_address().ip();
+    let enrolled = match shared
+        .enrol_failures
+        .check(source, std::time::Instant::now())
+    {
+        Err(wait) => Err(RegistryError::Unauthorized(format!(
+            "too many refused enrolments from {source}; try again in {} s",
+            wait.as_secs().max(1)
+        ))),
+        Ok(()) => {
+            let registry = shared.registry.clone();
+            let r =
+                tokio::task::spawn_blocking(move || registry.enroll_der(&token, csr.as_slice()))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(RegistryError::Internal(format!("enrolment task: {e}")))
+                    });
+            if matches!(&r, Err(e) if !matches!(e, RegistryError::Internal(_))) {
+                shared
+                    .enrol_failures
+                    .refused(source, std::time::Instant::now());
+            }
+            r
+        }
+    };
     let answer = match enrolled {
         Ok(e) => {
             tracing::info!(device = %e.device.id, %agent_version, "device enrolled over QUIC");

@@ -20,6 +20,7 @@
 //! - `sessions`: live connections per device (revocation, replacement).
 //! - `enrol`, `control`, `chunks`: the three kinds of stream.
 
+mod attempts;
 mod chunks;
 mod control;
 mod enrol;
@@ -97,6 +98,8 @@ struct Shared {
     faults: Faults,
     /// What enrolment tells a new device about telemetry.
     telemetry: Option<flotilla_protocol::wire::enrol::TelemetryHint>,
+    /// Refused enrolments per source address.
+    enrol_failures: attempts::FailedAttempts,
 }
 
 /// The QUIC endpoint, bound and ready to serve.
@@ -174,6 +177,7 @@ impl SyncServer {
             feed: feed_rx,
             faults: Faults::new(faults),
             telemetry,
+            enrol_failures: attempts::FailedAttempts::default(),
         });
         Ok(Self {
             endpoint,
