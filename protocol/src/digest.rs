@@ -35,6 +35,62 @@ impl Sha256Digest {
     }
 }
 
+/// Bytes together with their SHA-256, computed when the value is made: the
+/// only way to get one is [`HashedBytes::new`], so a holder can compare
+/// [`HashedBytes::sha256`] with an expected digest without hashing again (a
+/// receiver hashes on whichever thread read the bytes, and the code that
+/// decides still does the comparing).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashedBytes {
+    bytes: Vec<u8>,
+    sha256: Sha256Digest,
+}
+
+impl HashedBytes {
+    /// Hashes `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = Sha256Digest::of(&bytes);
+        Self { bytes, sha256 }
+    }
+
+    /// The SHA-256 of [`HashedBytes::as_slice`].
+    pub fn sha256(&self) -> Sha256Digest {
+        self.sha256
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Gives the bytes back.
+    pub fn into_vec(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+// A chunk is megabytes; show its length and digest only.
+impl fmt::Debug for HashedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "HashedBytes({} bytes, {})",
+            self.bytes.len(),
+            self.sha256
+        )
+    }
+}
+
 /// An incremental SHA-256 over data fed in pieces.
 pub struct Sha256Hasher(ring::digest::Context);
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use flotilla_net::{framed, HUB_SERVER_NAME};
+use flotilla_protocol::digest::HashedBytes;
 use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::limits::Limits;
 use flotilla_protocol::wire::{AgentHello, ChunkFrame, ControlFrame};
@@ -161,6 +162,19 @@ async fn connect_inner(d: Dial<'_>) -> Result<Link, String> {
         tokio::spawn(async move {
             loop {
                 match rx.next().await {
+                    Ok(Some(ChunkFrame::ChunkData { digest, bytes })) => {
+                        // Hashed here, on the stream's own task, so the
+                        // streams hash in parallel and the event loop only
+                        // compares digests.
+                        let bytes = HashedBytes::new(bytes.into_vec());
+                        if ev
+                            .send(Event::ChunkData(generation, digest, bytes))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
                     Ok(Some(f)) => {
                         if ev.send(Event::Chunk(generation, f)).await.is_err() {
                             return;

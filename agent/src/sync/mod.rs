@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use flotilla_net::tls::{sync_client_config, TransportSettings};
 use flotilla_net::Backoff;
-use flotilla_protocol::digest::Sha256Digest;
+use flotilla_protocol::digest::{HashedBytes, Sha256Digest};
 use flotilla_protocol::director::{verify_director, DirectorDocument};
 use flotilla_protocol::limits::Limits;
 use flotilla_protocol::reconcile::{
@@ -55,8 +55,11 @@ use writer::ChunkWriter;
 pub(crate) enum Event {
     /// A control frame on connection `generation`.
     Control(u64, ControlFrame),
-    /// A chunk-stream frame on connection `generation`.
+    /// A chunk-stream frame other than chunk data on connection `generation`.
     Chunk(u64, ChunkFrame),
+    /// Chunk (or manifest) bytes on connection `generation`, hashed by the
+    /// stream's reader.
+    ChunkData(u64, Sha256Digest, HashedBytes),
     /// Connection `generation` ended.
     LinkLost(u64, String),
     /// A dial attempt finished.
@@ -466,7 +469,7 @@ impl Agent {
     }
 
     fn handle(&mut self, ev: Event) {
-        if !matches!(ev, Event::Chunk(..)) {
+        if !matches!(ev, Event::Chunk(..) | Event::ChunkData(..)) {
             self.status_changed = true;
         }
         let current = |g: u64, s: &Self| s.link.as_ref().is_some_and(|l| l.generation == g);
@@ -516,6 +519,13 @@ impl Agent {
                     }
                 }
             }
+            Event::ChunkData(g, digest, bytes) => {
+                if !current(g, self) {
+                    return;
+                }
+                self.outstanding.remove(&digest);
+                self.handle_chunk(digest, bytes);
+            }
             Event::Chunk(g, frame) => {
                 if !current(g, self) {
                     return;
@@ -523,7 +533,7 @@ impl Agent {
                 match frame {
                     ChunkFrame::ChunkData { digest, bytes } => {
                         self.outstanding.remove(&digest);
-                        self.handle_chunk(digest, bytes.into_vec());
+                        self.handle_chunk(digest, HashedBytes::new(bytes.into_vec()));
                     }
                     ChunkFrame::ChunkMissing { digest } => {
                         tracing::warn!(%digest, "the hub lacks a chunk; it is asked again later");
@@ -582,12 +592,12 @@ impl Agent {
         }
     }
 
-    fn handle_chunk(&mut self, digest: Sha256Digest, bytes: Vec<u8>) {
+    fn handle_chunk(&mut self, digest: Sha256Digest, bytes: HashedBytes) {
         if let Some(p) = &mut self.pending {
             if let Some((target, len)) = p.wanted.get(&digest).cloned() {
-                if Sha256Digest::of(&bytes) == digest && bytes.len() as u64 == len {
+                if bytes.sha256() == digest && bytes.len() as u64 == len {
                     p.wanted.remove(&digest);
-                    p.manifests.insert(target, bytes);
+                    p.manifests.insert(target, bytes.into_vec());
                     if p.wanted.is_empty() {
                         self.apply_pending(now());
                     }

@@ -9,7 +9,7 @@ use super::desired::{DeploymentKey, DesiredState};
 use super::fetch::ChunkFetch;
 use super::record::{AgentRecord, Rejection, Slot, RECORD_SCHEMA_VERSION};
 use super::{ReconcileConfig, ReconcileError};
-use crate::digest::Sha256Digest;
+use crate::digest::{HashedBytes, Sha256Digest};
 use crate::limits::Limits;
 use crate::time::UtcTime;
 use crate::wire::DeploymentStatus;
@@ -104,20 +104,22 @@ impl Reconciler {
         self.report_all(now);
     }
 
-    /// Chunk bytes from the hub. Returns `Ok(true)` when they were wanted and
+    /// Chunk bytes from the hub, hashed by whoever read them
+    /// ([`HashedBytes::new`]). Returns `Ok(true)` when they were wanted and
     /// verified (an [`Action::WriteChunk`] follows), `Ok(false)` for a chunk
     /// nobody wants any more (dropped). Bytes that do not hash to `digest` or
     /// lack its signed length are rejected and the chunk is requested again.
     pub fn handle_chunk(
         &mut self,
         digest: Sha256Digest,
-        bytes: Vec<u8>,
+        bytes: HashedBytes,
         now: UtcTime,
     ) -> Result<bool, ReconcileError> {
         let Some(expected_len) = self.fetch.size(&digest) else {
             return Ok(false);
         };
-        let actual = Sha256Digest::of(&bytes);
+        let actual = bytes.sha256();
+        let bytes = bytes.into_vec();
         if bytes.len() != expected_len as usize || actual != digest {
             self.fetch.requeue(&digest);
             self.fill_requests(now);

@@ -274,7 +274,10 @@ impl Agent {
                         bytes[0] ^= 1;
                     }
                     self.fetched.push(d);
-                    if let Err(e) = self.rec.handle_chunk(d, bytes, self.now) {
+                    if let Err(e) =
+                        self.rec
+                            .handle_chunk(d, crate::digest::HashedBytes::new(bytes), self.now)
+                    {
                         self.errors.push(e);
                     }
                 }
