@@ -578,9 +578,8 @@ fn fuse_linear_layers(steps: &mut Vec<Step>, constants: &[Value], outputs: &[(St
             continue;
         }
         let (x, bias) = match steps[i].inputs[..] {
-            [Some(Src::Slot(x)), Some(Src::Const(b))] | [Some(Src::Const(b)), Some(Src::Slot(x))] => {
-                (x, b)
-            }
+            [Some(Src::Slot(x)), Some(Src::Const(b))]
+            | [Some(Src::Const(b)), Some(Src::Slot(x))] => (x, b),
             _ => continue,
         };
         let Some(&p) = producer_of.get(&x) else {
@@ -855,5 +854,86 @@ mod tests {
         let n = with_body(n, "else_branch", branch());
         let err = plan_of(&graph(vec![n], vec![any("c")], &["y"])).unwrap_err();
         assert!(err.to_string().contains("cycle"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod linear_layer_fusion_tests {
+    use super::*;
+    use crate::onnx::TensorProto;
+    use crate::ops::control::tests::{any, floats, graph, load, node, read, run};
+
+    fn init(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+        TensorProto {
+            name: Some(name.to_owned()),
+            dims: dims.to_vec(),
+            data_type: Some(1),
+            float_data: v.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// `y = Relu(x @ w + b)`, plus `extra` outputs; `b` a constant unless named
+    /// as a graph input.
+    fn linear(outputs: &[&str], bias_is_input: bool) -> GraphProto {
+        let mut g = graph(
+            vec![
+                node("MatMul", &["x", "w"], &["p"]),
+                node("Add", &["b", "p"], &["s"]),
+                node("Relu", &["s"], &["y"]),
+            ],
+            vec![any("x")],
+            outputs,
+        );
+        g.initializer
+            .push(init("w", &[2, 3], &[1., -1., 0.5, 2., 0., -3.]));
+        let bias = init("b", &[3], &[0.5, 0.25, -1.]);
+        if bias_is_input {
+            g.input.push(any("b"));
+        } else {
+            g.initializer.push(bias);
+        }
+        g
+    }
+
+    fn op_types(g: &GraphProto) -> Vec<String> {
+        let opsets = HashMap::from([(String::new(), 17)]);
+        let ctx = PlanContext {
+            opsets: &opsets,
+            base_dir: None,
+        };
+        build(g, &ctx)
+            .unwrap()
+            .steps
+            .iter()
+            .map(|s| s.op_type.clone())
+            .collect()
+    }
+
+    #[test]
+    fn matmul_bias_add_and_relu_become_one_step_with_the_same_result() {
+        let g = linear(&["y"], false);
+        assert_eq!(op_types(&g), vec!["MatMul+Add+Relu"]);
+        let m = load(g, 17).unwrap();
+        let out = run(&m, vec![("x", floats(&[2, 2], &[1., 2., -1., 0.5]))]).unwrap();
+        // x @ w = [[5, -1, -5.5], [0, 1, -2]]; + b, then Relu.
+        assert_eq!(
+            read(&out[0]),
+            (vec![2, 3], vec![5.5, 0., 0., 0.5, 1.25, 0.])
+        );
+    }
+
+    #[test]
+    fn a_product_read_elsewhere_or_a_runtime_bias_is_not_fused() {
+        // The product is also a graph output.
+        assert_eq!(
+            op_types(&linear(&["y", "p"], false)),
+            vec!["MatMul", "Add", "Relu"]
+        );
+        // The bias is a run-time input.
+        assert_eq!(
+            op_types(&linear(&["y"], true)),
+            vec!["MatMul", "Add", "Relu"]
+        );
     }
 }

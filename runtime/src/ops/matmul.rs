@@ -1,8 +1,10 @@
 //! Matrix products: `MatMul` (numpy semantics: 1-D promotion, batch broadcasting),
 //! `Gemm`, `MatMulInteger`.
 //!
-//! Float products run on candle's matmul (the `gemm` crate on CPU); integer products
-//! on the host in i64.
+//! f32 products whose batches need no broadcasting (and f32 `Gemm` with alpha 1 and
+//! a per-column or full bias) run on [`sgemm`] straight into their output buffer,
+//! the bias written first; other float products on candle's matmul (the `gemm`
+//! crate on CPU); integer products on the host in i64.
 
 use candle_core::DType;
 
@@ -112,9 +114,6 @@ pub(crate) fn matmul_float(
     Ok(r.reshape(d.out)?)
 }
 
-/// Below this many multiply-adds a product runs on one thread.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
-
 /// f32 products whose operands need no broadcasting beyond a shared 2-D weight,
 /// on [`sgemm::gemm`] straight into the output buffer (no expand, no copy of a
 /// contiguous operand), one product per batch item; `None` for the other cases.
@@ -135,13 +134,11 @@ fn matmul_f32(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>, OpError> {
     }
     let bsz = numel(&d.batch);
     let mut out = vec![0f32; bsz * m * n];
-    let threads = sgemm::threads();
-    let big = bsz * m * n * k >= PARALLEL_MIN_FLOPS;
+    let threads = sgemm::threads_for(bsz * m, n, k);
     with_f32(a.candle(), |av| {
         with_f32(b.candle(), |bv| {
             if shared_weight {
-                let t = if big { threads } else { 1 };
-                return sgemm::gemm(
+                return sgemm::gemm_rows_parallel(
                     bsz * m,
                     n,
                     k,
@@ -150,7 +147,6 @@ fn matmul_f32(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>, OpError> {
                     false,
                     MatRef::rows(av, k),
                     MatRef::rows(bv, n),
-                    t,
                 );
             }
             if av.len() != bsz * m * k || bv.len() != bsz * k * n {
@@ -171,7 +167,7 @@ fn matmul_f32(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>, OpError> {
             };
             if m * n == 0 {
                 Ok(())
-            } else if big && threads > 1 && bsz > 1 {
+            } else if threads > 1 && bsz > 1 {
                 out.par_chunks_mut(m * n).enumerate().try_for_each(item)
             } else {
                 out.chunks_mut(m * n).enumerate().try_for_each(item)
@@ -246,6 +242,71 @@ fn matmul_integer(_: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     one(matmul_int(a, b, za, zb, ElemType::I32)?)
 }
 
+/// f32 `Gemm` with alpha = 1 and a bias that is absent (or beta = 1 and the bias
+/// per column or a full `[M, N]` matrix): one [`sgemm::gemm`] into a buffer that
+/// starts as the bias, reading transposed operands in place; `None` otherwise.
+fn gemm_f32(
+    a: &Tensor,
+    b: &Tensor,
+    c: Option<&Tensor>,
+    (ta, tb): (bool, bool),
+    (alpha, beta): (f64, f64),
+    act: Activation,
+) -> Result<Option<Tensor>, OpError> {
+    let f32s = [Some(a), Some(b), c]
+        .iter()
+        .flatten()
+        .all(|t| t.elem_type() == ElemType::F32);
+    if !f32s || alpha != 1.0 || (c.is_some() && beta != 1.0) {
+        return Ok(None);
+    }
+    let (m, k) = if ta {
+        (a.shape()[1], a.shape()[0])
+    } else {
+        (a.shape()[0], a.shape()[1])
+    };
+    let (k2, n) = if tb {
+        (b.shape()[1], b.shape()[0])
+    } else {
+        (b.shape()[0], b.shape()[1])
+    };
+    if k != k2 {
+        return Ok(None);
+    }
+    let mut out = match c {
+        None => vec![0f32; m * n],
+        Some(c) if c.shape() == [n] || c.shape() == [1, n] => {
+            let mut out = Vec::with_capacity(m * n);
+            with_f32(c.candle(), |bias| {
+                for _ in 0..m {
+                    out.extend_from_slice(bias);
+                }
+                Ok(())
+            })?;
+            out
+        }
+        Some(c) if c.shape() == [m, n] => c.to_f32_vec()?,
+        Some(_) => return Ok(None),
+    };
+    with_f32(a.candle(), |av| {
+        with_f32(b.candle(), |bv| {
+            let am = if ta {
+                MatRef::transposed(av, m)
+            } else {
+                MatRef::rows(av, k)
+            };
+            let bm = if tb {
+                MatRef::transposed(bv, k)
+            } else {
+                MatRef::rows(bv, n)
+            };
+            sgemm::gemm_rows_parallel(m, n, k, &mut out, n, c.is_some(), am, bm)
+        })
+    })?;
+    act.apply_in_place(&mut out);
+    Ok(Some(Tensor::from_f32(&[m, n], out)?))
+}
+
 fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (a, b) = (i.tensor(0)?, i.tensor(1)?);
     let alpha = f64::from(n.attrs.float("alpha", 1.0)?);
@@ -255,6 +316,9 @@ fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let act = Activation::of(n)?;
     if a.rank() != 2 || b.rank() != 2 {
         return Err(OpError::new("Gemm needs 2-D A and B"));
+    }
+    if let Some(y) = gemm_f32(a, b, i.opt(2)?, (ta, tb), (alpha, beta), act)? {
+        return one(y);
     }
     let to_f = |t: &Tensor| -> Result<candle_core::Tensor, OpError> {
         Ok(match t.candle().dtype() {
@@ -369,13 +433,105 @@ mod tests {
         ];
         for (seed, (ash, bsh, fast)) in cases.iter().enumerate() {
             let (a, b) = (ramp(ash, seed), ramp(bsh, seed + 50));
-            assert_eq!(matmul_f32(&a, &b).unwrap().is_some(), *fast, "{ash:?} {bsh:?}");
+            assert_eq!(
+                matmul_f32(&a, &b).unwrap().is_some(),
+                *fast,
+                "{ash:?} {bsh:?}"
+            );
             let got = run_matmul(&a, &b);
             let want = matmul_float(a.candle(), b.candle()).unwrap();
             assert_eq!(got.shape(), want.dims());
             let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
             for (g, w) in got.to_f32_vec().unwrap().iter().zip(&want) {
                 assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_f32_gemm_path_matches_candle_for_every_transpose_and_bias() {
+        let (m, k, n) = (5, 7, 3);
+        let a = ramp(&[m, k], 1);
+        let at = ramp(&[k, m], 2);
+        let b = ramp(&[k, n], 3);
+        let bt = ramp(&[n, k], 4);
+        let biases = [
+            None,
+            Some(ramp(&[n], 5)),
+            Some(ramp(&[1, n], 6)),
+            Some(ramp(&[m, n], 7)),
+            // Not the fast path: broadcast along rows, or a scalar.
+            Some(ramp(&[m, 1], 8)),
+            Some(ramp(&[1], 9)),
+        ];
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for c in &biases {
+                for (alpha, beta) in [(1.0, 1.0), (0.5, 1.0), (1.0, 2.0)] {
+                    let aa = if ta { &at } else { &a };
+                    let bb = if tb { &bt } else { &b };
+                    let fast = gemm_f32(
+                        aa,
+                        bb,
+                        c.as_ref(),
+                        (ta, tb),
+                        (alpha, beta),
+                        Activation::Relu,
+                    )
+                    .unwrap();
+                    let bias_fits = c
+                        .as_ref()
+                        .is_none_or(|c| c.shape() != [m, 1] && c.shape() != [1]);
+                    let expect_fast = alpha == 1.0 && (c.is_none() || beta == 1.0) && bias_fits;
+                    assert_eq!(fast.is_some(), expect_fast);
+                    let mut attrs = crate::ops::Attrs::default();
+                    attrs.set("transA", crate::ops::Attr::Int(i64::from(ta)));
+                    attrs.set("transB", crate::ops::Attr::Int(i64::from(tb)));
+                    attrs.set("alpha", crate::ops::Attr::Float(alpha as f32));
+                    attrs.set("beta", crate::ops::Attr::Float(beta as f32));
+                    let info = NodeInfo {
+                        attrs,
+                        opset: 13,
+                        outputs: 1,
+                    };
+                    let mut vals = vec![Value::Tensor(aa.clone()), Value::Tensor(bb.clone())];
+                    if let Some(c) = c {
+                        vals.push(Value::Tensor(c.clone()));
+                    }
+                    let got = gemm(
+                        &info,
+                        &Inputs {
+                            values: vals.iter().map(Some).collect(),
+                        },
+                    )
+                    .unwrap();
+                    let got = got[0].as_tensor().unwrap().to_f32_vec().unwrap();
+                    // Reference: candle on transposed copies.
+                    let ac = if ta {
+                        aa.candle().t().unwrap()
+                    } else {
+                        aa.candle().clone()
+                    };
+                    let bc = if tb {
+                        bb.candle().t().unwrap()
+                    } else {
+                        bb.candle().clone()
+                    };
+                    let mut want = (ac
+                        .contiguous()
+                        .unwrap()
+                        .matmul(&bc.contiguous().unwrap())
+                        .unwrap()
+                        * alpha)
+                        .unwrap();
+                    if let Some(c) = c {
+                        want = want.broadcast_add(&(c.candle() * beta).unwrap()).unwrap();
+                    }
+                    let want: Vec<f32> = want.flatten_all().unwrap().to_vec1().unwrap();
+                    for (g, w) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{g} vs {w}");
+                    }
+                    assert_eq!(got.len(), m * n);
+                }
             }
         }
     }

@@ -24,10 +24,6 @@ use crate::value::Value;
 /// The `op_type` the planner gives a fused step (for errors and reports).
 pub(crate) const FUSED_OP: &str = "MatMul+Add";
 
-/// Below this many multiply-adds a product runs on one thread: splitting it costs
-/// more than it saves.
-const PARALLEL_MIN_FLOPS: usize = 1 << 18;
-
 /// `act(A · W + b)`; see the module docs.
 pub(crate) fn matmul_add(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let act = Activation::of(n)?;
@@ -40,9 +36,8 @@ pub(crate) fn matmul_add(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 
 /// The unfused kernels, in the order the graph had them.
 fn general(n: &NodeInfo, a: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> OpResult {
-    let kernel = |op: &str| {
-        lookup("", op).ok_or_else(|| OpError::new(format!("internal: no {op} kernel")))
-    };
+    let kernel =
+        |op: &str| lookup("", op).ok_or_else(|| OpError::new(format!("internal: no {op} kernel")));
     let plain = NodeInfo {
         attrs: Default::default(),
         opset: n.opset,
@@ -56,7 +51,9 @@ fn general(n: &NodeInfo, a: &Tensor, w: &Tensor, b: &Tensor, act: Activation) ->
         },
     )?;
     let vb = Value::Tensor(b.clone());
-    let product = y.pop().ok_or_else(|| OpError::new("internal: no product"))?;
+    let product = y
+        .pop()
+        .ok_or_else(|| OpError::new("internal: no product"))?;
     let mut y = kernel("Add")?(
         &plain,
         &Inputs {
@@ -107,14 +104,9 @@ fn fast(a: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> Result<Option<Te
         }
         Ok(())
     })?;
-    let threads = if m * n * k >= PARALLEL_MIN_FLOPS {
-        sgemm::threads()
-    } else {
-        1
-    };
     with_f32(a.candle(), |av| {
         with_f32(w.candle(), |wv| {
-            sgemm::gemm(
+            sgemm::gemm_rows_parallel(
                 m,
                 n,
                 k,
@@ -123,7 +115,6 @@ fn fast(a: &Tensor, w: &Tensor, b: &Tensor, act: Activation) -> Result<Option<Te
                 true,
                 MatRef::rows(av, k),
                 MatRef::rows(wv, n),
-                threads,
             )
         })
     })?;
@@ -140,7 +131,9 @@ mod tests {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         (0..len)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
             })
             .collect()

@@ -4,8 +4,11 @@
 //!
 //! Statistics are computed on the host in f64; parameters are broadcast to the
 //! input's shape first, so every layout the schemas allow works the same way.
+//! The exception is f32 `LayerNormalization` whose scale and bias cover exactly
+//! the normalised axes: one f32 pass per row, no broadcast copies.
 
 use crate::ops::common::{axis_in, expand_to, from_f64, numel};
+use crate::ops::fastmath;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 use crate::value::Value;
@@ -107,8 +110,13 @@ fn per_row_f32(t: &Tensor, tail: &[usize]) -> Result<Option<Vec<f32>>, OpError> 
 }
 
 /// The f32 fast path of `LayerNormalization`: rows normalised in place in f32
-/// (statistics accumulated in f64), scale and bias read once per row position.
-fn layer_norm_f32(n: &NodeInfo, i: &Inputs<'_>, a: usize, eps: f64) -> Result<Option<Vec<Value>>, OpError> {
+/// (statistics summed in eight f32 lanes), scale and bias read once per row position.
+fn layer_norm_f32(
+    n: &NodeInfo,
+    i: &Inputs<'_>,
+    a: usize,
+    eps: f64,
+) -> Result<Option<Vec<Value>>, OpError> {
     let x = i.tensor(0)?;
     if x.elem_type() != ElemType::F32 || n.attrs.int("stash_type", 1)? != 1 {
         return Ok(None);
@@ -131,14 +139,10 @@ fn layer_norm_f32(n: &NodeInfo, i: &Inputs<'_>, a: usize, eps: f64) -> Result<Op
     let mut inv_stds = Vec::with_capacity(outer);
     if inner > 0 {
         for row in y.chunks_exact_mut(inner) {
-            let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / inner as f64;
-            let var = row
-                .iter()
-                .map(|&v| (f64::from(v) - mean).powi(2))
-                .sum::<f64>()
-                / inner as f64;
-            let inv = 1.0 / (var + eps).sqrt();
-            let (m32, inv32) = (mean as f32, inv as f32);
+            let mean = fastmath::sum_by(row, |v| v) / inner as f32;
+            let var = fastmath::sum_by(row, |v| (v - mean) * (v - mean)) / inner as f32;
+            let inv = 1.0 / (f64::from(var) + eps).sqrt();
+            let (m32, inv32) = (mean, inv as f32);
             match &bias {
                 Some(b) => {
                     for ((v, s), b) in row.iter_mut().zip(&scale).zip(b) {
@@ -151,7 +155,7 @@ fn layer_norm_f32(n: &NodeInfo, i: &Inputs<'_>, a: usize, eps: f64) -> Result<Op
                     }
                 }
             }
-            means.push(mean as f32);
+            means.push(mean);
             inv_stds.push(inv32);
         }
     } else {
@@ -438,8 +442,8 @@ mod tests {
         ];
         for (axis, psh) in cases {
             let n: usize = psh.iter().product();
-            let scale = Tensor::from_f32(psh, (0..n).map(|k| 0.5 + k as f32 * 0.1).collect())
-                .unwrap();
+            let scale =
+                Tensor::from_f32(psh, (0..n).map(|k| 0.5 + k as f32 * 0.1).collect()).unwrap();
             let bias = Tensor::from_f32(psh, (0..n).map(|k| k as f32 * -0.2).collect()).unwrap();
             for b in [Some(&bias), None] {
                 let got = run(&x, &scale, b, *axis);
@@ -448,7 +452,10 @@ mod tests {
                 for (g, w) in got.iter().zip(&want) {
                     assert_eq!(g.len(), w.len());
                     for (p, q) in g.iter().zip(w) {
-                        assert!((p - q).abs() < 1e-5 * (1.0 + q.abs()), "{axis} {psh:?}: {p} vs {q}");
+                        assert!(
+                            (p - q).abs() < 1e-5 * (1.0 + q.abs()),
+                            "{axis} {psh:?}: {p} vs {q}"
+                        );
                     }
                 }
             }

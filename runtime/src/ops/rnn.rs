@@ -5,9 +5,12 @@
 //! Design: computed in f32 (f64 for f64 models) on host buffers allocated once per
 //! call. W and R are read in place as transposed operands of the `gemm` crate
 //! ([`sgemm`]), so they are never converted or copied for an f32 model. The input
-//! projection X·Wᵀ + Wb of all steps is one product; the recurrent product
-//! H·Rᵀ + Rb is one product per step for all batch items at once, and the gates
-//! run on the host, fused into one loop per item.
+//! projection X·Wᵀ + Wb of all steps is one product (LSTM and RNN add Rb there
+//! too, once); the recurrent product H·Rᵀ is one product per step for all batch
+//! items at once, and the gates run on the host, fused into one loop per item.
+//! The plain f32 LSTM (default activations, no clip, peepholes or coupled gates)
+//! runs its gates as whole-slice passes of [`fastmath`]'s vectorised sigmoid and
+//! tanh.
 
 use candle_core::{Device, WithDType};
 
@@ -518,7 +521,7 @@ impl<T: Real> Run<T> {
             true,
             MatRef::rows(xv, input),
             MatRef::transposed(dir.w, input),
-            sgemm::threads(),
+            sgemm::threads_for(s.seq * batch, gh, input),
         )?;
         match h0 {
             Some(v) => self.h.copy_from_slice(v),
@@ -533,7 +536,8 @@ impl<T: Real> Run<T> {
         let clip = |v: T| clip.map_or(v, |c| clamp(v, -c, c));
         let a = dir.acts;
         let one = T::one();
-        let kinds = |k: &[ActKind]| a.len() == k.len() && a.iter().zip(k).all(|(x, &y)| x.kind == y);
+        let kinds =
+            |k: &[ActKind]| a.len() == k.len() && a.iter().zip(k).all(|(x, &y)| x.kind == y);
         // The LSTM every exporter writes: default activations, no clip, no
         // peepholes, separate forget gate; its gates run as whole-slice passes.
         let plain_lstm = s.cell == Cell::Lstm

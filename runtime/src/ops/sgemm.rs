@@ -12,6 +12,8 @@
 
 #![allow(unsafe_code)]
 
+use rayon::prelude::*;
+
 use crate::ops::OpError;
 
 /// Element types the `gemm` crate multiplies (it panics on any other `T`, so the
@@ -163,6 +165,62 @@ pub(crate) fn gemm<T: GemmElem>(
     Ok(())
 }
 
+/// [`gemm`] split into one row block per thread, each block a single-threaded
+/// product on rayon's pool. For the short-and-wide products of inference (a
+/// batch of rows times a weight) this scales better than the `gemm` crate's own
+/// splitting; products below [`threads_for`]'s size run on the calling thread.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rows_parallel<T: GemmElem + Send + Sync>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+) -> Result<(), OpError> {
+    let threads = threads_for(m, n, k);
+    if threads <= 1 || m < 2 * threads || dst_rs < n {
+        return gemm(m, n, k, dst, dst_rs, accumulate, a, b, 1);
+    }
+    let rows = m.div_ceil(threads);
+    dst.par_chunks_mut(rows * dst_rs)
+        .enumerate()
+        .try_for_each(|(block, d)| {
+            let r0 = block * rows;
+            let mb = rows.min(m.saturating_sub(r0));
+            if mb == 0 {
+                return Ok(());
+            }
+            let start = r0
+                .checked_mul(a.rs)
+                .filter(|&s| s <= a.data.len())
+                .ok_or_else(|| OpError::new("internal: gemm lhs row block out of range"))?;
+            let ab = MatRef {
+                data: &a.data[start..],
+                rs: a.rs,
+                cs: a.cs,
+            };
+            gemm(mb, n, k, d, dst_rs, accumulate, ab, b, 1)
+        })
+}
+
+/// Below this many multiply-adds a product runs on one thread: waking rayon's
+/// workers costs more than splitting it saves.
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
+/// The threads a product of `m x k` by `k x n` should use: [`threads`] when it is
+/// big enough to split, else 1.
+pub(crate) fn threads_for(m: usize, n: usize, k: usize) -> usize {
+    let macs = m.saturating_mul(n).saturating_mul(k);
+    if macs >= PARALLEL_MIN_MACS {
+        threads()
+    } else {
+        1
+    }
+}
+
 /// The thread count rayon (and candle's gemm) use: `RAYON_NUM_THREADS` or the
 /// machine's.
 pub(crate) fn threads() -> usize {
@@ -209,6 +267,32 @@ mod tests {
                 assert_eq!(out[i * (n + 2) + j], want[i * n + j] + 1.0);
             }
             assert_eq!(out[i * (n + 2) + n], 1.0);
+        }
+    }
+
+    #[test]
+    fn row_blocks_on_the_pool_give_the_single_threaded_product() {
+        let (m, n, k) = (131, 129, 130);
+        let a: Vec<f32> = (0..m * k).map(|v| ((v * 31) % 17) as f32 - 8.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|v| ((v * 7) % 13) as f32 - 6.0).collect();
+        let want = naive(m, n, k, &a, &b);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for transposed_a in [false, true] {
+            let at: Vec<f32> = (0..m * k).map(|i| a[(i % m) * k + i / m]).collect();
+            let am = if transposed_a {
+                MatRef::transposed(&at, m)
+            } else {
+                MatRef::rows(&a, k)
+            };
+            let mut out = vec![0f32; m * n];
+            pool.install(|| {
+                gemm_rows_parallel(m, n, k, &mut out, n, false, am, MatRef::rows(&b, n))
+            })
+            .unwrap();
+            assert_eq!(out, want);
         }
     }
 

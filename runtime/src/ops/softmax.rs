@@ -2,12 +2,15 @@
 //!
 //! Before opset 13 these flatten the input to 2-D at `axis` (default 1) and
 //! normalise each row; from opset 13 they normalise along the single `axis`
-//! (default -1). Rows are computed on the host in f64, max-subtracted; a
+//! (default -1). f32 rows that are contiguous (opset < 13, or the last axis)
+//! are computed in f32 with [`fastmath`]'s exp; other rows on the host in f64,
+//! max-subtracted; a
 //! Softmax of float16/bfloat16 rounds to its type after every step (subtract,
 //! exponentiate, each addition of the sum, divide), which is what models
 //! exported in half precision were checked against.
 
 use crate::ops::common::{axis_in, from_f64, numel};
+use crate::ops::fastmath;
 use crate::ops::precision::softmax_in;
 use crate::ops::reduce::rows;
 use crate::ops::shape::permuted;
@@ -70,12 +73,12 @@ fn normalise_f32(row: &mut [f32], kind: Kind) {
             }
         }
         Kind::Soft => {
-            let mut sum = 0f64;
             for v in row.iter_mut() {
-                *v = (*v - m).exp();
-                sum += f64::from(*v);
+                *v -= m;
             }
-            let inv = (1.0 / sum) as f32;
+            fastmath::exp_in_place(row);
+            let sum = fastmath::sum_by(row, |x| x);
+            let inv = 1.0 / sum;
             for v in row.iter_mut() {
                 *v *= inv;
             }
@@ -183,11 +186,21 @@ mod tests {
         )
         .unwrap();
         for kind in [Kind::Soft, Kind::Log, Kind::Hard] {
-            for (opset, axis) in [(13, None), (13, Some(1)), (13, Some(-1)), (11, None), (11, Some(2)), (11, Some(0))] {
+            for (opset, axis) in [
+                (13, None),
+                (13, Some(1)),
+                (13, Some(-1)),
+                (11, None),
+                (11, Some(2)),
+                (11, Some(0)),
+            ] {
                 let got = run(&x32, opset, axis, kind).to_f64_vec().unwrap();
                 let want = run(&x64, opset, axis, kind).to_f64_vec().unwrap();
                 for (g, w) in got.iter().zip(&want) {
-                    assert!((g - w).abs() < 1e-5, "{kind:?} {opset} {axis:?}: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() < 1e-5,
+                        "{kind:?} {opset} {axis:?}: {g} vs {w}"
+                    );
                 }
             }
         }
