@@ -60,6 +60,10 @@ pub struct ValueSpec {
     pub shape: Option<Vec<DimSpec>>,
 }
 
+/// Inputs with at least this many elements in all run on a worker of rayon's
+/// pool when it has several threads (see [`Model::run_values`]).
+const POOL_RUN_MIN_ELEMENTS: usize = 1024;
+
 /// A loaded, planned ONNX model.
 #[derive(Debug)]
 pub struct Model {
@@ -212,7 +216,26 @@ impl Model {
         if let Some(name) = inputs.into_keys().next() {
             return Err(RunError::UnknownInput { name });
         }
-        let outs = exec::run(&self.plan, ordered)?;
+        let elements: usize = ordered
+            .iter()
+            .filter_map(Value::as_tensor)
+            .map(|t| t.shape().iter().product::<usize>())
+            .sum();
+        let outs = if elements >= POOL_RUN_MIN_ELEMENTS
+            && rayon::current_num_threads() > 1
+            && rayon::current_thread_index().is_none()
+        {
+            // Design: with several threads, a run of any size happens on a
+            // worker of rayon's pool (the caller sleeps until it is done), so
+            // a kernel's parallel parts use the caller's core instead of the
+            // pool's workers and the caller competing for the cores (at 2
+            // threads every benchmark model ran slower than at 1). Small
+            // inputs stay on the caller: the hop costs ~10 µs, as much as a
+            // whole small MLP.
+            rayon::scope(|_| exec::run(&self.plan, ordered))?
+        } else {
+            exec::run(&self.plan, ordered)?
+        };
         Ok(self
             .plan
             .outputs
