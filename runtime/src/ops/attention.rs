@@ -361,18 +361,10 @@ fn attention(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Attr, Attrs};
+    use crate::ops::Attr;
 
     fn info(attrs: &[(&str, Attr)]) -> NodeInfo {
-        let mut a = Attrs::default();
-        for (k, v) in attrs {
-            a.set(k, v.clone());
-        }
-        NodeInfo {
-            attrs: a,
-            opset: 25,
-            outputs: 4,
-        }
+        crate::ops::testing::info_with(25, 4, attrs)
     }
 
     fn t4(shape: [usize; 4], v: Vec<f32>) -> Value {

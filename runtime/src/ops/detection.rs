@@ -328,28 +328,11 @@ fn non_max_suppression(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::{Attr, Attrs};
+    use crate::ops::Attr;
     use crate::tensor::Tensor;
-    use crate::value::Value;
 
     fn call(k: Kernel, attrs: &[(&str, Attr)], ts: Vec<Tensor>) -> Result<Tensor, OpError> {
-        let mut a = Attrs::default();
-        for (name, v) in attrs {
-            a.set(name, v.clone());
-        }
-        let info = NodeInfo {
-            attrs: a,
-            opset: 22,
-            outputs: 1,
-        };
-        let vals: Vec<Value> = ts.into_iter().map(Value::Tensor).collect();
-        let out = k(
-            &info,
-            &Inputs {
-                values: vals.iter().map(Some).collect(),
-            },
-        )?;
-        Ok(out[0].as_tensor().unwrap().clone())
+        crate::ops::testing::call(k, 22, attrs, ts)
     }
 
     fn ramp() -> Tensor {

@@ -50,6 +50,8 @@ mod slicing;
 mod softmax;
 mod swiglu;
 mod tensor_scatter;
+#[cfg(test)]
+mod testing;
 mod text;
 mod unary;
 mod unique;

@@ -229,30 +229,14 @@ fn bitcast(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attrs::{Attr, Attrs};
+    use crate::ops::attrs::Attr;
     use crate::value::Value;
 
     fn info(attrs: &[(&str, Attr)]) -> NodeInfo {
-        let mut a = Attrs::default();
-        for (k, v) in attrs {
-            a.set(k, v.clone());
-        }
-        NodeInfo {
-            attrs: a,
-            opset: 26,
-            outputs: 1,
-        }
+        crate::ops::testing::info_with(26, 1, attrs)
     }
 
-    fn run(k: Kernel, n: &NodeInfo, vals: &[Value]) -> Result<Tensor, OpError> {
-        let out = k(
-            n,
-            &Inputs {
-                values: vals.iter().map(Some).collect(),
-            },
-        )?;
-        Ok(out[0].as_tensor().unwrap().clone())
-    }
+    use crate::ops::testing::run;
 
     fn axis(a: i64) -> Value {
         Value::Tensor(Tensor::from_i64(&[], vec![a]).unwrap())

@@ -144,31 +144,15 @@ fn center_crop_pad(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attrs::{Attr, Attrs};
+    use crate::ops::attrs::Attr;
     use crate::tensor::Tensor;
     use crate::value::Value;
 
     fn info(attrs: &[(&str, Attr)]) -> NodeInfo {
-        let mut a = Attrs::default();
-        for (k, v) in attrs {
-            a.set(k, v.clone());
-        }
-        NodeInfo {
-            attrs: a,
-            opset: 18,
-            outputs: 1,
-        }
+        crate::ops::testing::info_with(18, 1, attrs)
     }
 
-    fn run(k: Kernel, n: &NodeInfo, vals: &[Value]) -> Result<Tensor, OpError> {
-        let out = k(
-            n,
-            &Inputs {
-                values: vals.iter().map(Some).collect(),
-            },
-        )?;
-        Ok(out[0].as_tensor().unwrap().clone())
-    }
+    use crate::ops::testing::run;
 
     fn grid() -> Value {
         Value::Tensor(Tensor::from_f32(&[3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap())

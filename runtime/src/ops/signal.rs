@@ -327,20 +327,12 @@ fn stft(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::attrs::{Attr, Attrs};
+    use crate::ops::attrs::Attr;
     use crate::tensor::Tensor;
     use crate::value::Value;
 
     fn info(attrs: &[(&str, Attr)], opset: i64) -> NodeInfo {
-        let mut a = Attrs::default();
-        for (k, v) in attrs {
-            a.set(k, v.clone());
-        }
-        NodeInfo {
-            attrs: a,
-            opset,
-            outputs: 1,
-        }
+        crate::ops::testing::info_with(opset, 1, attrs)
     }
 
     fn run(k: Kernel, n: &NodeInfo, vals: &[Option<Value>]) -> Result<Tensor, OpError> {
