@@ -262,8 +262,13 @@ fn nothing_is_lost(
     // The broker comes back: everything arrives.
     restart_broker(hub);
     wait_drained(agent);
-    let (total, _) = stored(hub, &device);
-    assert_eq!(total, answered, "stored request counts after the outage");
+    let (total, windows) = stored(hub, &device);
+    assert_eq!(
+        total,
+        answered,
+        "stored request counts after the outage; stored windows {windows:#?}\nagent log:\n{}",
+        agent.log_text()
+    );
 
     // The hub dies mid-stream and comes back.
     score(agent, 6, 0.5);

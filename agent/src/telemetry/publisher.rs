@@ -28,6 +28,9 @@ pub const ACK_OVERDUE: Duration = Duration::from_secs(120);
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Requests the MQTT client queues; past it publishing waits for acks.
 const REQUEST_QUEUE: usize = 256;
+/// After a (re)connection, how long the first window waits for its ack
+/// before it is published again (see `probing`).
+const PROBE_RETRY: Duration = Duration::from_secs(2);
 /// First and longest wait between broker connection attempts.
 const RECONNECT_MIN: Duration = Duration::from_millis(250);
 const RECONNECT_MAX: Duration = Duration::from_secs(15);
@@ -66,6 +69,18 @@ pub struct Publisher {
     /// Highest `last_seq` handed to the client in this session.
     cursor: u64,
     connected: bool,
+    /// True from each connection until the hub's first ack in it: only the
+    /// oldest pending window is published meanwhile (again every
+    /// [`PROBE_RETRY`]). Design: after a broker restart the hub may not have
+    /// subscribed again yet, and the broker drops what nobody subscribes to.
+    /// The hub deduplicates by a per-epoch watermark, so a newer window that
+    /// reached it before a dropped older one would make the older one look
+    /// like a duplicate, and its ack would delete it here unstored. With the
+    /// oldest window first and alone until acknowledged, the first window the
+    /// hub stores after a reconnection is the oldest the agent holds.
+    probing: bool,
+    /// When the window being probed was last handed over.
+    probe_sent: Option<tokio::time::Instant>,
     /// When each window handed over in this session was first published,
     /// by `last_seq`.
     sent_at: std::collections::BTreeMap<u64, Instant>,
@@ -141,6 +156,8 @@ impl Publisher {
             status,
             changed: Arc::new(tokio::sync::Notify::new()),
             cursor: 0,
+            probing: false,
+            probe_sent: None,
             sent_at: std::collections::BTreeMap::new(),
             connected: false,
             last_progress: Instant::now(),
@@ -204,11 +221,21 @@ impl Publisher {
                     }
                     self.pump(&client);
                 }
+                () = tokio::time::sleep_until(
+                    self.probe_sent.map_or_else(tokio::time::Instant::now, |t| t + PROBE_RETRY)
+                ), if self.connected && self.probing && self.probe_sent.is_some() => {
+                    // No ack yet: the hub may not have been subscribed.
+                    self.cursor = 0;
+                    self.probe_sent = None;
+                    self.pump(&client);
+                }
                 () = tokio::time::sleep_until(resume_at), if !may_poll => {}
                 ev = events.poll(), if may_poll => match ev {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         tracing::info!(pending = self.outbox.len(), "telemetry broker connected");
                         self.connected = true;
+                        self.probing = true;
+                        self.probe_sent = None;
                         delay = RECONNECT_MIN;
                         self.cursor = 0;
                         self.sent_at.clear();
@@ -300,8 +327,17 @@ impl Publisher {
         }
         // Only what the client takes is copied: during a backlog flush this
         // runs on every MQTT event while most windows still wait.
+        if self.probing && self.probe_sent.is_some() {
+            return;
+        }
         let mut handed_seqs = Vec::new();
-        for w in self.outbox.pending().filter(|w| w.last_seq > self.cursor) {
+        let limit = if self.probing { 1 } else { usize::MAX };
+        for w in self
+            .outbox
+            .pending()
+            .filter(|w| w.last_seq > self.cursor)
+            .take(limit)
+        {
             if client
                 .try_publish(
                     self.topics.window.clone(),
@@ -316,6 +352,9 @@ impl Publisher {
             handed_seqs.push(w.last_seq);
         }
         let handed = handed_seqs.len() as u64;
+        if self.probing && handed > 0 {
+            self.probe_sent = Some(tokio::time::Instant::now());
+        }
         let now = Instant::now();
         for last_seq in handed_seqs {
             self.cursor = last_seq;
@@ -354,6 +393,8 @@ impl Publisher {
             self.last_progress = Instant::now();
         }
         if ack.epoch == self.outbox.meta().epoch && ack.device == self.device {
+            self.probing = false;
+            self.probe_sent = None;
             let later = self.sent_at.split_off(&ack.up_to_seq.saturating_add(1));
             let covered = std::mem::replace(&mut self.sent_at, later);
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
