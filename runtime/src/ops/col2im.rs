@@ -5,7 +5,7 @@
 //! The scatter-add runs on a host f64 copy; the result comes back in the input's
 //! element type. The block geometry is the one convolution uses ([`Window`]).
 
-use crate::ops::common::{for_each_index, from_f64, ints, numel, strides};
+use crate::ops::common::{checked_numel, for_each_index, from_f64, ints, numel, strides};
 use crate::ops::window::Window;
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
 
@@ -16,14 +16,6 @@ pub(super) fn lookup(op: &str) -> Option<Kernel> {
         _ => return None,
     };
     Some(k)
-}
-
-/// The element count of `shape`, or an error where it overflows.
-fn checked_numel(shape: &[usize], what: &str) -> Result<usize, OpError> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| OpError::new(format!("Col2Im {what} {shape:?} is too large")))
 }
 
 /// A shape input as sizes; every entry must be positive.
@@ -55,7 +47,7 @@ fn col2im(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         )));
     }
     let (nb, ck, l) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-    let ksz = checked_numel(&block, "block_shape")?;
+    let ksz = checked_numel(&block, "Col2Im block_shape")?;
     if ck % ksz != 0 {
         return Err(OpError::new(format!(
             "Col2Im input has {ck} rows, not a multiple of the block size {ksz}"
@@ -70,7 +62,7 @@ fn col2im(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
             win.out
         )));
     }
-    let isz = checked_numel(&image, "image_shape")?;
+    let isz = checked_numel(&image, "Col2Im image_shape")?;
     let total = isz
         .checked_mul(nb * c)
         .ok_or_else(|| OpError::new(format!("Col2Im image_shape {image:?} is too large")))?;

@@ -83,6 +83,27 @@ pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
 }
 
 /// The element count of `shape`.
+/// Most elements a kernel creates for a shape or size read from an input's
+/// *values* (ConstantOfShape, window and DFT lengths, Col2Im's image, ...):
+/// 2^30, 4 GiB of f32. Past it the kernel returns an error instead of asking
+/// the allocator for what a hostile or broken input names (an allocation
+/// failure aborts the process; it cannot be caught like a panic).
+pub(crate) const MAX_SIZED_ELEMENTS: usize = 1 << 30;
+
+/// The element count of `shape` (read from an input's values), or an error
+/// naming `what` when it overflows or exceeds [`MAX_SIZED_ELEMENTS`].
+pub(crate) fn checked_numel(shape: &[usize], what: &str) -> Result<usize, OpError> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_SIZED_ELEMENTS)
+        .ok_or_else(|| {
+            OpError::new(format!(
+                "{what} {shape:?} is too large (at most {MAX_SIZED_ELEMENTS} elements)"
+            ))
+        })
+}
+
 pub(crate) fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
@@ -219,6 +240,15 @@ pub(crate) fn full(elem: ElemType, shape: &[usize], value: f64) -> Result<Tensor
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn sizes_read_from_values_are_bounded() {
+        assert_eq!(checked_numel(&[2, 3, 4], "x").unwrap(), 24);
+        assert!(checked_numel(&[MAX_SIZED_ELEMENTS + 1], "x").is_err());
+        let e = checked_numel(&[usize::MAX, 2], "ConstantOfShape shape").unwrap_err();
+        assert!(e.message.contains("ConstantOfShape shape"), "{e:?}");
+    }
+
     use super::*;
 
     #[test]

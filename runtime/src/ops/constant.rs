@@ -3,7 +3,9 @@
 //!
 //! With constant inputs these are folded at load time by the planner.
 
-use crate::ops::common::{from_f64, from_i64, full, ints, like, scalar_f64, scalar_i64};
+use crate::ops::common::{
+    checked_numel, from_f64, from_i64, full, ints, like, scalar_f64, scalar_i64,
+};
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 
@@ -46,6 +48,7 @@ fn constant_of_shape(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         .into_iter()
         .map(|d| usize::try_from(d).map_err(|_| OpError::new("negative dim")))
         .collect::<Result<_, _>>()?;
+    checked_numel(&shape, "ConstantOfShape shape")?;
     match n.attrs.tensor("value")? {
         Some(v) => {
             let scalar = v.candle().flatten_all()?.narrow(0, 0, 1)?;

@@ -10,7 +10,9 @@
 
 use std::f64::consts::PI;
 
-use crate::ops::common::{axis_in, from_f64, need_float, numel, scalar_f64, scalar_i64};
+use crate::ops::common::{
+    axis_in, checked_numel, from_f64, need_float, numel, scalar_f64, scalar_i64,
+};
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::ElemType;
 
@@ -41,7 +43,9 @@ fn output_type(n: &NodeInfo) -> Result<ElemType, OpError> {
 /// A non-negative scalar size input.
 fn size_input(i: &Inputs<'_>, k: usize, what: &str) -> Result<usize, OpError> {
     let v = scalar_i64(i.tensor(k)?)?;
-    usize::try_from(v).map_err(|_| OpError::new(format!("{what} must be >= 0, got {v}")))
+    let n =
+        usize::try_from(v).map_err(|_| OpError::new(format!("{what} must be >= 0, got {v}")))?;
+    checked_numel(&[n], what)
 }
 
 /// A generalised cosine window: `w[n] = sum_k (-1)^k a_k cos(2 pi k n / N)`, with
@@ -103,6 +107,7 @@ fn mel_weight_matrix(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
         )));
     }
     let spectrogram_bins = dft_length / 2 + 1;
+    checked_numel(&[spectrogram_bins, mel_bins], "MelWeightMatrix output")?;
     let (low_mel, high_mel) = (hz_to_mel(low), hz_to_mel(high));
     let step = (high_mel - low_mel) / (mel_bins as f64 + 2.0);
     let edges: Vec<usize> = (0..mel_bins.saturating_add(2))
@@ -210,6 +215,7 @@ fn dft(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     if len == 0 {
         return Err(OpError::new("DFT over an empty axis"));
     }
+    checked_numel(&[len], "dft_length")?;
     let out_len = if onesided && !inverse {
         len / 2 + 1
     } else {
