@@ -7,15 +7,9 @@
 //! `flotilla_fuzz::input`.
 #![no_main]
 
-use std::sync::OnceLock;
-
+use flotilla_fuzz::genuine::genuine_model;
 use flotilla_fuzz::input::shape;
 use libfuzzer_sys::fuzz_target;
-
-fn genuine_model() -> &'static [u8] {
-    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
-    MODEL.get_or_init(|| flotilla_runtime::generate::mlp(&[4, 3, 2], 1))
-}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {

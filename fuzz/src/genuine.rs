@@ -56,6 +56,13 @@ pub struct Genuine {
     pub bundle: Vec<u8>,
 }
 
+/// A small genuine ONNX MLP (`flotilla_runtime::generate::mlp`), the
+/// starting point of the ONNX targets' edits (built once).
+pub fn genuine_model() -> &'static [u8] {
+    static MODEL: OnceLock<Vec<u8>> = OnceLock::new();
+    MODEL.get_or_init(|| flotilla_runtime::generate::mlp(&[4, 3, 2], 1))
+}
+
 /// The process's genuine material, built (and checked) on first use.
 pub fn genuine() -> &'static Genuine {
     static GENUINE: OnceLock<Genuine> = OnceLock::new();
