@@ -8,6 +8,8 @@
 //! out of budget is refused before its token is looked at, with a one-line
 //! reason saying when to retry.
 //!
+//! IPv6 addresses count by their /64.
+//!
 //! Memory: one entry per address with refusals not yet forgiven, at most
 //! [`MAX_ADDRESSES`]; past that, the oldest-forgiven entries go first.
 
@@ -42,10 +44,28 @@ impl Bucket {
     }
 }
 
+/// The key an address is budgeted under: IPv4 addresses alone, IPv6 by
+/// their /64 (one host usually holds a whole /64, so per-address budgets
+/// would be free to multiply).
+fn key(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V4(_) => addr,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                IpAddr::from(o)
+            }
+        },
+    }
+}
+
 impl FailedAttempts {
     /// `Err(wait)` when `addr` has no refusals left: it may try again after
     /// `wait`.
     pub(super) fn check(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let addr = key(addr);
         let map = self.lock();
         match map.get(&addr) {
             Some(b) => {
@@ -62,6 +82,7 @@ impl FailedAttempts {
 
     /// Spends one refusal of `addr`'s budget.
     pub(super) fn refused(&self, addr: IpAddr, now: Instant) {
+        let addr = key(addr);
         let mut map = self.lock();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
             map.retain(|_, b| b.refilled(now) < BURST);
@@ -124,6 +145,20 @@ mod tests {
         assert!(a.check(ip(1), t1).is_ok());
         a.refused(ip(1), t1);
         assert!(a.check(ip(1), t1).is_err());
+    }
+
+    #[test]
+    fn ipv6_addresses_share_the_budget_of_their_slash_64() {
+        let a = FailedAttempts::default();
+        let t0 = Instant::now();
+        for i in 0..BURST as u16 {
+            let addr = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, i]);
+            a.refused(addr, t0);
+        }
+        let other_host = IpAddr::from([0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 7]);
+        assert!(a.check(other_host, t0).is_err());
+        let other_net = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(a.check(other_net, t0).is_ok());
     }
 
     #[test]
