@@ -285,6 +285,11 @@ fn write_file(path: &Path, file: &ManifestFile, store: &AgentStore) -> Result<()
             })?;
         let actual = Sha256Digest::of(&bytes);
         if actual != c.digest || bytes.len() != c.size as usize {
+            // Dropped so that the next fetch of a version with this chunk
+            // asks the hub for it again instead of finding it "present".
+            if let Err(e) = store.remove_chunks(&[c.digest]) {
+                tracing::warn!(digest = %c.digest, error = %e, "could not drop a corrupt chunk");
+            }
             return Err(SlotError::CorruptChunk {
                 path: file.path.clone(),
                 digest: c.digest,
@@ -526,6 +531,11 @@ pub(crate) mod tests {
         assert!(
             matches!(err, SlotError::CorruptChunk { digest, .. } if digest == last.digest),
             "{err}"
+        );
+        assert_eq!(
+            e.store.has_chunks(&[last.digest]).unwrap().1,
+            vec![last.digest],
+            "the corrupt chunk is dropped so that it is fetched again"
         );
         assert!(!bundle_dir(&e.root, &e.key, TARGET).exists());
         let left: Vec<_> = fs::read_dir(e.root.join("fraud/blue")).unwrap().collect();

@@ -1,9 +1,7 @@
 //! [`AgentStore`]: the agent's one redb file, `DATA/agent.redb`.
 //!
-//! It holds four things, each in its own table:
+//! It holds three things, each in its own table:
 //!
-//! - the content-addressed chunk store (SHA-256 digest → bytes), shared by every
-//!   version of every deployment, with running totals for [`AgentStore::chunk_stats`];
 //! - the reconciler's [`AgentRecord`], one key, replaced whole by each `Persist`;
 //! - the trusted TUF metadata and director document ([`TrustDocs`]), replaced
 //!   together in one transaction so that a crash never leaves a mix of two updates;
@@ -11,16 +9,21 @@
 //!   outbox's meta record (epoch, next sequence number, dropped count) in
 //!   `state`, changed together by [`AgentStore::apply_outbox`].
 //!
-//! Design: chunk writes commit with [`Durability::None`] (no fsync): redb makes
-//! them durable with the next [`Durability::Immediate`] commit (redb commits are
-//! ordered, so a durable commit makes every earlier one durable too). The
-//! driver's `Persist` is an Immediate [`AgentStore::save_record`], and the
-//! reconciler emits one after a fetch's `WriteChunk`s and before any record that
-//! relies on those chunks surviving a crash (a `staged`, `active` or `previous`
-//! slot, whose chunks must all be in the store). Reads in this process see
-//! non-durable chunks at once, so `Stage` may run before that `Persist`. A crash
-//! before it loses at most chunks of a fetch still `pending` in the last durable
-//! record, which the restored reconciler asks the store about again.
+//! Beside it, in `DATA/chunks/`, the content-addressed chunk store (SHA-256
+//! digest → bytes), shared by every version of every deployment: one file per
+//! chunk ([`chunks`] says why not redb values). This type owns both; the redb
+//! file's lock keeps a second agent out of both.
+//!
+//! Design: chunk writes are not fsynced one by one. [`AgentStore::save_record`]
+//! (the driver's `Persist`) first makes every chunk written so far durable (one
+//! `syncfs`), then commits the record durably; the reconciler emits a `Persist`
+//! after a fetch's `WriteChunk`s and before any record that relies on those
+//! chunks surviving a crash (a `staged`, `active` or `previous` slot, whose
+//! chunks must all be in the store). Reads in this process see chunks at once,
+//! so `Stage` may run before that `Persist`. A crash before it loses at most
+//! chunks of a fetch still `pending` in the last durable record, which the
+//! restored reconciler asks the store about again. A data dir from before the
+//! chunk files (chunks in a redb table) is migrated at open.
 //!
 //! It does not verify chunk bytes against their digests (the reconciler does that
 //! before it asks for a write, and staging checks again on the way out), decode
@@ -33,6 +36,10 @@ use flotilla_protocol::reconcile::{AgentRecord, ReconcileError};
 use flotilla_protocol::telemetry::{OutboxChange, OutboxMeta};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+mod chunks;
+
+use chunks::ChunkFiles;
+
 /// redb's page cache for the agent's file. redb's default (1 GiB) keeps
 /// every chunk of a fetch resident; chunks are written once and read once
 /// (at staging), so a small cache costs nothing and bounds the agent's memory
@@ -43,11 +50,14 @@ const CACHE_BYTES: usize = 32 << 20;
 /// File name of the store inside the agent's data directory.
 pub const STORE_FILE: &str = "agent.redb";
 
-/// Chunk digest → chunk bytes.
-const CHUNKS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("chunks");
-/// Running totals of [`CHUNKS`], kept in the same transactions as its writes.
-// invariant: `count` and `bytes` equal the number and total length of CHUNKS' rows.
-const CHUNK_TOTALS: TableDefinition<'_, &str, u64> = TableDefinition::new("chunk_totals");
+/// Dir of the chunk files inside the agent's data directory.
+pub const CHUNKS_DIR: &str = "chunks";
+
+/// Chunk digest → chunk bytes, where data dirs before the chunk files kept
+/// them; read once by the migration at open, then deleted.
+const LEGACY_CHUNKS: TableDefinition<'_, [u8; 32], &[u8]> = TableDefinition::new("chunks");
+/// Running totals of [`LEGACY_CHUNKS`]; deleted with it.
+const LEGACY_CHUNK_TOTALS: TableDefinition<'_, &str, u64> = TableDefinition::new("chunk_totals");
 /// The reconciler record, under [`RECORD_KEY`].
 const STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("state");
 /// Trusted metadata documents by role name.
@@ -58,8 +68,6 @@ const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("telemetry_
 
 const RECORD_KEY: &str = "record";
 const OUTBOX_META_KEY: &str = "telemetry_outbox_meta";
-const COUNT_KEY: &str = "count";
-const BYTES_KEY: &str = "bytes";
 
 /// The telemetry outbox as stored: its meta record and `(first_seq, encoded
 /// window)` rows.
@@ -119,6 +127,16 @@ pub enum StoreError {
         /// What redb said.
         source: Box<redb::Error>,
     },
+    /// A chunk file could not be read, written or removed.
+    #[error("agent chunk store {path}: {op}: {source}")]
+    Chunk {
+        /// The chunk dir.
+        path: PathBuf,
+        /// What was being done.
+        op: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// The saved reconciler record does not decode.
     #[error("agent store {path}: saved reconciler record: {source}")]
     Record {
@@ -135,6 +153,7 @@ pub enum StoreError {
 pub struct AgentStore {
     db: Database,
     path: PathBuf,
+    chunks: ChunkFiles,
 }
 
 impl AgentStore {
@@ -163,12 +182,16 @@ impl AgentStore {
                     source: Box::new(source),
                 },
             })?;
-        let store = Self { db, path };
+        let chunk_dir = data_dir.join(CHUNKS_DIR);
+        let chunks = ChunkFiles::open(&chunk_dir).map_err(|source| StoreError::Chunk {
+            path: chunk_dir.clone(),
+            op: "open",
+            source,
+        })?;
+        let store = Self { db, path, chunks };
+        store.migrate_chunks()?;
         let tx = store.db.begin_write().map_err(store.err("create tables"))?;
         {
-            tx.open_table(CHUNKS).map_err(store.err("create tables"))?;
-            tx.open_table(CHUNK_TOTALS)
-                .map_err(store.err("create tables"))?;
             tx.open_table(STATE).map_err(store.err("create tables"))?;
             tx.open_table(TRUST).map_err(store.err("create tables"))?;
             tx.open_table(OUTBOX).map_err(store.err("create tables"))?;
@@ -187,18 +210,19 @@ impl AgentStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// [`StoreError::Chunk`].
     pub fn has_chunks(
         &self,
         digests: &[Sha256Digest],
     ) -> Result<(Vec<Sha256Digest>, Vec<Sha256Digest>), StoreError> {
-        const OP: &str = "query chunks";
-        let tx = self.db.begin_read().map_err(self.err(OP))?;
-        let table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
         let mut present = Vec::new();
         let mut absent = Vec::new();
         for d in digests {
-            if table.get(&d.0).map_err(self.err(OP))?.is_some() {
+            if self
+                .chunks
+                .contains(d)
+                .map_err(self.chunk_err("query chunks"))?
+            {
                 present.push(*d);
             } else {
                 absent.push(*d);
@@ -212,76 +236,54 @@ impl AgentStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// [`StoreError::Chunk`].
     pub fn put_chunk(&self, digest: &Sha256Digest, bytes: &[u8]) -> Result<(), StoreError> {
         self.put_chunks(&[(*digest, bytes)])
     }
 
-    /// Stores several chunks in one transaction, without fsync.
+    /// Stores several chunks, without fsync. On an error the chunks before the
+    /// failed one are stored.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// [`StoreError::Chunk`].
     pub fn put_chunks(&self, chunks: &[(Sha256Digest, &[u8])]) -> Result<(), StoreError> {
-        const OP: &str = "write chunks";
-        let mut tx = self.db.begin_write().map_err(self.err(OP))?;
-        tx.set_durability(Durability::None).map_err(self.err(OP))?;
-        {
-            let mut table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
-            let mut totals = tx.open_table(CHUNK_TOTALS).map_err(self.err(OP))?;
-            let (mut count, mut bytes) = read_totals(&totals).map_err(self.err(OP))?;
-            for (digest, data) in chunks {
-                let old = table.insert(&digest.0, *data).map_err(self.err(OP))?;
-                match old {
-                    Some(old) => bytes = bytes.saturating_sub(old.value().len() as u64),
-                    None => count += 1,
-                }
-                bytes += data.len() as u64;
-            }
-            totals.insert(COUNT_KEY, count).map_err(self.err(OP))?;
-            totals.insert(BYTES_KEY, bytes).map_err(self.err(OP))?;
+        for (digest, data) in chunks {
+            self.chunks
+                .put(digest, data)
+                .map_err(self.chunk_err("write chunk"))?;
         }
-        tx.commit().map_err(self.err(OP))
+        Ok(())
     }
 
     /// The bytes of chunk `digest`, if held.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// [`StoreError::Chunk`].
     pub fn get_chunk(&self, digest: &Sha256Digest) -> Result<Option<Vec<u8>>, StoreError> {
-        const OP: &str = "read chunk";
-        let tx = self.db.begin_read().map_err(self.err(OP))?;
-        let table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
-        let value = table.get(&digest.0).map_err(self.err(OP))?;
-        Ok(value.map(|v| v.value().to_vec()))
+        self.chunks
+            .get(digest)
+            .map_err(self.chunk_err("read chunk"))
     }
 
-    /// Deletes these chunks (those not held are skipped) in one durable
-    /// transaction; returns how many were deleted.
+    /// Deletes these chunks (those not held are skipped); returns how many were
+    /// deleted.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// [`StoreError::Chunk`]; the chunks before the failed one are deleted.
     pub fn remove_chunks(&self, digests: &[Sha256Digest]) -> Result<usize, StoreError> {
-        const OP: &str = "remove chunks";
-        let tx = self.db.begin_write().map_err(self.err(OP))?;
         let mut removed = 0usize;
-        {
-            let mut table = tx.open_table(CHUNKS).map_err(self.err(OP))?;
-            let mut totals = tx.open_table(CHUNK_TOTALS).map_err(self.err(OP))?;
-            let (mut count, mut bytes) = read_totals(&totals).map_err(self.err(OP))?;
-            for d in digests {
-                if let Some(old) = table.remove(&d.0).map_err(self.err(OP))? {
-                    removed += 1;
-                    count = count.saturating_sub(1);
-                    bytes = bytes.saturating_sub(old.value().len() as u64);
-                }
+        for d in digests {
+            if self
+                .chunks
+                .remove(d)
+                .map_err(self.chunk_err("remove chunk"))?
+            {
+                removed += 1;
             }
-            totals.insert(COUNT_KEY, count).map_err(self.err(OP))?;
-            totals.insert(BYTES_KEY, bytes).map_err(self.err(OP))?;
         }
-        tx.commit().map_err(self.err(OP))?;
         Ok(removed)
     }
 
@@ -289,21 +291,52 @@ impl AgentStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// None today; kept fallible for stores that count on disk.
     pub fn chunk_stats(&self) -> Result<(u64, u64), StoreError> {
-        const OP: &str = "read chunk totals";
-        let tx = self.db.begin_read().map_err(self.err(OP))?;
-        let totals = tx.open_table(CHUNK_TOTALS).map_err(self.err(OP))?;
-        read_totals(&totals).map_err(self.err(OP))
+        Ok(self.chunks.totals())
     }
 
-    /// Replaces the reconciler record, durably (fsync before returning).
+    /// Moves chunks a data dir from before the chunk files holds in redb into
+    /// chunk files, makes them durable, then deletes the redb tables. A crash
+    /// midway repeats it at the next open (writing a chunk again is harmless).
+    fn migrate_chunks(&self) -> Result<(), StoreError> {
+        const OP: &str = "migrate chunks";
+        let tx = self.db.begin_read().map_err(self.err(OP))?;
+        let table = match tx.open_table(LEGACY_CHUNKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+            Err(e) => return Err(self.err(OP)(e)),
+        };
+        let mut moved = 0u64;
+        for row in table.iter().map_err(self.err(OP))? {
+            let (k, v) = row.map_err(self.err(OP))?;
+            self.chunks
+                .put(&Sha256Digest(k.value()), v.value())
+                .map_err(self.chunk_err(OP))?;
+            moved += 1;
+        }
+        drop(table);
+        drop(tx);
+        self.chunks.sync().map_err(self.chunk_err(OP))?;
+        let mut tx = self.db.begin_write().map_err(self.err(OP))?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(self.err(OP))?;
+        tx.delete_table(LEGACY_CHUNKS).map_err(self.err(OP))?;
+        tx.delete_table(LEGACY_CHUNK_TOTALS).map_err(self.err(OP))?;
+        tx.commit().map_err(self.err(OP))?;
+        tracing::info!(chunks = moved, dir = %self.chunks.dir().display(), "moved stored chunks out of the redb file into chunk files");
+        Ok(())
+    }
+
+    /// Replaces the reconciler record, durably (fsync before returning), after
+    /// making every chunk written so far durable.
     ///
     /// # Errors
     ///
-    /// [`StoreError::Db`].
+    /// [`StoreError::Chunk`] (nothing is saved then) or [`StoreError::Db`].
     pub fn save_record(&self, record: &AgentRecord) -> Result<(), StoreError> {
         const OP: &str = "save record";
+        self.chunks.sync().map_err(self.chunk_err(OP))?;
         let mut tx = self.db.begin_write().map_err(self.err(OP))?;
         tx.set_durability(Durability::Immediate)
             .map_err(self.err(OP))?;
@@ -458,6 +491,15 @@ impl AgentStore {
         }))
     }
 
+    /// Maps an I/O error on the chunk files to [`StoreError::Chunk`].
+    fn chunk_err(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::Chunk {
+            path: self.chunks.dir().to_owned(),
+            op,
+            source,
+        }
+    }
+
     /// Maps a redb error to [`StoreError::Db`] for operation `op`.
     fn err<E: Into<redb::Error>>(&self, op: &'static str) -> impl FnOnce(E) -> StoreError + '_ {
         move |e| StoreError::Db {
@@ -466,15 +508,6 @@ impl AgentStore {
             source: Box::new(e.into()),
         }
     }
-}
-
-/// The chunk count and byte total.
-fn read_totals(
-    totals: &impl ReadableTable<&'static str, u64>,
-) -> Result<(u64, u64), redb::StorageError> {
-    let count = totals.get(COUNT_KEY)?.map_or(0, |v| v.value());
-    let bytes = totals.get(BYTES_KEY)?.map_or(0, |v| v.value());
-    Ok((count, bytes))
 }
 
 /// The outbox meta record: epoch, next sequence number, dropped, as
@@ -555,6 +588,41 @@ mod tests {
         assert_eq!(store.remove_chunks(&[d(1), d(9), d(3)]).unwrap(), 2);
         assert_eq!(store.chunk_stats().unwrap(), (1, 4));
         assert_eq!(store.get_chunk(&d(1)).unwrap(), None);
+    }
+
+    #[test]
+    fn chunks_stored_in_redb_by_an_older_agent_are_moved_into_chunk_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join(STORE_FILE)).unwrap();
+            let tx = db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(LEGACY_CHUNKS).unwrap();
+                t.insert(&d(1).0, b"one".as_slice()).unwrap();
+                t.insert(&d(2).0, b"twotwo".as_slice()).unwrap();
+                let mut totals = tx.open_table(LEGACY_CHUNK_TOTALS).unwrap();
+                totals.insert("count", 2).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let store = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(store.chunk_stats().unwrap(), (2, 9));
+        assert_eq!(store.get_chunk(&d(2)).unwrap().unwrap(), b"twotwo");
+        assert!(dir.path().join(CHUNKS_DIR).is_dir());
+        let tx = store.db.begin_read().unwrap();
+        assert!(
+            matches!(
+                tx.open_table(LEGACY_CHUNKS),
+                Err(redb::TableError::TableDoesNotExist(_))
+            ),
+            "the redb table is gone once moved"
+        );
+        drop(tx);
+        drop(store);
+        // A second open finds nothing to move and keeps the chunks.
+        let store = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(store.chunk_stats().unwrap(), (2, 9));
+        assert_eq!(store.get_chunk(&d(1)).unwrap().unwrap(), b"one");
     }
 
     #[test]

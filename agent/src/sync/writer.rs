@@ -1,10 +1,9 @@
 //! [`ChunkWriter`]: chunk writes off the event loop.
 //!
-//! A fetch used to write each burst of verified chunks to redb on the event
-//! loop, so receiving, hashing and writing took turns. The writer is one
-//! thread that owns the writes: the loop hands it batches and goes on; the
-//! thread commits whatever has queued up in one transaction (larger batches
-//! as the disk falls behind, and fewer redb commits).
+//! A fetch used to write each burst of verified chunks on the event loop, so
+//! receiving, hashing and writing took turns. The writer is one thread that
+//! owns the writes: the loop hands it batches and goes on; the thread writes
+//! whatever has queued up (chunk files, `store/chunks.rs`).
 //!
 //! Ordering: the loop calls [`ChunkWriter::flush`] before any action that
 //! reads the chunk store or makes the reconciler's record durable (a query,
