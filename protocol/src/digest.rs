@@ -36,7 +36,8 @@ impl Sha256Digest {
 }
 
 /// Bytes together with their SHA-256, computed when the value is made: the
-/// only way to get one is [`HashedBytes::new`], so a holder can compare
+/// only ways to get one are [`HashedBytes::new`] and [`HashedBytesBuilder`]
+/// (which hashes every byte it appends), so a holder can compare
 /// [`HashedBytes::sha256`] with an expected digest without hashing again (a
 /// receiver hashes on whichever thread read the bytes, and the code that
 /// decides still does the comparing).
@@ -76,6 +77,55 @@ impl HashedBytes {
     /// Gives the bytes back.
     pub fn into_vec(self) -> Vec<u8> {
         self.bytes
+    }
+}
+
+/// Builds a [`HashedBytes`] from pieces, hashing each piece as it is
+/// appended (while it is still in cache), so a receiver copies the bytes it
+/// reads once and hashes them on the way.
+#[derive(Default)]
+pub struct HashedBytesBuilder {
+    bytes: Vec<u8>,
+    hasher: Sha256Hasher,
+}
+
+impl HashedBytesBuilder {
+    /// An empty builder with room for `n` bytes.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(n),
+            hasher: Sha256Hasher::default(),
+        }
+    }
+
+    /// Appends (and hashes) `data`.
+    pub fn extend(&mut self, data: &[u8]) {
+        self.bytes.extend_from_slice(data);
+        self.hasher.update(data);
+    }
+
+    /// Bytes appended so far.
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether nothing was appended.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The bytes with their digest.
+    pub fn finish(self) -> HashedBytes {
+        HashedBytes {
+            bytes: self.bytes,
+            sha256: self.hasher.finish(),
+        }
+    }
+}
+
+impl fmt::Debug for HashedBytesBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HashedBytesBuilder({} bytes)", self.bytes.len())
     }
 }
 

@@ -6,7 +6,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_net::{framed, HUB_SERVER_NAME};
+use flotilla_net::framed::{self, ChunkItem};
+use flotilla_net::HUB_SERVER_NAME;
 use flotilla_protocol::digest::HashedBytes;
 use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::limits::Limits;
@@ -161,11 +162,21 @@ async fn connect_inner(d: Dial<'_>) -> Result<Link, String> {
         let ev = events.clone();
         tokio::spawn(async move {
             loop {
-                match rx.next().await {
-                    Ok(Some(ChunkFrame::ChunkData { digest, bytes })) => {
-                        // Hashed here, on the stream's own task, so the
-                        // streams hash in parallel and the event loop only
-                        // compares digests.
+                match rx.next_chunk().await {
+                    // Hashed on the stream's own task as the bytes arrive,
+                    // so the streams hash in parallel and the event loop
+                    // only compares digests.
+                    Ok(Some(ChunkItem::Data(digest, bytes))) => {
+                        if ev
+                            .send(Event::ChunkData(generation, digest, bytes))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(Some(ChunkItem::Frame(ChunkFrame::ChunkData { digest, bytes }))) => {
+                        // A frame the fast path did not take apart.
                         let bytes = HashedBytes::new(bytes.into_vec());
                         if ev
                             .send(Event::ChunkData(generation, digest, bytes))
@@ -175,7 +186,7 @@ async fn connect_inner(d: Dial<'_>) -> Result<Link, String> {
                             return;
                         }
                     }
-                    Ok(Some(f)) => {
+                    Ok(Some(ChunkItem::Frame(f))) => {
                         if ev.send(Event::Chunk(generation, f)).await.is_err() {
                             return;
                         }

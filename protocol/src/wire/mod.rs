@@ -29,7 +29,7 @@ pub mod status;
 mod props;
 
 pub use bytes::ByteBuf;
-pub use chunk::{chunk_data_head, ChunkFrame};
+pub use chunk::{chunk_data_head, parse_chunk_data_head, ChunkFrame, ChunkHead};
 pub use codec::{encode_frame, FrameDecoder};
 pub use control::{
     AcceleratorInfo, AgentHello, ControlFrame, Inventory, MetadataUpdate, TrustedVersions,
