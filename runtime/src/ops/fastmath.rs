@@ -24,8 +24,25 @@ const ROUND: f32 = 12_582_912.0;
 fn exp1(x: f32) -> f32 {
     let nan = x.is_nan();
     let underflow = x < -87.5;
-    let x = x.clamp(-87.5, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    let y = exp_in_range(x.clamp(-87.5, 88.0));
+    if nan {
+        f32::NAN
+    } else if underflow {
+        0.0
+    } else {
+        y
+    }
+}
+
+/// e^x for x in [-87.5, 88] (NaN gives NaN); the core of [`exp1`], for callers
+/// that keep their argument in range and need no special cases.
+#[inline(always)]
+fn exp_in_range(x: f32) -> f32 {
+    // Adding ROUND leaves round(x / ln 2) in the low mantissa bits of `shifted`,
+    // so n's integer value is read from the bits rather than with an `as i32`
+    // cast, which SSE2 cannot vectorise (it saturates).
+    let shifted = x * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -34,20 +51,22 @@ fn exp1(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    // n lies in [-126, 127], so the biased exponent is in [1, 254].
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
-    if nan {
-        f32::NAN
-    } else if underflow {
-        0.0
-    } else {
-        y * scale
-    }
+    // n lies in [-126, 127], so the biased exponent n + 127 is in [1, 254]; the
+    // bits of `shifted` are those of ROUND plus n (two's complement, wrapping).
+    let biased = shifted
+        .to_bits()
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    let scale = f32::from_bits(biased << 23);
+    y * scale
 }
 
 #[inline(always)]
 fn sigmoid1(x: f32) -> f32 {
-    1.0 / (1.0 + exp1(-x))
+    // Below -88 this divides by about 1.6e38 (a result under 1e-38, as the exact
+    // value); above 87.5 e^-x is about 1e-38 and the result rounds to 1; NaN
+    // stays NaN through the polynomial.
+    1.0 / (1.0 + exp_in_range((-x).clamp(-87.5, 88.0)))
 }
 
 #[inline(always)]
@@ -62,13 +81,39 @@ fn tanh1(x: f32) -> f32 {
             * x
             + x;
     // Large |x|: 1 - 2 / (e^{2|x|} + 1), with the sign put back.
-    let e = exp1(2.0 * ax.min(44.0));
+    // 2|x| is in [0, 88] (a NaN x takes the other branch).
+    let e = exp_in_range(2.0 * ax.min(44.0));
     let large = (1.0 - 2.0 / (e + 1.0)).copysign(x);
     // NaN keeps the polynomial's NaN.
     if ax < 0.625 || x.is_nan() {
         small
     } else {
         large
+    }
+}
+
+/// The LSTM cell with the default activations (sigmoid, tanh, tanh) for one batch
+/// item (or a range of its hidden units): `gates` holds the pre-activations of the
+/// gates i, o, f and c (ONNX order), as long as `c` each, and is overwritten with
+/// the activations; `c` (the cell state) is updated in place and `h` overwritten:
+/// `c = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c)`. Whole-slice passes, each a
+/// simple loop the compiler vectorises (faster than one fused loop, which runs
+/// out of SSE registers).
+pub(crate) fn lstm_cell(gates: [&mut [f32]; 4], c: &mut [f32], h: &mut [f32]) {
+    let n = c.len();
+    let [i, o, f, g] = gates.map(|v| &mut v[..n]);
+    let h = &mut h[..n];
+    sigmoid_in_place(i);
+    sigmoid_in_place(o);
+    sigmoid_in_place(f);
+    tanh_in_place(g);
+    for ((((c, h), &i), &f), &g) in c.iter_mut().zip(h.iter_mut()).zip(&*i).zip(&*f).zip(&*g) {
+        *c = f * *c + i * g;
+        *h = *c;
+    }
+    tanh_in_place(h);
+    for (h, &o) in h.iter_mut().zip(&*o) {
+        *h *= o;
     }
 }
 

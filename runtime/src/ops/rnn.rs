@@ -10,7 +10,10 @@
 //! items at once, and the gates run on the host, fused into one loop per item.
 //! The plain f32 LSTM (default activations, no clip, peepholes or coupled gates)
 //! runs its gates as whole-slice passes of [`fastmath`]'s vectorised sigmoid and
-//! tanh.
+//! tanh; when every item runs all steps, the recurrent product accumulates straight
+//! into the step's input projection, and at batch 1 with two or more threads each
+//! step is split over two threads by hidden unit. (The per-step product at batch 1
+//! is bound by reading R, 4·hidden² values, not by the `gemm` call's overhead.)
 
 use candle_core::{Device, WithDType};
 
@@ -138,7 +141,7 @@ fn clamp<T: PartialOrd>(v: T, lo: T, hi: T) -> T {
 
 /// The element types the recurrences compute in: f64 for f64 models, f32 for
 /// every other float type.
-trait Real: GemmElem + WithDType + std::ops::Neg<Output = Self> {
+trait Real: GemmElem + WithDType + Send + Sync + std::ops::Neg<Output = Self> {
     fn exp(self) -> Self;
     fn tanh(self) -> Self;
     fn abs(self) -> Self;
@@ -147,10 +150,14 @@ trait Real: GemmElem + WithDType + std::ops::Neg<Output = Self> {
     fn sigmoid_all(v: &mut [Self]);
     /// tanh of every element, in place.
     fn tanh_all(v: &mut [Self]);
+    /// The default-activation LSTM cell for one item (or a range of its hidden
+    /// units): `gates` holds the pre-activations of i, o, f and c, as long as `c`
+    /// each (overwritten with the activations); `c` is updated, `h` written.
+    fn lstm_cell(gates: [&mut [Self]; 4], c: &mut [Self], h: &mut [Self]);
 }
 
 macro_rules! real {
-    ($t:ty, $sigmoid_all:expr, $tanh_all:expr) => {
+    ($t:ty, $sigmoid_all:expr, $tanh_all:expr, $lstm_cell:expr) => {
         impl Real for $t {
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -170,16 +177,39 @@ macro_rules! real {
             fn tanh_all(v: &mut [Self]) {
                 $tanh_all(v)
             }
+            fn lstm_cell(gates: [&mut [Self]; 4], c: &mut [Self], h: &mut [Self]) {
+                $lstm_cell(gates, c, h)
+            }
         }
     };
 }
 // f32 gates use the vectorised approximations (a few ulps); f64 keeps libm.
-real!(f32, fastmath::sigmoid_in_place, fastmath::tanh_in_place);
+real!(
+    f32,
+    fastmath::sigmoid_in_place,
+    fastmath::tanh_in_place,
+    fastmath::lstm_cell
+);
 real!(
     f64,
-    |v: &mut [f64]| v.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
-    |v: &mut [f64]| v.iter_mut().for_each(|x| *x = x.tanh())
+    |v: &mut [f64]| v.iter_mut().for_each(|x| *x = sigmoid_f64(*x)),
+    |v: &mut [f64]| v.iter_mut().for_each(|x| *x = x.tanh()),
+    lstm_cell_f64
 );
+
+fn sigmoid_f64(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// [`Real::lstm_cell`] in f64, with libm.
+fn lstm_cell_f64(gates: [&mut [f64]; 4], c: &mut [f64], h: &mut [f64]) {
+    let [i, o, f, g] = gates;
+    for k in 0..c.len() {
+        let new_c = sigmoid_f64(f[k]) * c[k] + sigmoid_f64(i[k]) * g[k].tanh();
+        c[k] = new_c;
+        h[k] = sigmoid_f64(o[k]) * new_c.tanh();
+    }
+}
 
 fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError> {
     let names: Vec<String> = match n.attrs.strings("activations")? {
@@ -445,6 +475,66 @@ struct Direction<'a, T> {
     acts: &'a [Act],
 }
 
+/// Below this many multiply-adds per step, a batch-1 recurrent product stays on one
+/// thread (a join costs about a microsecond).
+const SPLIT_MIN_MACS: usize = 1 << 15;
+
+/// The four gates' parts (i, o, f, c) of one item's `4 * hidden` pre-activations.
+fn gate_slices_mut<T>(pre: &mut [T], hidden: usize) -> [&mut [T]; 4] {
+    let (i, rest) = pre.split_at_mut(hidden);
+    let (o, rest) = rest.split_at_mut(hidden);
+    let (f, c) = rest.split_at_mut(hidden);
+    [i, o, f, c]
+}
+
+/// Each gate's units [0, mid) and [mid, hidden).
+fn split_gates<'a, T>(
+    gates: &'a mut [&mut [T]; 4],
+    mid: usize,
+) -> ([&'a mut [T]; 4], [&'a mut [T]; 4]) {
+    let [i, o, f, c] = gates;
+    let (i0, i1) = i.split_at_mut(mid);
+    let (o0, o1) = o.split_at_mut(mid);
+    let (f0, f1) = f.split_at_mut(mid);
+    let (c0, c1) = c.split_at_mut(mid);
+    ([i0, o0, f0, c0], [i1, o1, f1, c1])
+}
+
+/// One step of the plain LSTM for hidden units `k0..k0 + c.len()` of a batch-1
+/// item: adds `h_prev` times those units' rows of R (`r`, [4 * hidden, hidden])
+/// into each gate's pre-activations, then runs the cell, writing `h_next`.
+fn lstm_units<T: Real>(
+    r: &[T],
+    h_prev: &[T],
+    k0: usize,
+    gates: [&mut [T]; 4],
+    c: &mut [T],
+    h_next: &mut [T],
+) -> Result<(), OpError> {
+    let (hidden, n) = (h_prev.len(), c.len());
+    if n == 0 {
+        return Ok(());
+    }
+    let [i, o, f, g] = gates;
+    for (gate, dst) in [&mut *i, &mut *o, &mut *f, &mut *g].into_iter().enumerate() {
+        let rows = &r[(gate * hidden + k0) * hidden..(gate * hidden + k0 + n) * hidden];
+        let rt = MatRef::transposed(rows, hidden);
+        sgemm::gemm(
+            1,
+            n,
+            hidden,
+            dst,
+            n,
+            true,
+            MatRef::rows(h_prev, hidden),
+            rt,
+            1,
+        )?;
+    }
+    T::lstm_cell([i, o, f, g], c, h_next);
+    Ok(())
+}
+
 /// Buffers reused by every step and direction, allocated once per call.
 struct Run<T> {
     /// X Wᵀ + Wb for every step and batch item: [seq * batch, gates * hidden].
@@ -480,6 +570,72 @@ impl<T: Real> Run<T> {
             gates: vec![T::zero(); if gru { 0 } else { gh }],
             c_act: vec![T::zero(); s.hidden],
         }
+    }
+
+    /// The plain LSTM (see `plain_lstm` in [`Self::direction`]) when every item runs
+    /// all `steps` steps: each step adds H Rᵀ straight into that step's rows of `gx`
+    /// (which then hold the gates' pre-activations) and runs the cell on them. At
+    /// batch 1 with more than one thread, each of two threads computes the products
+    /// and the cell of half of the hidden units.
+    fn plain_lstm_uniform(
+        &mut self,
+        s: &Spec,
+        dir: &Direction<'_, T>,
+        steps: usize,
+        y: &mut [T],
+    ) -> Result<(), OpError> {
+        let (batch, hidden) = (s.batch, s.hidden);
+        let gh = 4 * hidden;
+        let split = batch == 1 && gh * hidden >= SPLIT_MIN_MACS && sgemm::threads() > 1;
+        let time = |step: usize| {
+            if dir.reverse {
+                steps - 1 - step
+            } else {
+                step
+            }
+        };
+        let y_at = |t: usize, b: usize| ((t * s.dirs + dir.d) * batch + b) * hidden;
+        if !split {
+            for step in 0..steps {
+                let t = time(step);
+                let pre = &mut self.gx[t * batch * gh..(t + 1) * batch * gh];
+                let h_in = MatRef::rows(&self.h, hidden);
+                let rt = MatRef::transposed(dir.r, hidden);
+                sgemm::gemm(batch, gh, hidden, pre, gh, true, h_in, rt, 1)?;
+                for b in 0..batch {
+                    let c = &mut self.c[b * hidden..(b + 1) * hidden];
+                    let h = &mut self.h[b * hidden..(b + 1) * hidden];
+                    let pre = &mut pre[b * gh..(b + 1) * gh];
+                    T::lstm_cell(gate_slices_mut(pre, hidden), c, h);
+                    y[y_at(t, b)..y_at(t, b) + hidden].copy_from_slice(h);
+                }
+            }
+            return Ok(());
+        }
+        // Hidden units [0, mid) on this thread, [mid, hidden) on another; H is
+        // double-buffered since both halves read all of the previous H.
+        let mid = (hidden / 2).div_ceil(8) * 8;
+        let mut h_next = vec![T::zero(); hidden];
+        let (h, c, gx) = (&mut self.h, &mut self.c, &mut self.gx);
+        rayon::scope(|_| {
+            for step in 0..steps {
+                let t = time(step);
+                let mut gates = gate_slices_mut(&mut gx[t * gh..(t + 1) * gh], hidden);
+                let (c0, c1) = c.split_at_mut(mid);
+                let (h0, h1) = h_next.split_at_mut(mid);
+                let (g0, g1) = split_gates(&mut gates, mid);
+                let h_prev: &[T] = h;
+                let (a, b) = rayon::join(
+                    || lstm_units(dir.r, h_prev, 0, g0, c0, h0),
+                    || lstm_units(dir.r, h_prev, mid, g1, c1, h1),
+                );
+                a?;
+                b?;
+                std::mem::swap(h, &mut h_next);
+                y[y_at(t, 0)..y_at(t, 0) + hidden].copy_from_slice(h);
+            }
+            Ok(())
+        })
     }
 
     /// Runs direction `dir` over the sequence, writing its slots of `y`; leaves the
@@ -545,6 +701,9 @@ impl<T: Real> Run<T> {
             && dir.peep.is_none()
             && !s.input_forget
             && kinds(&[ActKind::Sigmoid, ActKind::Tanh, ActKind::Tanh]);
+        if plain_lstm && s.lens.iter().all(|&l| l == steps) {
+            return self.plain_lstm_uniform(s, dir, steps, y);
+        }
         for step in 0..steps {
             // gr = H Rᵀ (+ Rb for GRU) for every batch item at once.
             if gh > 0 && !fold_rb {
@@ -719,6 +878,79 @@ mod tests {
         out.iter()
             .map(|v| v.as_tensor().unwrap().to_f64_vec().unwrap())
             .collect()
+    }
+
+    /// A bidirectional LSTM with hidden size 96 (big enough for the two-thread
+    /// split) and every item running all steps, with zero peepholes or without:
+    /// zero peepholes take the general per-value path, none the fused one.
+    fn lstm_uniform(batch: usize, zero_peepholes: bool) -> Vec<Vec<f64>> {
+        let (seq, input, hidden, dirs) = (3, 5, 96, 2);
+        let mut seed = 7u64;
+        let mut rnd = move |n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    f64::from(((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5) * 0.6
+                })
+                .collect()
+        };
+        let t = |shape: &[usize], v: Vec<f64>| {
+            Value::Tensor(Tensor::from_f64_as(ElemType::F32, shape, v).unwrap())
+        };
+        let mut attrs = Attrs::default();
+        attrs.set(
+            "direction",
+            crate::ops::Attr::String("bidirectional".into()),
+        );
+        attrs.set("hidden_size", crate::ops::Attr::Int(hidden as i64));
+        let info = NodeInfo {
+            attrs,
+            opset: 14,
+            outputs: 3,
+        };
+        let g = 4 * hidden;
+        let mut vals = vec![
+            Some(t(&[seq, batch, input], rnd(seq * batch * input))),
+            Some(t(&[dirs, g, input], rnd(dirs * g * input))),
+            Some(t(&[dirs, g, hidden], rnd(dirs * g * hidden))),
+            Some(t(&[dirs, 2 * g], rnd(dirs * 2 * g))),
+            None,
+            Some(t(&[dirs, batch, hidden], rnd(dirs * batch * hidden))),
+            Some(t(&[dirs, batch, hidden], rnd(dirs * batch * hidden))),
+        ];
+        if zero_peepholes {
+            vals.push(Some(t(&[dirs, 3 * hidden], vec![0.0; dirs * 3 * hidden])));
+        }
+        let inputs = Inputs {
+            values: vals.iter().map(Option::as_ref).collect(),
+        };
+        let out = recurrent(&info, &inputs, Cell::Lstm).unwrap();
+        out.iter()
+            .map(|v| v.as_tensor().unwrap().to_f64_vec().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn fused_lstm_steps_match_the_general_path_on_one_and_two_threads() {
+        for batch in [1, 2] {
+            let want = lstm_uniform(batch, true);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| lstm_uniform(batch, false));
+                assert_eq!(got.len(), want.len());
+                for (p, q) in got.iter().flatten().zip(want.iter().flatten()) {
+                    assert!(
+                        (p - q).abs() < 1e-5,
+                        "batch {batch}, {threads} threads: {p} vs {q}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
