@@ -282,10 +282,24 @@ mod tests {
         Limits::default()
     }
 
+    /// Opens a chunk stream as the agent does and writes a first frame (a
+    /// stream is announced to the peer only once it carries data).
+    async fn open_chunk_stream(
+        client: &quinn::Connection,
+    ) -> (quinn::SendStream, FramedRecv<ChunkFrame>) {
+        let l = limits();
+        let (mut send, recv) = client.open_bi().await.unwrap();
+        send.write_all(
+            &encode_frame(&ChunkFrame::ChunkRequest { digests: vec![] }, u64::MAX).unwrap(),
+        )
+        .await
+        .unwrap();
+        (send, FramedRecv::new(recv, l.max_chunk_frame_bytes, l))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn chunk_frames_in_any_layout_arrive_whole_and_hashed() {
         let (_s, _c, client, server) = pair().await;
-        let l = limits();
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 + 7) as u8).collect();
         let small = b"tiny".to_vec();
         let d_big = Sha256Digest::of(&big);
@@ -327,14 +341,7 @@ mod tests {
                 let _ = send.stopped().await;
             })
         };
-        let (mut send, recv) = client.open_bi().await.unwrap();
-        // A stream is announced to the peer only once it carries data.
-        send.write_all(
-            &encode_frame(&ChunkFrame::ChunkRequest { digests: vec![] }, u64::MAX).unwrap(),
-        )
-        .await
-        .unwrap();
-        let mut rx: FramedRecv<ChunkFrame> = FramedRecv::new(recv, l.max_chunk_frame_bytes, l);
+        let (_send, mut rx) = open_chunk_stream(&client).await;
         let mut seen = Vec::new();
         while let Some(item) = rx.next_chunk().await.unwrap() {
             seen.push(match item {
@@ -363,7 +370,6 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stream_that_ends_inside_a_chunk_is_an_error() {
         let (_s, _c, client, server) = pair().await;
-        let l = limits();
         let writer = tokio::spawn(async move {
             let (mut send, _recv) = server.accept_bi().await.unwrap();
             let d = Sha256Digest::of(b"whatever");
@@ -374,13 +380,7 @@ mod tests {
             send.finish().unwrap();
             let _ = send.stopped().await;
         });
-        let (mut send, recv) = client.open_bi().await.unwrap();
-        send.write_all(
-            &encode_frame(&ChunkFrame::ChunkRequest { digests: vec![] }, u64::MAX).unwrap(),
-        )
-        .await
-        .unwrap();
-        let mut rx: FramedRecv<ChunkFrame> = FramedRecv::new(recv, l.max_chunk_frame_bytes, l);
+        let (_send, mut rx) = open_chunk_stream(&client).await;
         let err = rx.next_chunk().await.unwrap_err();
         assert!(
             matches!(err, NetError::Wire(WireError::Truncated { .. })),

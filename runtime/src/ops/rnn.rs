@@ -830,20 +830,25 @@ mod tests {
     use super::*;
     use crate::ops::attrs::Attrs;
 
-    fn run(cell: Cell, elem: ElemType, lbr: bool) -> Vec<Vec<f64>> {
-        let (seq, batch, input, hidden, dirs) = (4, 3, 5, 6, 2);
-        let g = cell.gates();
-        let mut seed = 3u64;
-        let mut rnd = move |n: usize| -> Vec<f64> {
+    /// A seeded generator of `n` values in [-scale/2, scale/2).
+    fn values(seed: u64, scale: f64) -> impl FnMut(usize) -> Vec<f64> {
+        let mut seed = seed;
+        move |n| {
             (0..n)
                 .map(|_| {
                     seed = seed
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    f64::from(((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5)
+                    f64::from(((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5) * scale
                 })
                 .collect()
-        };
+        }
+    }
+
+    fn run(cell: Cell, elem: ElemType, lbr: bool) -> Vec<Vec<f64>> {
+        let (seq, batch, input, hidden, dirs) = (4, 3, 5, 6, 2);
+        let g = cell.gates();
+        let mut rnd = values(3, 1.0);
         let t = |shape: &[usize], v: Vec<f64>| {
             Value::Tensor(Tensor::from_f64_as(elem, shape, v).unwrap())
         };
@@ -885,17 +890,7 @@ mod tests {
     /// zero peepholes take the general per-value path, none the fused one.
     fn lstm_uniform(batch: usize, zero_peepholes: bool) -> Vec<Vec<f64>> {
         let (seq, input, hidden, dirs) = (3, 5, 96, 2);
-        let mut seed = 7u64;
-        let mut rnd = move |n: usize| -> Vec<f64> {
-            (0..n)
-                .map(|_| {
-                    seed = seed
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    f64::from(((seed >> 33) as f32 / (1u64 << 31) as f32) - 0.5) * 0.6
-                })
-                .collect()
-        };
+        let mut rnd = values(7, 0.6);
         let t = |shape: &[usize], v: Vec<f64>| {
             Value::Tensor(Tensor::from_f64_as(ElemType::F32, shape, v).unwrap())
         };
