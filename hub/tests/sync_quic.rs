@@ -213,6 +213,20 @@ async fn next_update(c: &mut Control) -> MetadataUpdate {
     }
 }
 
+/// The version of the next director document pushed, verified; `targets`
+/// carries the newest targets metadata seen across calls.
+async fn next_director(d: &Device, c: &mut Control, targets: &mut Option<Vec<u8>>) -> u64 {
+    loop {
+        let u = next_update(c).await;
+        if let Some(t) = &u.targets {
+            *targets = Some(t.0.clone());
+        }
+        if let (_, Some(doc)) = verify(d, &u, targets.as_deref()) {
+            return doc.version;
+        }
+    }
+}
+
 /// Runs the TUF workflow over an update and verifies its director document.
 fn verify(
     d: &Device,
@@ -295,10 +309,21 @@ fn wait_device(
 
 /// Registers a model version and points endpoint `fraud` (site=lyon) at it.
 fn deploy(c: &Client, seed: u64) -> u64 {
+    let version = register(c, seed);
+    set_endpoint(c, version);
+    version
+}
+
+/// Registers a model version of `fraud`; returns its version.
+fn register(c: &Client, seed: u64) -> u64 {
     let up = c.upload("m.onnx", &model(seed));
     let (s, v) = c.register("fraud", serde_json::json!({"upload": up}));
     assert_eq!(s, 201, "{v}");
-    let version = v["version"].as_u64().unwrap();
+    v["version"].as_u64().unwrap()
+}
+
+/// Points endpoint `fraud` (devices labelled site=lyon) at `version`.
+fn set_endpoint(c: &Client, version: u64) {
     let (s, e) = c.send(
         "PUT",
         "/api/v1/endpoints/fraud",
@@ -307,7 +332,6 @@ fn deploy(c: &Client, seed: u64) -> u64 {
             "traffic": {"blue": 100}}),
     );
     assert_eq!(s, 200, "{e}");
-    version
 }
 
 fn closed_with(conn: &quinn::Connection) -> Option<u32> {
@@ -705,22 +729,18 @@ fn test_faults_corrupt_the_first_chunks_and_replay_the_first_director() {
     let conn = rt.block_on(connect(&ep, hub.sync_addr, &d)).unwrap();
     let mut ctl = rt.block_on(control(&conn, hello(&d.id)));
     wait_device(&c, &d.id, |d| d["connected"] == true);
-    deploy(&c, 2);
     // Director versions as pushed: the first one comes back after a newer one.
-    let versions = rt.block_on(async {
-        let mut targets: Option<Vec<u8>> = None;
-        let mut seen = Vec::new();
-        while seen.len() < 3 {
-            let u = next_update(&mut ctl).await;
-            if let Some(t) = &u.targets {
-                targets = Some(t.0.clone());
-            }
-            if let (_, Some(doc)) = verify(&d, &u, targets.as_deref()) {
-                seen.push(doc.version);
-            }
-        }
-        seen
-    });
+    // The first push comes with the first trust publication (the model's
+    // registration) and must be taken before the endpoint changes the
+    // director: a session that pushes only after both sees the newer director
+    // first, and there is no older one to replay (seen under CPU load).
+    let version = register(&c, 2);
+    let mut targets: Option<Vec<u8>> = None;
+    let mut versions = vec![rt.block_on(next_director(&d, &mut ctl, &mut targets))];
+    set_endpoint(&c, version);
+    while versions.len() < 3 {
+        versions.push(rt.block_on(next_director(&d, &mut ctl, &mut targets)));
+    }
     assert!(versions[1] > versions[0], "{versions:?}");
     assert_eq!(
         versions[2], versions[0],
