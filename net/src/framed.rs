@@ -89,10 +89,10 @@ impl<F: Frame> FramedRecv<F> {
 /// What [`FramedRecv::next_chunk`] yields.
 #[derive(Debug)]
 pub enum ChunkItem {
-    /// A chunk's bytes, hashed as they arrived (not yet compared with the
-    /// digest: the receiver does that).
+    /// A chunk's bytes with the digest the frame names, hashed (not yet
+    /// compared with that digest: the receiver does that).
     Data(Sha256Digest, HashedBytes),
-    /// Any other frame.
+    /// Any other frame (never a `ChunkData`).
     Frame(ChunkFrame),
 }
 
@@ -105,7 +105,9 @@ impl FramedRecv<ChunkFrame> {
     /// same bytes were copied three times (read buffer, frame buffer, decoded
     /// frame) and hashed afterwards, which cost the agent's fetch about a
     /// tenth of its CPU. Any other frame, or one over the limits, goes
-    /// through the general decoder and gets the same answers and errors.
+    /// through the general decoder and gets the same answers and errors (a
+    /// chunk it decodes is hashed after and still comes back as
+    /// [`ChunkItem::Data`]).
     pub async fn next_chunk(&mut self) -> Result<Option<ChunkItem>, NetError> {
         loop {
             if self.decoder.buffered() != 0 {
@@ -150,8 +152,14 @@ impl FramedRecv<ChunkFrame> {
             }
         }
         // The general decoder takes over with whatever is pending (a stream
-        // that ended inside a frame is reported by it as truncated).
-        self.next().await.map(|f| f.map(ChunkItem::Frame))
+        // that ended inside a frame is reported by it as truncated). A chunk
+        // it decodes is hashed here, so callers see every chunk one way.
+        Ok(self.next().await?.map(|f| match f {
+            ChunkFrame::ChunkData { digest, bytes } => {
+                ChunkItem::Data(digest, HashedBytes::new(bytes.into_vec()))
+            }
+            other => ChunkItem::Frame(other),
+        }))
     }
 }
 
@@ -348,9 +356,6 @@ mod tests {
                 ChunkItem::Data(d, b) => {
                     assert_eq!(b.sha256(), Sha256Digest::of(b.as_slice()));
                     (true, d, b.into_vec())
-                }
-                ChunkItem::Frame(ChunkFrame::ChunkData { digest, bytes }) => {
-                    (false, digest, bytes.into_vec())
                 }
                 ChunkItem::Frame(ChunkFrame::ChunkMissing { digest }) => (false, digest, vec![]),
                 ChunkItem::Frame(other) => panic!("unexpected {other:?}"),

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use flotilla_net::framed::{self, ChunkItem};
 use flotilla_net::HUB_SERVER_NAME;
-use flotilla_protocol::digest::HashedBytes;
 use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::limits::Limits;
 use flotilla_protocol::wire::{AgentHello, ChunkFrame, ControlFrame};
@@ -167,17 +166,6 @@ async fn connect_inner(d: Dial<'_>) -> Result<Link, String> {
                     // so the streams hash in parallel and the event loop
                     // only compares digests.
                     Ok(Some(ChunkItem::Data(digest, bytes))) => {
-                        if ev
-                            .send(Event::ChunkData(generation, digest, bytes))
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(Some(ChunkItem::Frame(ChunkFrame::ChunkData { digest, bytes }))) => {
-                        // A frame the fast path did not take apart.
-                        let bytes = HashedBytes::new(bytes.into_vec());
                         if ev
                             .send(Event::ChunkData(generation, digest, bytes))
                             .await

@@ -530,11 +530,9 @@ impl Agent {
                 if !current(g, self) {
                     return;
                 }
+                // Chunk data arrives as `Event::ChunkData` (the stream
+                // readers hash it); this carries every other frame.
                 match frame {
-                    ChunkFrame::ChunkData { digest, bytes } => {
-                        self.outstanding.remove(&digest);
-                        self.handle_chunk(digest, HashedBytes::new(bytes.into_vec()));
-                    }
                     ChunkFrame::ChunkMissing { digest } => {
                         tracing::warn!(%digest, "the hub lacks a chunk; it is asked again later");
                         self.reconciler.handle_chunk_missing(digest);
