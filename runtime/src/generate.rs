@@ -29,6 +29,24 @@ const OPSET: i64 = 17;
 /// Name of the symbolic batch dimension of generated inputs and outputs.
 const BATCH_DIM: &str = "batch";
 
+/// A small genuine MLP's bytes with `edits` (position, byte) written over them
+/// and the tail from `cut` on dropped: the damaged files the loaders' property
+/// tests feed in.
+#[cfg(test)]
+pub(crate) fn damaged_mlp(
+    edits: &[(proptest::sample::Index, u8)],
+    cut: proptest::sample::Index,
+) -> Vec<u8> {
+    let mut bytes = mlp(&[3, 5, 2], 11);
+    for (at, byte) in edits {
+        let i = at.index(bytes.len());
+        bytes[i] = *byte;
+    }
+    let keep = cut.index(bytes.len() + 1);
+    bytes.truncate(keep);
+    bytes
+}
+
 /// A multi-layer perceptron as an encoded ONNX model.
 ///
 /// Layer `i` maps `layer_sizes[i]` features to `layer_sizes[i + 1]` with a `Gemm`

@@ -374,7 +374,7 @@ mod tests {
     mod never_panics {
         use proptest::prelude::*;
 
-        use crate::generate::mlp;
+        use crate::generate::damaged_mlp;
         use crate::Model;
 
         proptest! {
@@ -395,13 +395,7 @@ mod tests {
                 edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
                 cut in any::<prop::sample::Index>(),
             ) {
-                let mut bytes = mlp(&[3, 5, 2], 11);
-                for (at, byte) in edits {
-                    let i = at.index(bytes.len());
-                    bytes[i] = byte;
-                }
-                let keep = cut.index(bytes.len() + 1);
-                bytes.truncate(keep);
+                let bytes = damaged_mlp(&edits, cut);
                 if let Ok(model) = Model::load(&bytes, None) {
                     let inputs = model
                         .inputs()

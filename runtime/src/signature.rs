@@ -466,14 +466,7 @@ mod tests {
             edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
             cut in any::<prop::sample::Index>(),
         ) {
-            let mut bytes = mlp(&[3, 5, 2], 11);
-            for (at, byte) in edits {
-                let i = at.index(bytes.len());
-                bytes[i] = byte;
-            }
-            let keep = cut.index(bytes.len() + 1);
-            bytes.truncate(keep);
-            let _ = model_signature(&bytes);
+            let _ = model_signature(&crate::generate::damaged_mlp(&edits, cut));
         }
     }
 }
