@@ -115,7 +115,6 @@ impl ChunkFiles {
             }
             Err(e) => return Err(e),
         };
-        self.dirty.store(true, Ordering::Release);
         if let Err(e) = file.write_all(data) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -133,6 +132,11 @@ impl ChunkFiles {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
+        // Marked after the rename: a `sync` that clears the flag before this
+        // line runs its `syncfs` after the rename (so covers the chunk), and
+        // the flag set here makes the next one sync again; set before the
+        // write, a `sync` in between could clear it with the bytes unwritten.
+        self.dirty.store(true, Ordering::Release);
         let mut t = self.lock_totals();
         match old {
             Some(len) => t.1 = t.1.saturating_sub(len),
