@@ -10,6 +10,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::error::{ModelError, RunError};
 use crate::exec;
@@ -63,6 +65,72 @@ pub struct ValueSpec {
 /// Inputs with at least this many elements in all run on a worker of rayon's
 /// pool when it has several threads (see [`Model::run_values`]).
 const POOL_RUN_MIN_ELEMENTS: usize = 1024;
+
+/// How long a helper worker of [`run_on_pool`] spins without finding work before
+/// it goes back to rayon's ordinary sleep.
+const HELPER_SPIN: Duration = Duration::from_millis(1);
+
+/// Runs `run` on a worker of rayon's pool while the pool's other workers stay
+/// awake and take the parallel parts of its kernels as soon as they are split.
+///
+/// Design: a kernel splits its work with rayon, and an idle rayon worker sleeps
+/// after a few rounds of `sched_yield`; waking it again costs a futex call and a
+/// context switch on each side (tens of µs on a VM). A model runs one kernel
+/// after another with short serial stretches between them, so without this every
+/// parallel kernel paid that wake-up, and at 2 threads the convnet, encoder and
+/// MLP benchmarks ran slower than at 1 (30% of the samples were in the
+/// scheduler). Here each other worker runs a helper task for the length of the
+/// run that keeps taking pending jobs (`rayon::yield_now`) and spins in
+/// between, as ONNX Runtime's intra-op threads do; a helper that finds nothing
+/// for [`HELPER_SPIN`] stops, so a long serial stretch does not burn a core.
+fn run_on_pool<R: Send>(run: impl FnOnce() -> R + Send) -> R {
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        let runner = rayon::current_thread_index();
+        for _ in 1..rayon::current_num_threads() {
+            let done = &done;
+            s.spawn(move |_| help_until(done, runner));
+        }
+        // Set even when `run` unwinds, so the helpers end and the scope returns.
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+            }
+        }
+        let _done = Done(&done);
+        run()
+    })
+}
+
+/// A helper of [`run_on_pool`]: takes the pool's pending jobs until `done` or
+/// until it has found none for [`HELPER_SPIN`]. On the runner's own thread (it
+/// popped the helper while waiting for a job of its own) it returns at once: it
+/// would otherwise spin above the run it waits for.
+fn help_until(done: &AtomicBool, runner: Option<usize>) {
+    if rayon::current_thread_index() == runner {
+        return;
+    }
+    let mut idle_since = Instant::now();
+    let mut spins = 0u32;
+    while !done.load(Ordering::Acquire) {
+        match rayon::yield_now() {
+            Some(rayon::Yield::Executed) => {
+                idle_since = Instant::now();
+                spins = 0;
+            }
+            Some(rayon::Yield::Idle) => {
+                spins += 1;
+                // Reading the clock every 64 rounds keeps it off the spin's cost.
+                if spins % 64 == 0 && idle_since.elapsed() > HELPER_SPIN {
+                    return;
+                }
+                std::hint::spin_loop();
+            }
+            None => return,
+        }
+    }
+}
 
 /// A loaded, planned ONNX model.
 #[derive(Debug)]
@@ -232,7 +300,7 @@ impl Model {
             // threads every benchmark model ran slower than at 1). Small
             // inputs stay on the caller: the hop costs ~10 µs, as much as a
             // whole small MLP.
-            rayon::scope(|_| exec::run(&self.plan, ordered))?
+            run_on_pool(|| exec::run(&self.plan, ordered))?
         } else {
             exec::run(&self.plan, ordered)?
         };

@@ -127,24 +127,48 @@ pub(crate) fn gemm<T: GemmElem>(
     }
     check::<T>("gemm lhs", a.data.len(), m, k, a.rs, a.cs)?;
     check::<T>("gemm rhs", b.data.len(), k, n, b.rs, b.cs)?;
+    // SAFETY: `check` proved that dst's m x n at strides (dst_rs, 1) lies inside
+    // `dst`, and `dst` is borrowed mutably for the whole call.
+    unsafe { product(m, n, k, dst.as_mut_ptr(), dst_rs, accumulate, a, b, threads) };
+    Ok(())
+}
+
+/// The one call into the `gemm` crate, for operands [`check`]ed by the caller.
+///
+/// # Safety
+///
+/// `a` and `b` must have passed [`check`] for `m x k` and `k x n`; `dst` must
+/// point to `m` rows of `n` writable elements at row stride `dst_rs >= n` (when
+/// `m > 1`) that nothing else reads or writes during the call; `k > 0`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn product<T: GemmElem>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    threads: usize,
+) {
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `check` proved that every element the product reads or writes lies
-    // inside its slice: dst's m x n at strides (dst_rs, 1), a's m x k at (a.rs, a.cs)
-    // and b's k x n at (b.rs, b.cs), all strides fitting isize. dst's rows do not
-    // overlap (dst_rs >= n), so concurrent row blocks of a parallel product write
-    // disjoint elements. `dst` is borrowed mutably and `a`, `b` shared, so they
-    // cannot alias. `T` is f32 or f64 (sealed), the types `gemm` supports without
-    // panicking; the conj flags are ignored for real types.
+    // SAFETY: by this function's contract every element the product reads lies
+    // inside `a` and `b` (strides fitting isize), and the m x n elements it
+    // writes are exclusively the caller's; dst's rows do not overlap, so
+    // concurrent row blocks of a parallel product write disjoint elements. `T` is
+    // f32 or f64 (sealed), the types `gemm` supports without panicking; the conj
+    // flags are ignored for real types.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,
@@ -162,7 +186,122 @@ pub(crate) fn gemm<T: GemmElem>(
             parallelism,
         );
     }
-    Ok(())
+}
+
+/// A block of consecutive columns of every row of a row-major matrix, borrowed
+/// mutably; [`split_columns`] cuts one matrix into blocks over disjoint columns
+/// so that threads can each compute one block in place (a convolution's output
+/// channels are rows and its output positions columns, so a block is a band of
+/// output positions of every channel).
+pub(crate) struct ColumnsMut<'a, T> {
+    /// The matrix's first element; rows `0..rows` at stride `rs`.
+    base: *mut T,
+    rows: usize,
+    rs: usize,
+    cols: std::ops::Range<usize>,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a block gives access only to its own columns, which no other block
+// covers (`split_columns`), and it holds the matrix's unique borrow for 'a, so
+// moving it to another thread is like moving a `&mut [T]`.
+unsafe impl<T: Send> Send for ColumnsMut<'_, T> {}
+
+/// Cuts the `rows x rs` row-major matrix `data` into blocks of columns at the
+/// ascending boundaries `bounds` (block i covers columns bounds[i]..bounds[i+1]).
+pub(crate) fn split_columns<'a, T>(
+    data: &'a mut [T],
+    rows: usize,
+    rs: usize,
+    bounds: &[usize],
+) -> Result<Vec<ColumnsMut<'a, T>>, OpError> {
+    let sorted = bounds.windows(2).all(|w| w[0] <= w[1]);
+    let last = bounds.last().copied().unwrap_or(0);
+    let fits = rows == 0 || rows.checked_mul(rs).is_some_and(|n| n <= data.len());
+    if !sorted || last > rs || !fits {
+        return Err(OpError::new(format!(
+            "internal: column blocks {bounds:?} of a {rows}x{rs} matrix in {} elements",
+            data.len()
+        )));
+    }
+    let base = data.as_mut_ptr();
+    Ok(bounds
+        .windows(2)
+        .map(|w| ColumnsMut {
+            base,
+            rows,
+            rs,
+            cols: w[0]..w[1],
+            _borrow: std::marker::PhantomData,
+        })
+        .collect())
+}
+
+impl<T: GemmElem> ColumnsMut<'_, T> {
+    /// This block's part of row `r`.
+    pub(crate) fn row_mut(&mut self, r: usize) -> &mut [T] {
+        assert!(r < self.rows, "row {r} of a {}-row block", self.rows);
+        // SAFETY: `split_columns` checked rows * rs <= data.len() and
+        // cols.end <= rs, so the range lies inside the borrowed matrix; no other
+        // block covers these columns, and `&mut self` makes the slice unique.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.add(r * self.rs + self.cols.start),
+                self.cols.len(),
+            )
+        }
+    }
+
+    /// [`gemm`] into this block's columns `at..at + n` of all its rows
+    /// (`m` must equal the block's row count), on the calling thread.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gemm(
+        &mut self,
+        at: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+        a: MatRef<'_, T>,
+        b: MatRef<'_, T>,
+    ) -> Result<(), OpError> {
+        let m = self.rows;
+        if at.checked_add(n).is_none_or(|end| end > self.cols.len()) {
+            return Err(OpError::new(format!(
+                "internal: columns {at}..+{n} of a {}-column block",
+                self.cols.len()
+            )));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            if !accumulate {
+                for r in 0..m {
+                    self.row_mut(r)[at..at + n].fill(T::default());
+                }
+            }
+            return Ok(());
+        }
+        check::<T>("gemm lhs", a.data.len(), m, k, a.rs, a.cs)?;
+        check::<T>("gemm rhs", b.data.len(), k, n, b.rs, b.cs)?;
+        // SAFETY: the m rows of columns cols.start + at .. + n lie inside the
+        // borrowed matrix (`split_columns`'s checks, `at + n <= cols.len()`), at
+        // row stride rs >= cols.end >= n; they are this block's alone.
+        unsafe {
+            product(
+                m,
+                n,
+                k,
+                self.base.add(self.cols.start + at),
+                self.rs,
+                accumulate,
+                a,
+                b,
+                1,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// [`gemm`] split into one row block per thread, each block a single-threaded
@@ -313,5 +452,66 @@ mod tests {
             1,
         );
         assert!(r.is_err());
+    }
+
+    #[test]
+    fn column_blocks_on_threads_compute_their_own_columns_only() {
+        let (m, n, k) = (5, 23, 7);
+        let a: Vec<f32> = (0..m * k).map(|v| ((v * 5) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|v| ((v * 3) % 7) as f32 - 3.0).collect();
+        let want = naive(m, n, k, &a, &b);
+        // A row stride wider than n: column n must stay untouched.
+        let rs = n + 1;
+        let mut out = vec![-1f32; m * rs];
+        let bounds = [0, 4, 4, 15, n];
+        let blocks = split_columns(&mut out, m, rs, &bounds).unwrap();
+        assert_eq!(blocks.len(), 4);
+        std::thread::scope(|s| {
+            for (mut block, w) in blocks.into_iter().zip(bounds.windows(2)) {
+                let b = &b;
+                let a = &a;
+                s.spawn(move || {
+                    let width = w[1] - w[0];
+                    for r in 0..m {
+                        assert_eq!(block.row_mut(r).len(), width);
+                        block.row_mut(r).fill(1.0);
+                    }
+                    // Two products side by side in the block, onto the 1s.
+                    let half = width / 2;
+                    for (at, len) in [(0, half), (half, width - half)] {
+                        let cols = MatRef {
+                            data: &b[w[0] + at..],
+                            rs: n,
+                            cs: 1,
+                        };
+                        block
+                            .gemm(at, len, k, true, MatRef::rows(a, k), cols)
+                            .unwrap();
+                    }
+                    assert!(block
+                        .gemm(width, 1, k, true, MatRef::rows(a, k), cols0(b))
+                        .is_err());
+                });
+            }
+        });
+        for i in 0..m {
+            for j in 0..n {
+                assert_eq!(out[i * rs + j], want[i * n + j] + 1.0, "({i}, {j})");
+            }
+            assert_eq!(out[i * rs + n], -1.0);
+        }
+    }
+
+    fn cols0(b: &[f32]) -> MatRef<'_, f32> {
+        MatRef::rows(b, 1)
+    }
+
+    #[test]
+    fn column_blocks_reject_bounds_outside_the_matrix() {
+        let mut out = vec![0f32; 12];
+        assert!(split_columns(&mut out, 3, 4, &[0, 5]).is_err());
+        assert!(split_columns(&mut out, 3, 4, &[0, 3, 2]).is_err());
+        assert!(split_columns(&mut out, 4, 4, &[0, 4]).is_err());
+        assert_eq!(split_columns(&mut out, 3, 4, &[0, 2, 4]).unwrap().len(), 2);
     }
 }
