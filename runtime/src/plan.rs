@@ -23,7 +23,9 @@ use std::sync::Arc;
 use crate::error::ModelError;
 use crate::exec;
 use crate::onnx::{attribute_proto::AttributeType, type_proto, GraphProto, NodeProto};
-use crate::ops::{self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION};
+use crate::ops::{
+    self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION, FUSED_MAX_POOL,
+};
 use crate::tensor::ElemType;
 use crate::tensor_io::decode_tensor;
 use crate::value::Value;
@@ -256,8 +258,10 @@ fn build_graph<'a>(
         };
         let key = if domain == "ai.onnx" { "" } else { domain };
         let mut attrs = Attrs::decode(&node.attribute, ctx.base_dir)?;
-        // Only the planner's own fusions may set this key (see `fuse_activations`).
+        // Only the planner's own fusions may set these keys (see `fuse_activations`
+        // and `fuse_pools`).
         attrs.remove(FUSED_ACTIVATION);
+        attrs.remove(FUSED_MAX_POOL);
         let opset = ctx.opsets.get(key).copied().unwrap_or(0);
         let implicit = plan_subgraphs(node, opset, ctx, &scope, &mut attrs)?;
         let info = NodeInfo {
@@ -384,6 +388,7 @@ fn build_graph<'a>(
     pretranspose_gemm_weights(&mut steps, &mut constants, &outputs);
     fuse_linear_layers(&mut steps, &constants, &outputs);
     fuse_activations(&mut steps, &outputs);
+    fuse_pools(&mut steps, &outputs);
     plan_frees(&mut steps, &outputs, slot_count);
     let plan = Plan {
         inputs: slots.inputs,
@@ -646,6 +651,68 @@ fn fuse_activations(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
         i += 1;
         !remove[i - 1]
     });
+}
+
+/// Fuses a `MaxPool` with a 2x2 window at stride 2, no padding, no dilation and
+/// floor rounding, and without its `Indices` output, into the `Conv` (or
+/// `Conv+Relu`) before it when the pool is that node's only reader and the conv
+/// output is not a graph output: the conv then writes the pooled output
+/// directly (see `ops::conv`), so the full-size output is never stored. The
+/// pattern is what CNN exporters write for every downsampling block.
+fn fuse_pools(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
+    let readers = slot_readers(steps, outputs);
+    let mut producer_of: HashMap<usize, usize> = HashMap::new();
+    let mut remove = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        if steps[i].op_type == "Conv" || steps[i].op_type == "Conv+Relu" {
+            if let [Some(out)] = steps[i].outputs[..] {
+                producer_of.insert(out, i);
+            }
+            continue;
+        }
+        if steps[i].op_type != "MaxPool" || !is_plain_2x2_pool(&steps[i]) {
+            continue;
+        }
+        let Some(Some(Src::Slot(x))) = steps[i].inputs.first().copied() else {
+            continue;
+        };
+        let Some(&p) = producer_of.get(&x) else {
+            continue;
+        };
+        if readers.get(&x) != Some(&1) {
+            continue;
+        }
+        producer_of.remove(&x);
+        steps[p].outputs = steps[i].outputs.clone();
+        steps[p].info.attrs.set(FUSED_MAX_POOL, Attr::Int(1));
+        steps[p].op_type = format!("{}+MaxPool", steps[p].op_type);
+        steps[p].name = format!("{}+{}", steps[p].name, steps[i].name);
+        remove[i] = true;
+    }
+    let mut i = 0;
+    steps.retain(|_| {
+        i += 1;
+        !remove[i - 1]
+    });
+}
+
+/// True for a `MaxPool` step that [`fuse_pools`] may fold into a conv.
+fn is_plain_2x2_pool(step: &Step) -> bool {
+    let a = &step.info.attrs;
+    let ints_are = |name: &str, want: &[i64], absent_ok: bool| match a.ints(name) {
+        Ok(Some(v)) => v == want,
+        Ok(None) => absent_ok,
+        Err(_) => false,
+    };
+    let single_output = matches!(step.outputs[..], [Some(_)]);
+    single_output
+        && step.inputs.len() == 1
+        && ints_are("kernel_shape", &[2, 2], false)
+        && ints_are("strides", &[2, 2], false)
+        && ints_are("pads", &[0, 0, 0, 0], true)
+        && ints_are("dilations", &[1, 1], true)
+        && matches!(a.string("auto_pad", "NOTSET"), Ok("NOTSET" | "VALID"))
+        && matches!(a.int("ceil_mode", 0), Ok(0))
 }
 
 /// Kahn's algorithm over the nodes; values in `defined` are available from the start.
@@ -935,5 +1002,150 @@ mod linear_layer_fusion_tests {
             op_types(&linear(&["y"], true)),
             vec!["MatMul", "Add", "Relu"]
         );
+    }
+}
+
+#[cfg(test)]
+mod pool_fusion_tests {
+    use super::*;
+    use crate::onnx::TensorProto;
+    use crate::ops::control::tests::{any, floats, graph, load, node, read, run, with_ints};
+
+    /// `y = MaxPool(Relu(Conv(x, w, b)))` with `pool` shaping the MaxPool, plus
+    /// `extra` graph outputs. x is [1, c, h, wd], w [m, c, 3, 3] with pads 1.
+    fn conv_block(
+        c: usize,
+        m: usize,
+        pool: impl Fn(NodeProto) -> NodeProto,
+        extra: &[&str],
+    ) -> GraphProto {
+        let conv = with_ints(
+            node("Conv", &["x", "w", "b"], &["c"]),
+            "pads",
+            &[1, 1, 1, 1],
+        );
+        let mut outputs = vec!["y"];
+        outputs.extend(extra);
+        let mut g = graph(
+            vec![
+                conv,
+                node("Relu", &["c"], &["r"]),
+                pool(node("MaxPool", &["r"], &["y"])),
+            ],
+            vec![any("x")],
+            &outputs,
+        );
+        let wv: Vec<f32> = (0..m * c * 9)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 17.0)
+            .collect();
+        let bv: Vec<f32> = (0..m).map(|i| (i as f32 - 2.0) / 3.0).collect();
+        for (name, dims, v) in [("w", vec![m, c, 3, 3], wv), ("b", vec![m], bv)] {
+            g.initializer.push(TensorProto {
+                name: Some(name.to_owned()),
+                dims: dims.iter().map(|&d| d as i64).collect(),
+                data_type: Some(1),
+                float_data: v,
+                ..Default::default()
+            });
+        }
+        g
+    }
+
+    fn two_by_two(n: NodeProto) -> NodeProto {
+        with_ints(with_ints(n, "kernel_shape", &[2, 2]), "strides", &[2, 2])
+    }
+
+    fn op_types(g: &GraphProto) -> Vec<String> {
+        load(g.clone(), 17)
+            .unwrap()
+            .planned_op_types()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn a_plain_2x2_pool_joins_the_conv_and_gives_the_unfused_result_on_any_thread_count() {
+        let (c, m) = (16, 16);
+        let fused = conv_block(c, m, two_by_two, &[]);
+        assert_eq!(op_types(&fused), vec!["Conv+Relu+MaxPool"]);
+        // Reading the conv output elsewhere keeps all three steps.
+        let unfused = conv_block(c, m, two_by_two, &["c"]);
+        assert_eq!(op_types(&unfused), vec!["Conv", "Relu", "MaxPool"]);
+        // Odd sides (the last row and column are dropped), and sizes large enough
+        // that the conv splits into bands of rows on several threads.
+        for (h, wd) in [(41, 39), (6, 7), (1, 5)] {
+            let xv: Vec<f32> = (0..c * h * wd)
+                .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                .collect();
+            let x = floats(&[1, c, h, wd], &xv);
+            let want = run(&load(unfused.clone(), 17).unwrap(), vec![("x", x.clone())]).unwrap();
+            let (want_shape, want_v) = read(&want[0]);
+            assert_eq!(want_shape, vec![1, m, h / 2, wd / 2]);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let model = load(fused.clone(), 17).unwrap();
+                let got = pool
+                    .install(|| run(&model, vec![("x", x.clone())]))
+                    .unwrap();
+                let (shape, v) = read(&got[0]);
+                assert_eq!(shape, want_shape, "{h}x{wd}, {threads} threads");
+                for (i, (p, q)) in v.iter().zip(&want_v).enumerate() {
+                    assert!(
+                        (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                        "{h}x{wd}, {threads} threads, at {i}: {p} vs {q}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pools_that_pad_overlap_round_up_or_return_indices_stay_separate() {
+        let cases: Vec<(&str, Box<dyn Fn(NodeProto) -> NodeProto>)> = vec![
+            (
+                "pads",
+                Box::new(|n| with_ints(two_by_two(n), "pads", &[0, 0, 1, 1])),
+            ),
+            (
+                "stride 1",
+                Box::new(|n| with_ints(with_ints(n, "kernel_shape", &[2, 2]), "strides", &[1, 1])),
+            ),
+            (
+                "3x3",
+                Box::new(|n| with_ints(with_ints(n, "kernel_shape", &[3, 3]), "strides", &[2, 2])),
+            ),
+            (
+                "ceil_mode",
+                Box::new(|n| {
+                    let mut n = two_by_two(n);
+                    n.attribute.push(crate::onnx::AttributeProto {
+                        name: Some("ceil_mode".to_owned()),
+                        r#type: Some(crate::onnx::attribute_proto::AttributeType::Int as i32),
+                        i: Some(1),
+                        ..Default::default()
+                    });
+                    n
+                }),
+            ),
+            (
+                "indices",
+                Box::new(|n| {
+                    let mut n = two_by_two(n);
+                    n.output.push("idx".to_owned());
+                    n
+                }),
+            ),
+        ];
+        for (what, pool) in cases {
+            let g = conv_block(2, 3, pool, &[]);
+            assert_eq!(
+                op_types(&g),
+                vec!["Conv+Relu", "MaxPool"],
+                "a pool with {what}"
+            );
+        }
     }
 }

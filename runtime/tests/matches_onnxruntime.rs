@@ -92,7 +92,7 @@ fn transformer_encoder_block_matches_onnxruntime() {
 }
 
 #[test]
-fn planning_fuses_each_relu_into_the_gemm_or_conv_before_it() {
+fn planning_fuses_each_relu_and_pool_into_the_gemm_or_conv_before_it() {
     let load = |name: &str| {
         let dir = fixture(name);
         let bytes = std::fs::read(dir.join("model.onnx")).expect("model.onnx");
@@ -103,11 +103,16 @@ fn planning_fuses_each_relu_into_the_gemm_or_conv_before_it() {
         mlp.planned_op_types().collect::<Vec<_>>(),
         ["Gemm+Relu", "Gemm+Relu", "Gemm"]
     );
+    // Each conv block's Relu and 2x2 MaxPool join its Conv.
     let cnn = load("cnn");
     assert_eq!(
-        cnn.planned_op_types()
-            .filter(|op| *op == "Conv+Relu")
-            .count(),
-        3
+        cnn.planned_op_types().collect::<Vec<_>>(),
+        [
+            "Conv+Relu+MaxPool",
+            "Conv+Relu+MaxPool",
+            "Conv+Relu+MaxPool",
+            "Flatten",
+            "Gemm"
+        ]
     );
 }

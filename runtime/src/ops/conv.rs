@@ -17,9 +17,10 @@ use rayon::prelude::*;
 
 use crate::ops::common::{for_each_index, like, numel, scalar_i64};
 use crate::ops::fused::with_f32;
+use crate::ops::pool::max_pool_2x2_then;
 use crate::ops::sgemm::{self, MatRef};
 use crate::ops::window::Window;
-use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult};
+use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult, FUSED_MAX_POOL};
 use crate::tensor::{ElemType, Tensor};
 
 /// The kernel for `op`, if this family has it.
@@ -167,7 +168,8 @@ const IM2COL_BLOCK: usize = 64 * 1024;
 
 fn conv(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let (x, w) = (i.tensor(0)?, i.tensor(1)?);
-    let y = conv_f32(n, x, w, i.opt(2)?, Activation::of(n)?)?;
+    let pooled = n.attrs.has(FUSED_MAX_POOL);
+    let y = conv_f32(n, x, w, i.opt(2)?, Activation::of(n)?, pooled)?;
     one(Tensor::from_candle(x.elem_type(), y)?)
 }
 
@@ -177,6 +179,7 @@ fn conv_f32(
     w: &Tensor,
     bias: Option<&Tensor>,
     act: Activation,
+    pooled: bool,
 ) -> Result<candle_core::Tensor, OpError> {
     if x.rank() < 3 || w.rank() != x.rank() {
         return Err(OpError::new(format!(
@@ -242,9 +245,21 @@ fn conv_f32(
         bias: bias.as_deref(),
         act,
     };
+    let out_dims: Vec<usize> = if pooled {
+        if spatial.len() != 2 {
+            return Err(OpError::new(format!(
+                "a fused 2x2 MaxPool needs two spatial dims, X has {}",
+                spatial.len()
+            )));
+        }
+        win.out.iter().map(|&o| o / 2).collect()
+    } else {
+        win.out.clone()
+    };
+    let ysz = numel(&out_dims);
     let xc = x.candle().to_dtype(DType::F32)?;
     let wc = w.candle().to_dtype(DType::F32)?;
-    let mut out = vec![0f32; nb * m * osz];
+    let mut out = vec![0f32; nb * m * ysz];
     let threads = sgemm::threads();
     with_f32(&wc, |wv| {
         with_f32(&xc, |xv| {
@@ -254,18 +269,22 @@ fn conv_f32(
             if out.is_empty() {
                 return Ok(());
             }
-            let image = |b: usize, y: &mut [f32], scratch: &mut Vec<f32>, t: usize| {
+            let image = |b: usize, y: &mut [f32], scratch: &mut Scratch, t: usize| {
                 let xb = &xv[b * c * isz..(b + 1) * c * isz];
-                geometry.image(xb, wv, y, scratch, t)
+                if pooled {
+                    geometry.pooled_image(xb, wv, y, scratch, t)
+                } else {
+                    geometry.image(xb, wv, y, &mut scratch.cols, t)
+                }
             };
             if nb > 1 && threads > 1 {
                 // One image per task; each product on its own thread.
-                out.par_chunks_mut(m * osz)
+                out.par_chunks_mut(m * ysz)
                     .enumerate()
-                    .try_for_each_init(Vec::new, |scratch, (b, y)| image(b, y, scratch, 1))
+                    .try_for_each_init(Scratch::default, |scratch, (b, y)| image(b, y, scratch, 1))
             } else {
-                let mut scratch = Vec::new();
-                for (b, y) in out.chunks_mut(m * osz).enumerate() {
+                let mut scratch = Scratch::default();
+                for (b, y) in out.chunks_mut(m * ysz).enumerate() {
                     image(b, y, &mut scratch, threads)?;
                 }
                 Ok(())
@@ -273,7 +292,7 @@ fn conv_f32(
         })
     })?;
     let mut shape = vec![nb, m];
-    shape.extend(&win.out);
+    shape.extend(&out_dims);
     Ok(candle_core::Tensor::from_vec(out, &*shape, &Device::Cpu)?)
 }
 
@@ -293,6 +312,14 @@ struct ConvGeometry<'a> {
     pointwise: bool,
     bias: Option<&'a [f32]>,
     act: Activation,
+}
+
+/// One thread's reusable buffers: an im2col block and, with a fused pool, the
+/// block's unpooled output.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    conv: Vec<f32>,
 }
 
 impl ConvGeometry<'_> {
@@ -444,6 +471,102 @@ impl ConvGeometry<'_> {
             })
     }
 
+    /// [`Self::image`] with the fused 2x2 max pool: `y` is [m, oh / 2, ow / 2].
+    /// Bands of pooled rows go to separate threads as in [`Self::bands_parallel`];
+    /// each block of an even number of output rows is computed into a scratch
+    /// buffer, activated and pooled from there while in cache, so the
+    /// full-size output is never stored. Odd last rows and columns are never
+    /// computed (MaxPool's floor mode drops them).
+    fn pooled_image(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        y: &mut [f32],
+        scratch: &mut Scratch,
+        threads: usize,
+    ) -> Result<(), OpError> {
+        let (cg, mg, kdim, isz) = (self.cg, self.mg, self.kdim, self.isz);
+        let (ph, pw) = (self.win.out[0] / 2, self.win.out[1] / 2);
+        let psz = ph * pw;
+        if x.len() != self.c * isz || y.len() != self.g * mg * psz || self.spatial.len() != 2 {
+            return Err(OpError::new("internal: pooled conv image sizes"));
+        }
+        for gi in 0..self.g {
+            let xs = &x[gi * cg * isz..(gi + 1) * cg * isz];
+            let wg = MatRef::rows(&w[gi * mg * kdim..(gi + 1) * mg * kdim], kdim);
+            let bias = self.bias.map(|b| &b[gi * mg..(gi + 1) * mg]);
+            let yg = &mut y[gi * mg * psz..(gi + 1) * mg * psz];
+            let parts = if threads > 1 && sgemm::threads_for(mg, self.osz, kdim) > 1 {
+                threads.min(ph).max(1)
+            } else {
+                1
+            };
+            let bounds: Vec<usize> = (0..=parts).map(|p| p * ph / parts).collect();
+            let col_bounds: Vec<usize> = bounds.iter().map(|&r| r * pw).collect();
+            let mut bands = sgemm::split_columns(yg, mg, psz, &col_bounds)?;
+            if parts == 1 {
+                if let Some(band) = bands.first_mut() {
+                    self.pooled_band(xs, wg, bias, band, 0..ph, scratch)?;
+                }
+            } else {
+                bands
+                    .into_par_iter()
+                    .zip(bounds.par_windows(2))
+                    .try_for_each_init(Scratch::default, |scratch, (mut band, r)| {
+                        self.pooled_band(xs, wg, bias, &mut band, r[0]..r[1], scratch)
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pooled rows `prows` of one group, which `band` covers in every output
+    /// channel (see [`Self::pooled_image`]).
+    fn pooled_band(
+        &self,
+        xs: &[f32],
+        wg: MatRef<'_, f32>,
+        bias: Option<&[f32]>,
+        band: &mut sgemm::ColumnsMut<'_, f32>,
+        prows: std::ops::Range<usize>,
+        scratch: &mut Scratch,
+    ) -> Result<(), OpError> {
+        let (kdim, mg) = (self.kdim, self.mg);
+        let (ow, pw) = (self.win.out[1], self.win.out[1] / 2);
+        let np = prows.len();
+        let blocks = (kdim * 2 * np * ow)
+            .div_ceil(IM2COL_BLOCK)
+            .clamp(1, np.max(1));
+        let block_prows = np.div_ceil(blocks).max(1);
+        let dims = (self.spatial[0], self.spatial[1]);
+        for pr0 in prows.clone().step_by(block_prows) {
+            let pr1 = (pr0 + block_prows).min(prows.end);
+            let ncols = 2 * (pr1 - pr0) * ow;
+            scratch.cols.resize(kdim * ncols, 0.0);
+            let cols = &mut scratch.cols[..kdim * ncols];
+            im2col_2d(xs, self.cg, dims, self.win, 2 * pr0..2 * pr1, cols);
+            scratch.conv.resize(mg * ncols, 0.0);
+            let yb = &mut scratch.conv[..mg * ncols];
+            let cols = MatRef::rows(cols, ncols);
+            sgemm::gemm(mg, ncols, kdim, yb, ncols, false, wg, cols, 1)?;
+            // One pass: pool, then the bias and activation on the pooled value
+            // only (both commute with the maximum), written into the output.
+            let (at, len) = ((pr0 - prows.start) * pw, (pr1 - pr0) * pw);
+            let act = self.act;
+            for (r, src) in yb.chunks_exact(ncols).enumerate() {
+                let dst = &mut band.row_mut(r)[at..at + len];
+                match bias {
+                    Some(b) => {
+                        let bv = b[r];
+                        max_pool_2x2_then(src, dst, ow, pw, |v| act.apply(v + bv));
+                    }
+                    None => max_pool_2x2_then(src, dst, ow, pw, |v| act.apply(v)),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies the fused activation to columns `cols` of every row of `y`.
     fn activate(&self, y: &mut [f32], cols: std::ops::Range<usize>) {
         if self.act == Activation::None || self.osz == 0 {
@@ -489,7 +612,7 @@ fn conv_integer(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
     let xs = Tensor::from_candle(ElemType::F32, (x.candle().to_dtype(DType::F32)? - zx)?)?;
     let ws = Tensor::from_candle(ElemType::F32, ws)?;
     // Padding must read as the zero point, i.e. 0 after the shift: im2col pads with 0.
-    let y = conv_f32(n, &xs, &ws, None, Activation::None)?;
+    let y = conv_f32(n, &xs, &ws, None, Activation::None, false)?;
     one(Tensor::from_candle(ElemType::I32, y.round()?)?)
 }
 

@@ -18,6 +18,12 @@ use crate::ops::{NodeInfo, OpError};
 /// The private attribute naming a fused activation (`"Relu"`).
 pub(crate) const FUSED_ACTIVATION: &str = "flotilla.fused_activation";
 
+/// The private attribute marking a `Conv` whose output goes through a 2x2,
+/// stride-2 `MaxPool` (no padding, floor mode) before anything else reads it;
+/// the planner sets it (see `plan::fuse_pools`) and the conv kernel then writes
+/// the pooled output.
+pub(crate) const FUSED_MAX_POOL: &str = "flotilla.fused_max_pool_2x2";
+
 /// An activation applied in an epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Activation {

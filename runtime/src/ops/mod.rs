@@ -61,7 +61,7 @@ mod window;
 use std::fmt;
 
 pub(crate) use attrs::{Attr, Attrs};
-pub(crate) use fused::{Activation, FUSED_ACTIVATION};
+pub(crate) use fused::{Activation, FUSED_ACTIVATION, FUSED_MAX_POOL};
 
 use crate::tensor::Tensor;
 use crate::value::Value;

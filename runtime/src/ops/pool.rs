@@ -129,6 +129,20 @@ fn max_pool_plane(
 
 /// One plane of a 2x2, stride-2 maximum whose windows all lie inside the input.
 fn max_pool_2x2(src: &[f32], dst: &mut [f32], w: usize, ow: usize) {
+    max_pool_2x2_then(src, dst, w, ow, |v| v);
+}
+
+/// [`max_pool_2x2`] with `then` applied to each maximum as it is written (a
+/// fused conv's bias and activation, which commute with the maximum: both are
+/// monotonic, as is float rounding).
+#[inline]
+pub(crate) fn max_pool_2x2_then(
+    src: &[f32],
+    dst: &mut [f32],
+    w: usize,
+    ow: usize,
+    then: impl Fn(f32) -> f32,
+) {
     let max = |a: f32, b: f32| if b > a { b } else { a };
     for (oy, out) in dst.chunks_exact_mut(ow).enumerate() {
         let r0 = &src[2 * oy * w..2 * oy * w + 2 * ow];
@@ -140,7 +154,7 @@ fn max_pool_2x2(src: &[f32], dst: &mut [f32], w: usize, ow: usize) {
         {
             let m = max(max(p[0], p[1]), max(q[0], q[1]));
             let nan = p[0].is_nan() | p[1].is_nan() | q[0].is_nan() | q[1].is_nan();
-            *d = if nan { f32::NAN } else { m };
+            *d = then(if nan { f32::NAN } else { m });
         }
     }
 }
