@@ -1104,7 +1104,8 @@ mod pool_fusion_tests {
 
     #[test]
     fn pools_that_pad_overlap_round_up_or_return_indices_stay_separate() {
-        let cases: Vec<(&str, Box<dyn Fn(NodeProto) -> NodeProto>)> = vec![
+        type Shape = Box<dyn Fn(NodeProto) -> NodeProto>;
+        let cases: Vec<(&str, Shape)> = vec![
             (
                 "pads",
                 Box::new(|n| with_ints(two_by_two(n), "pads", &[0, 0, 1, 1])),
