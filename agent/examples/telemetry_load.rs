@@ -171,7 +171,7 @@ fn main() {
                     n += 1;
                     let s = &servings[(n as usize) % servings.len()];
                     let us = 200 + (n * 7919) % 5000;
-                    let error = (n % 50 == 0).then_some("runtime");
+                    let error = n.is_multiple_of(50).then_some("runtime");
                     s.record_external(
                         "fraud",
                         "blue",

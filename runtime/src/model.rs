@@ -122,7 +122,7 @@ fn help_until(done: &AtomicBool, runner: Option<usize>) {
             Some(rayon::Yield::Idle) => {
                 spins += 1;
                 // Reading the clock every 64 rounds keeps it off the spin's cost.
-                if spins % 64 == 0 && idle_since.elapsed() > HELPER_SPIN {
+                if spins.is_multiple_of(64) && idle_since.elapsed() > HELPER_SPIN {
                     return;
                 }
                 std::hint::spin_loop();

@@ -193,7 +193,7 @@ fn conv_f32(
     let spatial = &x.shape()[2..];
     let m = w.shape()[0];
     let cg = w.shape()[1];
-    if cg * g != c || m % g != 0 {
+    if cg * g != c || !m.is_multiple_of(g) {
         return Err(OpError::new(format!(
             "channels: X has {c}, W {:?}, group {g}",
             w.shape()

@@ -99,6 +99,7 @@ fn tanh1(x: f32) -> f32 {
 /// `c = σ(f)·c + σ(i)·tanh(g)`, `h = σ(o)·tanh(c)`. Whole-slice passes, each a
 /// simple loop the compiler vectorises (faster than one fused loop, which runs
 /// out of SSE registers).
+#[inline(always)]
 pub(crate) fn lstm_cell(gates: [&mut [f32]; 4], c: &mut [f32], h: &mut [f32]) {
     let n = c.len();
     let [i, o, f, g] = gates.map(|v| &mut v[..n]);
@@ -132,6 +133,22 @@ pub(crate) fn sum_by(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// The dot product of `a` and `b` (as long as the shorter), in eight f32 lanes
+/// added up at the end.
+pub(crate) fn sum_by_pairs(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut lanes = [0f32; 8];
+    let full = n - n % 8;
+    for (ca, cb) in a[..full].chunks_exact(8).zip(b[..full].chunks_exact(8)) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(ca).zip(cb) {
+            *l += x * y;
+        }
+    }
+    let tail: f32 = a[full..].iter().zip(&b[full..]).map(|(x, y)| x * y).sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// `v[k] = e^{v[k]}` for every element (0 below -87.5; inputs above 88 saturate
 /// at about 1.6e38).
 pub(crate) fn exp_in_place(v: &mut [f32]) {
@@ -141,6 +158,7 @@ pub(crate) fn exp_in_place(v: &mut [f32]) {
 }
 
 /// `v[k] = 1 / (1 + e^{-v[k]})` for every element.
+#[inline(always)]
 pub(crate) fn sigmoid_in_place(v: &mut [f32]) {
     for x in v {
         *x = sigmoid1(*x);
@@ -148,6 +166,7 @@ pub(crate) fn sigmoid_in_place(v: &mut [f32]) {
 }
 
 /// `v[k] = tanh(v[k])` for every element.
+#[inline(always)]
 pub(crate) fn tanh_in_place(v: &mut [f32]) {
     for x in v {
         *x = tanh1(*x);

@@ -46,6 +46,7 @@ mod sequence;
 mod sgemm;
 mod shape;
 mod signal;
+mod simd;
 mod slicing;
 mod softmax;
 mod swiglu;

@@ -17,9 +17,9 @@
 
 use candle_core::{Device, WithDType};
 
-use crate::ops::fastmath;
 use crate::ops::fused::with_host;
 use crate::ops::sgemm::{self, GemmElem, MatRef};
+use crate::ops::{fastmath, simd};
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 use crate::value::Value;
@@ -154,10 +154,18 @@ trait Real: GemmElem + WithDType + Send + Sync + std::ops::Neg<Output = Self> {
     /// units): `gates` holds the pre-activations of i, o, f and c, as long as `c`
     /// each (overwritten with the activations); `c` is updated, `h` written.
     fn lstm_cell(gates: [&mut [Self]; 4], c: &mut [Self], h: &mut [Self]);
+    /// `y[j] += Σ_k r[(row0 + j) * rs + k] · x[k]` (see `simd::matvec_acc`).
+    fn matvec_acc(
+        r: &[Self],
+        rs: usize,
+        row0: usize,
+        x: &[Self],
+        y: &mut [Self],
+    ) -> Result<(), OpError>;
 }
 
 macro_rules! real {
-    ($t:ty, $sigmoid_all:expr, $tanh_all:expr, $lstm_cell:expr) => {
+    ($t:ty, $sigmoid_all:expr, $tanh_all:expr, $lstm_cell:expr, $matvec:expr) => {
         impl Real for $t {
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -180,22 +188,52 @@ macro_rules! real {
             fn lstm_cell(gates: [&mut [Self]; 4], c: &mut [Self], h: &mut [Self]) {
                 $lstm_cell(gates, c, h)
             }
+            fn matvec_acc(
+                r: &[Self],
+                rs: usize,
+                row0: usize,
+                x: &[Self],
+                y: &mut [Self],
+            ) -> Result<(), OpError> {
+                $matvec(r, rs, row0, x, y)
+            }
         }
     };
 }
-// f32 gates use the vectorised approximations (a few ulps); f64 keeps libm.
+// f32 gates use the vectorised approximations (a few ulps), at the CPU's vector
+// width; f64 keeps libm and plain loops.
 real!(
     f32,
     fastmath::sigmoid_in_place,
     fastmath::tanh_in_place,
-    fastmath::lstm_cell
+    simd::lstm_cell,
+    simd::matvec_acc
 );
 real!(
     f64,
     |v: &mut [f64]| v.iter_mut().for_each(|x| *x = sigmoid_f64(*x)),
     |v: &mut [f64]| v.iter_mut().for_each(|x| *x = x.tanh()),
-    lstm_cell_f64
+    lstm_cell_f64,
+    matvec_acc_f64
 );
+
+/// [`Real::matvec_acc`] in f64: plain dot products.
+fn matvec_acc_f64(
+    r: &[f64],
+    rs: usize,
+    row0: usize,
+    x: &[f64],
+    y: &mut [f64],
+) -> Result<(), OpError> {
+    for (j, o) in y.iter_mut().enumerate() {
+        let start = (row0 + j) * rs;
+        let row = r
+            .get(start..start + x.len())
+            .ok_or_else(|| OpError::new("internal: matvec row out of range"))?;
+        *o += row.iter().zip(x).map(|(a, b)| a * b).sum::<f64>();
+    }
+    Ok(())
+}
 
 fn sigmoid_f64(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
@@ -517,19 +555,7 @@ fn lstm_units<T: Real>(
     }
     let [i, o, f, g] = gates;
     for (gate, dst) in [&mut *i, &mut *o, &mut *f, &mut *g].into_iter().enumerate() {
-        let rows = &r[(gate * hidden + k0) * hidden..(gate * hidden + k0 + n) * hidden];
-        let rt = MatRef::transposed(rows, hidden);
-        sgemm::gemm(
-            1,
-            n,
-            hidden,
-            dst,
-            n,
-            true,
-            MatRef::rows(h_prev, hidden),
-            rt,
-            1,
-        )?;
+        T::matvec_acc(r, hidden, gate * hidden + k0, h_prev, &mut dst[..n])?;
     }
     T::lstm_cell([i, o, f, g], c, h_next);
     Ok(())
@@ -599,9 +625,13 @@ impl<T: Real> Run<T> {
             for step in 0..steps {
                 let t = time(step);
                 let pre = &mut self.gx[t * batch * gh..(t + 1) * batch * gh];
-                let h_in = MatRef::rows(&self.h, hidden);
-                let rt = MatRef::transposed(dir.r, hidden);
-                sgemm::gemm(batch, gh, hidden, pre, gh, true, h_in, rt, 1)?;
+                if batch == 1 {
+                    T::matvec_acc(dir.r, hidden, 0, &self.h, pre)?;
+                } else {
+                    let h_in = MatRef::rows(&self.h, hidden);
+                    let rt = MatRef::transposed(dir.r, hidden);
+                    sgemm::gemm(batch, gh, hidden, pre, gh, true, h_in, rt, 1)?;
+                }
                 for b in 0..batch {
                     let c = &mut self.c[b * hidden..(b + 1) * hidden];
                     let h = &mut self.h[b * hidden..(b + 1) * hidden];

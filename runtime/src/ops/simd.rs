@@ -1,0 +1,317 @@
+//! Hot loops compiled more than once: for AVX-512, for AVX2 with FMA, and for
+//! the baseline x86-64 the crate is built for, picked at run time by CPU
+//! detection.
+//!
+//! Design: the workspace builds for baseline x86-64 (SSE2) so that one binary
+//! runs on every node, which leaves our own loops at a quarter of the vector
+//! width ONNX Runtime's kernels use (the `gemm` crate detects its own).
+//! Elementwise bodies (the LSTM cell) are one safe `#[inline(always)]` body
+//! instantiated inside `#[target_feature]` wrappers, which the compiler
+//! vectorises well. Reductions (the matrix-vector product) it vectorised badly
+//! (scalar lane shuffles, slower than the `gemm` crate), so those are written
+//! with `std::arch` intrinsics, one function per feature level. The `unsafe`
+//! here is calling a wrapper after `is_x86_feature_detected!` has confirmed
+//! the CPU has its features, and unaligned vector loads from slices whose
+//! length was checked.
+//!
+//! This module holds no state and allocates nothing.
+
+#![allow(unsafe_code)]
+
+use crate::ops::OpError;
+
+/// Instantiates the safe body `$body` (a function taking `$args`) three times:
+/// AVX-512, AVX2 + FMA, baseline; `$name` dispatches to the best the CPU runs.
+/// The body's `FMA` parameter is true in the copies that have FMA.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $(#[$doc])*
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512($($arg: $ty),*) {
+                    $body::<true>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body::<true>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F (and so AVX2 and FMA),
+                    // every feature `avx512` is compiled with.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU has AVX2 and FMA, the features `avx2`
+                    // is compiled with.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $body::<false>($($arg),*)
+        }
+    };
+}
+
+/// The baseline body of [`matvec_acc`]: plain dot products.
+fn matvec_plain(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
+    for (j, o) in y.iter_mut().enumerate() {
+        let row = &r[(row0 + j) * rs..(row0 + j) * rs + x.len()];
+        *o += crate::ops::fastmath::sum_by_pairs(row, x);
+    }
+}
+
+/// [`matvec_acc`] with AVX-512: four rows at a time, each with its own
+/// 16-lane accumulator, so four multiply-add chains run side by side and `x` is
+/// loaded once per four rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn matvec_avx512(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+    };
+    const L: usize = 16;
+    let k = x.len();
+    let full = k - k % L;
+    let row = |j: usize| &r[(row0 + j) * rs..(row0 + j) * rs + k];
+    // SAFETY (every load below): `v` is a slice of at least `c + L` elements
+    // (c + L <= full <= k, and each row and `x` are k long), so the L floats
+    // read from `v[c]` lie inside it; loadu has no alignment requirement.
+    let load = |v: &[f32], c: usize| -> __m512 {
+        debug_assert!(c + L <= v.len());
+        unsafe { _mm512_loadu_ps(v[c..c + L].as_ptr()) }
+    };
+    let tail =
+        |row: &[f32]| -> f32 { row[full..].iter().zip(&x[full..]).map(|(a, b)| a * b).sum() };
+    let n = y.len();
+    let mut j = 0;
+    while j + 4 <= n {
+        let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut c = 0;
+        while c < full {
+            let xv = load(x, c);
+            acc[0] = _mm512_fmadd_ps(load(rows[0], c), xv, acc[0]);
+            acc[1] = _mm512_fmadd_ps(load(rows[1], c), xv, acc[1]);
+            acc[2] = _mm512_fmadd_ps(load(rows[2], c), xv, acc[2]);
+            acc[3] = _mm512_fmadd_ps(load(rows[3], c), xv, acc[3]);
+            c += L;
+        }
+        for q in 0..4 {
+            y[j + q] += _mm512_reduce_add_ps(acc[q]) + tail(rows[q]);
+        }
+        j += 4;
+    }
+    while j < n {
+        let rw = row(j);
+        let mut acc = _mm512_setzero_ps();
+        let mut c = 0;
+        while c < full {
+            acc = _mm512_fmadd_ps(load(rw, c), load(x, c), acc);
+            c += L;
+        }
+        y[j] += _mm512_reduce_add_ps(acc) + tail(rw);
+        j += 1;
+    }
+}
+
+/// [`matvec_avx512`] with AVX2 and FMA (8 lanes).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn matvec_avx2(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::{
+        __m256, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
+        _mm256_setzero_ps, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps,
+    };
+    const L: usize = 8;
+    let k = x.len();
+    let full = k - k % L;
+    let row = |j: usize| &r[(row0 + j) * rs..(row0 + j) * rs + k];
+    // SAFETY: as in `matvec_avx512`, with 8 lanes.
+    let load = |v: &[f32], c: usize| -> __m256 {
+        debug_assert!(c + L <= v.len());
+        unsafe { _mm256_loadu_ps(v[c..c + L].as_ptr()) }
+    };
+    let reduce = |v: __m256| -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_hadd_ps(s, s);
+        _mm_cvtss_f32(_mm_hadd_ps(s, s))
+    };
+    let tail =
+        |row: &[f32]| -> f32 { row[full..].iter().zip(&x[full..]).map(|(a, b)| a * b).sum() };
+    let n = y.len();
+    let mut j = 0;
+    while j + 4 <= n {
+        let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut c = 0;
+        while c < full {
+            let xv = load(x, c);
+            acc[0] = _mm256_fmadd_ps(load(rows[0], c), xv, acc[0]);
+            acc[1] = _mm256_fmadd_ps(load(rows[1], c), xv, acc[1]);
+            acc[2] = _mm256_fmadd_ps(load(rows[2], c), xv, acc[2]);
+            acc[3] = _mm256_fmadd_ps(load(rows[3], c), xv, acc[3]);
+            c += L;
+        }
+        for q in 0..4 {
+            y[j + q] += reduce(acc[q]) + tail(rows[q]);
+        }
+        j += 4;
+    }
+    while j < n {
+        let rw = row(j);
+        let mut acc = _mm256_setzero_ps();
+        let mut c = 0;
+        while c < full {
+            acc = _mm256_fmadd_ps(load(rw, c), load(x, c), acc);
+            c += L;
+        }
+        y[j] += reduce(acc) + tail(rw);
+        j += 1;
+    }
+}
+
+/// Calls the best [`matvec_acc`] body the CPU runs.
+fn matvec_dispatch(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the feature `matvec_avx512` is
+            // compiled with.
+            return unsafe { matvec_avx512(r, rs, row0, x, y) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, the features `matvec_avx2` is
+            // compiled with.
+            return unsafe { matvec_avx2(r, rs, row0, x, y) };
+        }
+    }
+    matvec_plain(r, rs, row0, x, y)
+}
+
+/// `y[j] += Σ_k r[(row0 + j) * rs + k] · x[k]`: rows `row0..row0 + y.len()` of the
+/// row-major matrix `r` (row stride `rs >= x.len()`) times the vector `x`. The
+/// batch-1 recurrent step of an LSTM is this product, where the `gemm` crate
+/// spent most of its time in strided copies and one horizontal sum per output.
+pub(crate) fn matvec_acc(
+    r: &[f32],
+    rs: usize,
+    row0: usize,
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), OpError> {
+    let fits = x.len() <= rs
+        && (y.is_empty()
+            || (row0 + y.len() - 1)
+                .checked_mul(rs)
+                .and_then(|v| v.checked_add(x.len()))
+                .is_some_and(|end| end <= r.len()));
+    if !fits {
+        return Err(OpError::new(format!(
+            "internal: matvec of rows {row0}..+{} ({} wide, stride {rs}) of a {}-element matrix",
+            y.len(),
+            x.len(),
+            r.len()
+        )));
+    }
+    matvec_dispatch(r, rs, row0, x, y);
+    Ok(())
+}
+
+/// The LSTM cell body: `fastmath::lstm_cell`, inlined into each copy.
+#[inline(always)]
+fn lstm_cell_body<const FMA: bool>(
+    i: &mut [f32],
+    o: &mut [f32],
+    f: &mut [f32],
+    g: &mut [f32],
+    c: &mut [f32],
+    h: &mut [f32],
+) {
+    crate::ops::fastmath::lstm_cell([i, o, f, g], c, h);
+}
+
+multiversion! {
+    /// [`crate::ops::fastmath::lstm_cell`] compiled for the CPU's vector width.
+    fn lstm_cell_dispatch(
+        i: &mut [f32],
+        o: &mut [f32],
+        f: &mut [f32],
+        g: &mut [f32],
+        c: &mut [f32],
+        h: &mut [f32]
+    ) => lstm_cell_body
+}
+
+/// The default-activation LSTM cell (see `fastmath::lstm_cell`) at the CPU's
+/// vector width.
+pub(crate) fn lstm_cell(gates: [&mut [f32]; 4], c: &mut [f32], h: &mut [f32]) {
+    let [i, o, f, g] = gates;
+    lstm_cell_dispatch(i, o, f, g, c, h);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matvec_matches_the_plain_sums_for_quads_lanes_and_tails() {
+        for (rows, rs, row0, k, n) in [
+            (40, 40, 3, 37, 30),
+            (64, 16, 0, 16, 64),
+            (9, 5, 2, 3, 7),
+            (4, 4, 0, 0, 3),
+        ] {
+            let r: Vec<f32> = (0..rows * rs)
+                .map(|v| ((v * 7) % 11) as f32 - 5.0)
+                .collect();
+            let x: Vec<f32> = (0..k).map(|v| v as f32 * 0.5 - 1.0).collect();
+            let mut y: Vec<f32> = (0..n).map(|v| v as f32).collect();
+            let want: Vec<f32> = (0..n)
+                .map(|j| j as f32 + (0..k).map(|c| r[(row0 + j) * rs + c] * x[c]).sum::<f32>())
+                .collect();
+            let mut plain = y.clone();
+            matvec_plain(&r, rs, row0, &x, &mut plain);
+            assert_eq!(plain, want, "baseline: rs {rs}, row0 {row0}, k {k}, n {n}");
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                let mut v = y.clone();
+                // SAFETY: the CPU has AVX2 and FMA.
+                unsafe { matvec_avx2(&r, rs, row0, &x, &mut v) };
+                assert_eq!(v, want, "AVX2: rs {rs}, row0 {row0}, k {k}, n {n}");
+            }
+            matvec_acc(&r, rs, row0, &x, &mut y).unwrap();
+            assert_eq!(y, want, "dispatched: rs {rs}, row0 {row0}, k {k}, n {n}");
+        }
+    }
+
+    #[test]
+    fn matvec_rejects_rows_outside_the_matrix() {
+        let r = vec![0f32; 20];
+        let mut y = vec![0f32; 4];
+        assert!(matvec_acc(&r, 5, 1, &[1.0; 5], &mut y).is_err());
+        assert!(matvec_acc(&r, 4, 0, &[1.0; 5], &mut y).is_err());
+        assert!(matvec_acc(&r, 5, 0, &[1.0; 5], &mut y).is_ok());
+        assert!(matvec_acc(&r, 5, 1, &[1.0; 4], &mut y[..3]).is_ok());
+    }
+
+    #[test]
+    fn the_dispatched_cell_matches_the_baseline_cell() {
+        let n = 37;
+        let gate = |s: f32| (0..n).map(|v| (v as f32 - 18.0) * s).collect::<Vec<f32>>();
+        let (mut i, mut o, mut f, mut g) = (gate(0.3), gate(-0.2), gate(0.1), gate(0.25));
+        let (mut i2, mut o2, mut f2, mut g2) = (i.clone(), o.clone(), f.clone(), g.clone());
+        let (mut c, mut h) = (gate(0.05), vec![0f32; n]);
+        let (mut c2, mut h2) = (c.clone(), vec![0f32; n]);
+        lstm_cell([&mut i, &mut o, &mut f, &mut g], &mut c, &mut h);
+        crate::ops::fastmath::lstm_cell([&mut i2, &mut o2, &mut f2, &mut g2], &mut c2, &mut h2);
+        for (a, b) in h.iter().zip(&h2).chain(c.iter().zip(&c2)) {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}
