@@ -118,6 +118,10 @@ fn im2col_2d(
     if n == 0 {
         return;
     }
+    if sh == 1 && sw == 1 && ow == wd {
+        im2col_2d_rows_contiguous(x, c, (h, wd), w, rows, cols);
+        return;
+    }
     for kx in 0..kw {
         // Output columns whose input column ox*sw + off lies inside [0, wd).
         let off = (kx * w.dilations[1]) as i64 - w.pad_begin[1] as i64;
@@ -155,6 +159,59 @@ fn im2col_2d(
                         for (j, d) in dst.iter_mut().enumerate() {
                             *d = src[first as usize + j * sw];
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col_2d`] at stride 1 when the output is as wide as the input (the
+/// "same" padding of most CNNs): a kernel tap's row of the im2col block is then
+/// the input plane read from one offset on, so it is one copy per (channel,
+/// tap) and block instead of one per output row, with the padding columns
+/// (which that copy fills from the neighbouring input row) cleared afterwards.
+fn im2col_2d_rows_contiguous(
+    x: &[f32],
+    c: usize,
+    (h, wd): (usize, usize),
+    w: &Window,
+    rows: std::ops::Range<usize>,
+    cols: &mut [f32],
+) {
+    let (kh, kw) = (w.kernel[0], w.kernel[1]);
+    let ow = wd;
+    let n = rows.len() * ow;
+    let plane_len = h * wd;
+    for ci in 0..c {
+        let plane = &x[ci * plane_len..(ci + 1) * plane_len];
+        for ky in 0..kh {
+            let dy = (ky * w.dilations[0]) as i64 - w.pad_begin[0] as i64;
+            for kx in 0..kw {
+                let dx = (kx * w.dilations[1]) as i64 - w.pad_begin[1] as i64;
+                let at = ((ci * kh + ky) * kw + kx) * n;
+                let dst = &mut cols[at..at + n];
+                // dst[t] = plane[start + t] wherever that index is inside the
+                // plane; t runs over the block's output rows and columns.
+                let start = (rows.start as i64 + dy) * wd as i64 + dx;
+                let lo = (-start).clamp(0, n as i64) as usize;
+                let hi = (plane_len as i64 - start).clamp(lo as i64, n as i64) as usize;
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if lo < hi {
+                    let s0 = (start + lo as i64) as usize;
+                    dst[lo..hi].copy_from_slice(&plane[s0..s0 + (hi - lo)]);
+                }
+                // Columns whose input column falls left or right of the plane
+                // read the neighbouring row above: they are padding.
+                let (pad_lo, pad_hi) = if dx < 0 {
+                    (0, ((-dx) as usize).min(ow))
+                } else {
+                    (ow.saturating_sub(dx as usize), ow)
+                };
+                if pad_lo < pad_hi {
+                    for row in dst.chunks_exact_mut(ow) {
+                        row[pad_lo..pad_hi].fill(0.0);
                     }
                 }
             }
@@ -967,6 +1024,19 @@ mod tests {
                 vec![1, 2, 1],
                 vec![1, 0, 1, 0, 1, 1],
                 vec![1, 1, 2],
+                true,
+                false,
+            ),
+            // Same-width output with dilation and one-sided padding (the
+            // contiguous im2col path).
+            (
+                vec![1, 3, 7, 8],
+                2,
+                1,
+                vec![3, 3],
+                vec![1, 1],
+                vec![2, 0, 2, 4],
+                vec![2, 2],
                 true,
                 false,
             ),
