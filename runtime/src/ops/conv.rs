@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 use crate::ops::common::{for_each_index, like, numel, scalar_i64};
 use crate::ops::fused::with_f32;
-use crate::ops::pool::max_pool_2x2_then;
 use crate::ops::sgemm::{self, MatRef};
+use crate::ops::simd;
 use crate::ops::window::Window;
 use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult, FUSED_MAX_POOL};
 use crate::tensor::{ElemType, Tensor};
@@ -372,11 +372,22 @@ struct ConvGeometry<'a> {
 }
 
 /// One thread's reusable buffers: an im2col block and, with a fused pool, the
-/// block's unpooled output.
+/// block's unpooled output. [`Scratch::default`] borrows the thread's buffers and
+/// dropping the value gives them back, so consecutive convs on a thread reuse
+/// the same (already faulted-in) memory instead of allocating and zeroing it.
 #[derive(Default)]
 struct Scratch {
     cols: Vec<f32>,
     conv: Vec<f32>,
+}
+
+/// The first `n` elements of `v`, growing it (with zeros) only when it is
+/// shorter: callers overwrite every element they use.
+fn grown(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
 }
 
 impl ConvGeometry<'_> {
@@ -473,8 +484,7 @@ impl ConvGeometry<'_> {
         for oy0 in rows.clone().step_by(block_rows) {
             let oy1 = (oy0 + block_rows).min(rows.end);
             let ncols = (oy1 - oy0) * ow;
-            scratch.resize(kdim * ncols, 0.0);
-            let cols = &mut scratch[..kdim * ncols];
+            let cols = grown(scratch, kdim * ncols);
             im2col_2d(xs, self.cg, dims, self.win, oy0..oy1, cols);
             let at = (oy0 - rows.start) * ow;
             if let Some(b) = bias {
@@ -523,8 +533,8 @@ impl ConvGeometry<'_> {
         bands
             .into_par_iter()
             .zip(bounds.par_windows(2))
-            .try_for_each_init(Vec::new, |scratch, (mut band, r)| {
-                self.band(xs, wg, bias, &mut band, (r[0]..r[1], ow), scratch)
+            .try_for_each_init(Scratch::default, |scratch, (mut band, r)| {
+                self.band(xs, wg, bias, &mut band, (r[0]..r[1], ow), &mut scratch.cols)
             })
     }
 
@@ -599,26 +609,23 @@ impl ConvGeometry<'_> {
         for pr0 in prows.clone().step_by(block_prows) {
             let pr1 = (pr0 + block_prows).min(prows.end);
             let ncols = 2 * (pr1 - pr0) * ow;
-            scratch.cols.resize(kdim * ncols, 0.0);
-            let cols = &mut scratch.cols[..kdim * ncols];
+            let cols = grown(&mut scratch.cols, kdim * ncols);
             im2col_2d(xs, self.cg, dims, self.win, 2 * pr0..2 * pr1, cols);
-            scratch.conv.resize(mg * ncols, 0.0);
-            let yb = &mut scratch.conv[..mg * ncols];
+            let yb = grown(&mut scratch.conv, mg * ncols);
             let cols = MatRef::rows(cols, ncols);
             sgemm::gemm(mg, ncols, kdim, yb, ncols, false, wg, cols, 1)?;
             // One pass: pool, then the bias and activation on the pooled value
             // only (both commute with the maximum), written into the output.
             let (at, len) = ((pr0 - prows.start) * pw, (pr1 - pr0) * pw);
-            let act = self.act;
+            let relu = match self.act {
+                Activation::Relu => true,
+                Activation::None => false,
+            };
             for (r, src) in yb.chunks_exact(ncols).enumerate() {
                 let dst = &mut band.row_mut(r)[at..at + len];
-                match bias {
-                    Some(b) => {
-                        let bv = b[r];
-                        max_pool_2x2_then(src, dst, ow, pw, |v| act.apply(v + bv));
-                    }
-                    None => max_pool_2x2_then(src, dst, ow, pw, |v| act.apply(v)),
-                }
+                // -0.0 leaves every value as it is (see pool_2x2_bias_relu).
+                let bv = bias.map_or(-0.0, |b| b[r]);
+                simd::pool_2x2_bias_relu(src, dst, ow, pw, bv, relu);
             }
         }
         Ok(())

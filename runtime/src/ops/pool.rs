@@ -135,7 +135,7 @@ fn max_pool_2x2(src: &[f32], dst: &mut [f32], w: usize, ow: usize) {
 /// [`max_pool_2x2`] with `then` applied to each maximum as it is written (a
 /// fused conv's bias and activation, which commute with the maximum: both are
 /// monotonic, as is float rounding).
-#[inline]
+#[inline(always)]
 pub(crate) fn max_pool_2x2_then(
     src: &[f32],
     dst: &mut [f32],

@@ -253,6 +253,51 @@ pub(crate) fn lstm_cell(gates: [&mut [f32]; 4], c: &mut [f32], h: &mut [f32]) {
     lstm_cell_dispatch(i, o, f, g, c, h);
 }
 
+/// The body of [`pool_2x2_bias_relu`].
+#[inline(always)]
+fn pool_body<const FMA: bool>(
+    src: &[f32],
+    dst: &mut [f32],
+    w: usize,
+    ow: usize,
+    bias: f32,
+    relu: bool,
+) {
+    use crate::ops::pool::max_pool_2x2_then;
+    if relu {
+        max_pool_2x2_then(src, dst, w, ow, |v| {
+            let v = v + bias;
+            if v < 0.0 {
+                0.0
+            } else {
+                v
+            }
+        });
+    } else {
+        max_pool_2x2_then(src, dst, w, ow, |v| v + bias);
+    }
+}
+
+multiversion! {
+    fn pool_dispatch(src: &[f32], dst: &mut [f32], w: usize, ow: usize, bias: f32, relu: bool)
+        => pool_body
+}
+
+/// A 2x2, stride-2 max pool of one plane (`src` rows `w` wide, `dst` rows `ow`
+/// wide) with `bias` added to each maximum and then, with `relu`, a Relu: the
+/// epilogue of a conv with a fused pool. Without a bias pass -0.0, which leaves
+/// every value (signed zeros included) as it is.
+pub(crate) fn pool_2x2_bias_relu(
+    src: &[f32],
+    dst: &mut [f32],
+    w: usize,
+    ow: usize,
+    bias: f32,
+    relu: bool,
+) {
+    pool_dispatch(src, dst, w, ow, bias, relu);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,6 +343,49 @@ mod tests {
         assert!(matvec_acc(&r, 4, 0, &[1.0; 5], &mut y).is_err());
         assert!(matvec_acc(&r, 5, 0, &[1.0; 5], &mut y).is_ok());
         assert!(matvec_acc(&r, 5, 1, &[1.0; 4], &mut y[..3]).is_ok());
+    }
+
+    #[test]
+    fn the_pool_epilogue_keeps_nan_and_signed_zeros() {
+        // Two rows of 6: three windows, the middle one holding a NaN.
+        let src = [
+            -0.0,
+            -0.0,
+            1.0,
+            f32::NAN,
+            -3.0,
+            -2.0, //
+            -0.0,
+            -0.0,
+            0.5,
+            0.25,
+            -4.0,
+            -1.0,
+        ];
+        for (bias, relu) in [(-0.0, false), (-0.0, true), (0.5, false), (1.5, true)] {
+            let mut got = [9f32; 3];
+            pool_2x2_bias_relu(&src, &mut got, 6, 3, bias, relu);
+            let mut want = [9f32; 3];
+            crate::ops::pool::max_pool_2x2_then(&src, &mut want, 6, 3, |v| {
+                let v = v + bias;
+                if relu && v < 0.0 {
+                    0.0
+                } else {
+                    v
+                }
+            });
+            assert!(got[1].is_nan() && want[1].is_nan(), "NaN wins: {got:?}");
+            for i in [0, 2] {
+                assert_eq!(
+                    got[i].to_bits(),
+                    want[i].to_bits(),
+                    "{bias} {relu}: {got:?}"
+                );
+            }
+        }
+        let mut z = [9f32; 1];
+        pool_2x2_bias_relu(&[-0.0; 4], &mut z, 2, 1, -0.0, false);
+        assert!(z[0] == 0.0 && z[0].is_sign_negative(), "-0.0 stays -0.0");
     }
 
     #[test]
