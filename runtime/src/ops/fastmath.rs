@@ -151,6 +151,7 @@ pub(crate) fn sum_by_pairs(a: &[f32], b: &[f32]) -> f32 {
 
 /// `v[k] = e^{v[k]}` for every element (0 below -87.5; inputs above 88 saturate
 /// at about 1.6e38).
+#[inline(always)]
 pub(crate) fn exp_in_place(v: &mut [f32]) {
     for x in v {
         *x = exp1(*x);

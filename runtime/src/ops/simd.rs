@@ -298,6 +298,45 @@ pub(crate) fn pool_2x2_bias_relu(
     pool_dispatch(src, dst, w, ow, bias, relu);
 }
 
+/// The body of [`softmax_row`].
+#[inline(always)]
+fn softmax_body<const FMA: bool>(row: &mut [f32]) {
+    use crate::ops::fastmath;
+    // The maximum in 16 lanes; `f32::max` skips NaN in any order, so this is
+    // the sequential fold's result.
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = row.chunks_exact(16);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = l.max(v);
+        }
+    }
+    let m = lanes.iter().copied().fold(tail, f32::max);
+    for v in row.iter_mut() {
+        *v -= m;
+    }
+    fastmath::exp_in_place(row);
+    let inv = 1.0 / fastmath::sum_by(row, |x| x);
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+multiversion! {
+    fn softmax_dispatch(row: &mut [f32]) => softmax_body
+}
+
+/// Softmax of one contiguous row in place (max subtracted, the vectorised
+/// `fastmath::exp`, normalised), at the CPU's vector width.
+pub(crate) fn softmax_row(row: &mut [f32]) {
+    softmax_dispatch(row);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +425,27 @@ mod tests {
         let mut z = [9f32; 1];
         pool_2x2_bias_relu(&[-0.0; 4], &mut z, 2, 1, -0.0, false);
         assert!(z[0] == 0.0 && z[0].is_sign_negative(), "-0.0 stays -0.0");
+    }
+
+    #[test]
+    fn the_dispatched_softmax_matches_the_baseline_body() {
+        for n in [1, 15, 16, 37, 128] {
+            let row: Vec<f32> = (0..n).map(|v| ((v * 13) % 17) as f32 * 0.7 - 4.0).collect();
+            let (mut got, mut want) = (row.clone(), row.clone());
+            softmax_row(&mut got);
+            softmax_body::<false>(&mut want);
+            for (a, b) in got.iter().zip(&want) {
+                assert!(
+                    (a - b).abs() <= 1e-6 * b.abs().max(1e-30),
+                    "{n}: {a} vs {b}"
+                );
+            }
+            let total: f32 = got.iter().sum();
+            assert!((total - 1.0).abs() < 1e-5, "{n}: sums to {total}");
+        }
+        let mut with_nan = [1.0, f32::NAN, 2.0];
+        softmax_row(&mut with_nan);
+        assert!(with_nan.iter().all(|v| v.is_nan()), "{with_nan:?}");
     }
 
     #[test]

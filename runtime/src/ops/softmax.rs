@@ -10,10 +10,10 @@
 //! exported in half precision were checked against.
 
 use crate::ops::common::{axis_in, from_f64, numel};
-use crate::ops::fastmath;
 use crate::ops::precision::softmax_in;
 use crate::ops::reduce::rows;
 use crate::ops::shape::permuted;
+use crate::ops::simd;
 use crate::ops::{one, Inputs, Kernel, NodeInfo, OpResult};
 use crate::tensor::{ElemType, Tensor};
 
@@ -64,26 +64,18 @@ fn normalise(row: &mut [f64], kind: Kind, elem: ElemType) {
 /// Normalises contiguous f32 rows in f32: the common case (an f32 input and
 /// rows that are the innermost axis) without a permute or an f64 round trip.
 fn normalise_f32(row: &mut [f32], kind: Kind) {
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = |row: &[f32]| row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     match kind {
         Kind::Hard => {
+            let m = max(row);
             let first = row.iter().position(|&v| v == m);
             for (k, v) in row.iter_mut().enumerate() {
                 *v = if Some(k) == first { 1.0 } else { 0.0 };
             }
         }
-        Kind::Soft => {
-            for v in row.iter_mut() {
-                *v -= m;
-            }
-            fastmath::exp_in_place(row);
-            let sum = fastmath::sum_by(row, |x| x);
-            let inv = 1.0 / sum;
-            for v in row.iter_mut() {
-                *v *= inv;
-            }
-        }
+        Kind::Soft => simd::softmax_row(row),
         Kind::Log => {
+            let m = max(row);
             let sum: f64 = row.iter().map(|&v| f64::from((v - m).exp())).sum();
             let shift = m + sum.ln() as f32;
             for v in row.iter_mut() {
