@@ -25,6 +25,7 @@ use crate::exec;
 use crate::onnx::{attribute_proto::AttributeType, type_proto, GraphProto, NodeProto};
 use crate::ops::{
     self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION, FUSED_MAX_POOL,
+    W_TRANSPOSED,
 };
 use crate::tensor::ElemType;
 use crate::tensor_io::decode_tensor;
@@ -258,10 +259,11 @@ fn build_graph<'a>(
         };
         let key = if domain == "ai.onnx" { "" } else { domain };
         let mut attrs = Attrs::decode(&node.attribute, ctx.base_dir)?;
-        // Only the planner's own fusions may set these keys (see `fuse_activations`
-        // and `fuse_pools`).
+        // Only the planner's own rewrites may set these keys (see
+        // `fuse_activations`, `fuse_pools` and `pretranspose_rnn_weights`).
         attrs.remove(FUSED_ACTIVATION);
         attrs.remove(FUSED_MAX_POOL);
+        attrs.remove(W_TRANSPOSED);
         let opset = ctx.opsets.get(key).copied().unwrap_or(0);
         let implicit = plan_subgraphs(node, opset, ctx, &scope, &mut attrs)?;
         let info = NodeInfo {
@@ -386,6 +388,7 @@ fn build_graph<'a>(
 
     let slot_count = slots.count;
     pretranspose_gemm_weights(&mut steps, &mut constants, &outputs);
+    pretranspose_rnn_weights(&mut steps, &mut constants, &outputs);
     fuse_linear_layers(&mut steps, &constants, &outputs);
     fuse_activations(&mut steps, &outputs);
     fuse_pools(&mut steps, &outputs);
@@ -482,6 +485,57 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// slot holds [`Value::None`]), so the plan keeps one copy of each weight. A
 /// body that reads the original by name reads it through its node's implicit
 /// inputs, so the original is kept then.
+/// Stores the constant W of each `LSTM`, `GRU` and `RNN` node ([dirs, gates *
+/// hidden, input]) transposed to [dirs, input, gates * hidden] and marks the node
+/// with [`W_TRANSPOSED`], so that the kernel's input projection reads it in the
+/// layout the product wants. A W that anything else reads (another node, a graph
+/// output) is copied rather than replaced.
+fn pretranspose_rnn_weights(
+    steps: &mut [Step],
+    constants: &mut Vec<Value>,
+    outputs: &[(String, Src)],
+) {
+    let mut readers: HashMap<usize, usize> = HashMap::new();
+    let reads = steps
+        .iter()
+        .flat_map(|s| s.inputs.iter().flatten())
+        .chain(outputs.iter().map(|(_, src)| src));
+    for src in reads {
+        if let Src::Const(c) = src {
+            *readers.entry(*c).or_default() += 1;
+        }
+    }
+    for step in steps
+        .iter_mut()
+        .filter(|s| matches!(s.op_type.as_str(), "LSTM" | "GRU" | "RNN"))
+    {
+        let Some(Some(Src::Const(c))) = step.inputs.get(1).copied() else {
+            continue;
+        };
+        let Some(Value::Tensor(w)) = constants.get(c) else {
+            continue;
+        };
+        if w.rank() != 3 {
+            continue;
+        }
+        let Ok(t) = w
+            .candle()
+            .transpose(1, 2)
+            .and_then(|t| t.contiguous())
+            .and_then(|t| w.with_data(t))
+        else {
+            continue;
+        };
+        if readers.get(&c) == Some(&1) {
+            constants[c] = Value::Tensor(t);
+        } else {
+            constants.push(Value::Tensor(t));
+            step.inputs[1] = Some(Src::Const(constants.len() - 1));
+        }
+        step.info.attrs.set(W_TRANSPOSED, Attr::Int(1));
+    }
+}
+
 fn pretranspose_gemm_weights(
     steps: &mut [Step],
     constants: &mut Vec<Value>,
@@ -1148,5 +1202,93 @@ mod pool_fusion_tests {
                 "a pool with {what}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod rnn_weight_tests {
+    use super::*;
+    use crate::onnx::{AttributeProto, TensorProto};
+    use crate::ops::control::tests::{any, floats, graph, load, node, read, run};
+
+    fn init(name: &str, dims: &[usize], v: Vec<f32>) -> TensorProto {
+        TensorProto {
+            name: Some(name.to_owned()),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: Some(1),
+            float_data: v,
+            ..Default::default()
+        }
+    }
+
+    /// `op` over x [seq 4, batch 1, input 3] with hidden 5; W constant or a graph
+    /// input, plus `extra` outputs.
+    fn rnn(op: &str, gates: usize, w_constant: bool, extra: &[&str]) -> (GraphProto, Vec<f32>) {
+        let (input, hidden) = (3, 5);
+        let mut n = node(op, &["x", "w", "r"], &["y"]);
+        n.attribute.push(AttributeProto {
+            name: Some("hidden_size".to_owned()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(hidden as i64),
+            ..Default::default()
+        });
+        let mut outputs = vec!["y"];
+        outputs.extend(extra);
+        let mut inputs = vec![any("x")];
+        if !w_constant {
+            inputs.push(any("w"));
+        }
+        let mut g = graph(vec![n], inputs, &outputs);
+        let gh = gates * hidden;
+        let wv: Vec<f32> = (0..gh * input)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 9.0)
+            .collect();
+        let rv: Vec<f32> = (0..gh * hidden)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 12.0)
+            .collect();
+        if w_constant {
+            g.initializer.push(init("w", &[1, gh, input], wv.clone()));
+        }
+        g.initializer.push(init("r", &[1, gh, hidden], rv));
+        (g, wv)
+    }
+
+    #[test]
+    fn a_constant_recurrent_weight_is_stored_transposed_with_the_same_result() {
+        let xv: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 4.0).collect();
+        let x = floats(&[4, 1, 3], &xv);
+        for (op, gates) in [("LSTM", 4), ("GRU", 3), ("RNN", 1)] {
+            let (fed, wv) = rnn(op, gates, false, &[]);
+            let want = run(
+                &load(fed, 17).unwrap(),
+                vec![("x", x.clone()), ("w", floats(&[1, gates * 5, 3], &wv))],
+            )
+            .unwrap();
+            let (constant, _) = rnn(op, gates, true, &[]);
+            let opsets = HashMap::from([(String::new(), 17)]);
+            let ctx = PlanContext {
+                opsets: &opsets,
+                base_dir: None,
+            };
+            let plan = build(&constant, &ctx).unwrap();
+            let step = &plan.steps[0];
+            assert_eq!(step.info.attrs.int(W_TRANSPOSED, 0).unwrap(), 1, "{op}");
+            let model = load(constant, 17).unwrap();
+            let got = run(&model, vec![("x", x.clone())]).unwrap();
+            let ((gs, gv), (ws, wv)) = (read(&got[0]), read(&want[0]));
+            assert_eq!(gs, ws, "{op}");
+            for (a, b) in gv.iter().zip(&wv) {
+                assert!((a - b).abs() <= 1e-6, "{op}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_recurrent_weight_read_elsewhere_keeps_its_layout_for_that_reader() {
+        let (g, wv) = rnn("GRU", 3, true, &["w"]);
+        let model = load(g, 17).unwrap();
+        let x = floats(&[4, 1, 3], &[0.5; 12]);
+        let out = run(&model, vec![("x", x)]).unwrap();
+        assert_eq!(read(&out[1]), (vec![1, 15, 3], wv));
     }
 }

@@ -63,6 +63,7 @@ use std::fmt;
 
 pub(crate) use attrs::{Attr, Attrs};
 pub(crate) use fused::{Activation, FUSED_ACTIVATION, FUSED_MAX_POOL};
+pub(crate) use rnn::W_TRANSPOSED;
 
 use crate::tensor::Tensor;
 use crate::value::Value;
