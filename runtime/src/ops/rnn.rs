@@ -15,6 +15,8 @@
 //! step is split over two threads by hidden unit. (The per-step product at batch 1
 //! is bound by reading R, 4·hidden² values, not by the `gemm` call's overhead.)
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
 use candle_core::{Device, WithDType};
 
 use crate::ops::fused::with_host;
@@ -154,6 +156,9 @@ trait Real: GemmElem + WithDType + Send + Sync + std::ops::Neg<Output = Self> {
     /// units): `gates` holds the pre-activations of i, o, f and c, as long as `c`
     /// each (overwritten with the activations); `c` is updated, `h` written.
     fn lstm_cell(gates: [&mut [Self]; 4], c: &mut [Self], h: &mut [Self]);
+    /// The value's bit pattern, widened to 64 bits, and back.
+    fn bits(self) -> u64;
+    fn from_bits(b: u64) -> Self;
     /// `y[j] += Σ_k r[(row0 + j) * rs + k] · x[k]` (see `simd::matvec_acc`).
     fn matvec_acc(
         r: &[Self],
@@ -187,6 +192,12 @@ macro_rules! real {
             }
             fn lstm_cell(gates: [&mut [Self]; 4], c: &mut [Self], h: &mut [Self]) {
                 $lstm_cell(gates, c, h)
+            }
+            fn bits(self) -> u64 {
+                u64::from(self.to_bits())
+            }
+            fn from_bits(b: u64) -> Self {
+                <$t>::from_bits(b as _)
             }
             fn matvec_acc(
                 r: &[Self],
@@ -538,19 +549,6 @@ fn gate_slices_mut<T>(pre: &mut [T], hidden: usize) -> [&mut [T]; 4] {
     [i, o, f, c]
 }
 
-/// Each gate's units [0, mid) and [mid, hidden).
-fn split_gates<'a, T>(
-    gates: &'a mut [&mut [T]; 4],
-    mid: usize,
-) -> ([&'a mut [T]; 4], [&'a mut [T]; 4]) {
-    let [i, o, f, c] = gates;
-    let (i0, i1) = i.split_at_mut(mid);
-    let (o0, o1) = o.split_at_mut(mid);
-    let (f0, f1) = f.split_at_mut(mid);
-    let (c0, c1) = c.split_at_mut(mid);
-    ([i0, o0, f0, c0], [i1, o1, f1, c1])
-}
-
 /// One step of the plain LSTM for hidden units `k0..k0 + c.len()` of a batch-1
 /// item: adds `h_prev` times those units' rows of R (`r`, [4 * hidden, hidden])
 /// into each gate's pre-activations, then runs the cell, writing `h_next`.
@@ -572,6 +570,170 @@ fn lstm_units<T: Real>(
     }
     T::lstm_cell([i, o, f, g], c, h_next);
     Ok(())
+}
+
+/// How long a split batch-1 LSTM waits for a second worker to take its other
+/// half before running both halves on the calling thread.
+const LOCKSTEP_WAIT: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The state two halves of a batch-1 LSTM share while they run every step in
+/// lockstep, one per thread.
+///
+/// Design: splitting each step with `rayon::join` (as before) left the waiting
+/// thread yielding and sleeping inside rayon 64 times per run, and let either
+/// thread take either half, so each half's rows of R moved between the two
+/// cores' caches; at 2 threads lstm_2l ran no faster than at 1. Here each half
+/// stays on one thread for the whole sequence and the threads meet once per
+/// step on two counters, spinning: H is double-buffered in `h` (bit patterns in
+/// atomics, so both threads may read and write it), step t reads buffer t % 2
+/// and each half writes its units of buffer (t + 1) % 2; a half starts step t + 1
+/// only when the other has finished step t, so neither overwrites what the
+/// other still reads.
+struct Lockstep {
+    h: [Vec<AtomicU64>; 2],
+    /// Steps finished by each half; `usize::MAX` after a half failed.
+    done: [AtomicUsize; 2],
+    started: AtomicBool,
+    error: std::sync::Mutex<Option<OpError>>,
+}
+
+impl Lockstep {
+    fn new<T: Real>(h0: &[T]) -> Self {
+        let buf = || {
+            h0.iter()
+                .map(|v| AtomicU64::new(v.bits()))
+                .collect::<Vec<_>>()
+        };
+        Self {
+            h: [buf(), buf()],
+            done: [AtomicUsize::new(0), AtomicUsize::new(0)],
+            started: AtomicBool::new(false),
+            error: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// H after `steps` steps.
+    fn read_h<T: Real>(&self, steps: usize, h: &mut [T]) {
+        for (d, a) in h.iter_mut().zip(&self.h[steps % 2]) {
+            *d = T::from_bits(a.load(Ordering::Acquire));
+        }
+    }
+}
+
+/// One half's hidden units (from `k0`, as many as `c`) and, per step in run
+/// order, its parts of the gate pre-activations and of that step's Y row.
+struct Half<'a, T> {
+    k0: usize,
+    c: &'a mut [T],
+    steps: Vec<([&'a mut [T]; 4], &'a mut [T])>,
+}
+
+impl<'a, T: Real> Half<'a, T> {
+    fn new(k0: usize, c: &'a mut [T], steps: usize) -> Self {
+        Self {
+            k0,
+            c,
+            steps: Vec::with_capacity(steps),
+        }
+    }
+
+    /// Runs every step, meeting the other half (`theirs`) after each.
+    fn run(
+        self,
+        r: &[T],
+        shared: &Lockstep,
+        mine: &AtomicUsize,
+        theirs: &AtomicUsize,
+    ) -> Result<(), OpError> {
+        let result = self.steps_with(r, shared, |step| {
+            mine.store(step + 1, Ordering::Release);
+            wait_until(|| theirs.load(Ordering::Acquire) > step);
+        });
+        if result.is_err() {
+            // Lets the other half run to its end instead of waiting forever.
+            mine.store(usize::MAX, Ordering::Release);
+        }
+        result
+    }
+
+    /// Runs both halves on this thread, one after the other at each step (the
+    /// second half reads buffer step % 2, which the first left as it was).
+    fn run_with(
+        mut self,
+        mut other: Half<'_, T>,
+        r: &[T],
+        shared: &Lockstep,
+    ) -> Result<(), OpError> {
+        let mut h_prev = vec![T::zero(); shared.h[0].len()];
+        let (mine, theirs) = (
+            std::mem::take(&mut self.steps),
+            std::mem::take(&mut other.steps),
+        );
+        for (step, ((g, y), (og, oy))) in mine.into_iter().zip(theirs).enumerate() {
+            self.step(r, shared, step, g, y, &mut h_prev)?;
+            other.step(r, shared, step, og, oy, &mut h_prev)?;
+        }
+        Ok(())
+    }
+
+    fn steps_with(
+        mut self,
+        r: &[T],
+        shared: &Lockstep,
+        mut meet: impl FnMut(usize),
+    ) -> Result<(), OpError> {
+        let mut h_prev = vec![T::zero(); shared.h[0].len()];
+        let steps = std::mem::take(&mut self.steps);
+        for (step, (gates, y)) in steps.into_iter().enumerate() {
+            self.step(r, shared, step, gates, y, &mut h_prev)?;
+            meet(step);
+        }
+        Ok(())
+    }
+
+    /// Step `step` of this half: reads H from buffer step % 2, writes this
+    /// half's units of buffer (step + 1) % 2 and of `y`.
+    fn step(
+        &mut self,
+        r: &[T],
+        shared: &Lockstep,
+        step: usize,
+        gates: [&mut [T]; 4],
+        y: &mut [T],
+        h_prev: &mut [T],
+    ) -> Result<(), OpError> {
+        read_into(&shared.h[step % 2], h_prev);
+        lstm_units(r, h_prev, self.k0, gates, self.c, y)?;
+        write_from(y, &shared.h[(step + 1) % 2][self.k0..]);
+        Ok(())
+    }
+}
+
+/// Spins until `ready`, yielding the core after the first few thousand rounds:
+/// on a busy machine the other half's thread may be descheduled, and spinning
+/// through the whole time slice would only delay it.
+fn wait_until(ready: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        if spins < 4096 {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
+    }
+}
+
+fn read_into<T: Real>(src: &[AtomicU64], dst: &mut [T]) {
+    for (d, a) in dst.iter_mut().zip(src) {
+        *d = T::from_bits(a.load(Ordering::Acquire));
+    }
+}
+
+fn write_from<T: Real>(src: &[T], dst: &[AtomicU64]) {
+    for (v, a) in src.iter().zip(dst) {
+        a.store(v.bits(), Ordering::Release);
+    }
 }
 
 /// Buffers reused by every step and direction, allocated once per call.
@@ -655,30 +817,77 @@ impl<T: Real> Run<T> {
             }
             return Ok(());
         }
-        // Hidden units [0, mid) on this thread, [mid, hidden) on another; H is
-        // double-buffered since both halves read all of the previous H.
+        // Hidden units [0, mid) on this thread, [mid, hidden) on another, each
+        // half running every step in lockstep with the other (see `Lockstep`).
         let mid = (hidden / 2).div_ceil(8) * 8;
-        let mut h_next = vec![T::zero(); hidden];
-        let (h, c, gx) = (&mut self.h, &mut self.c, &mut self.gx);
-        rayon::scope(|_| {
-            for step in 0..steps {
-                let t = time(step);
-                let mut gates = gate_slices_mut(&mut gx[t * gh..(t + 1) * gh], hidden);
-                let (c0, c1) = c.split_at_mut(mid);
-                let (h0, h1) = h_next.split_at_mut(mid);
-                let (g0, g1) = split_gates(&mut gates, mid);
-                let h_prev: &[T] = h;
-                let (a, b) = rayon::join(
-                    || lstm_units(dir.r, h_prev, 0, g0, c0, h0),
-                    || lstm_units(dir.r, h_prev, mid, g1, c1, h1),
-                );
-                a?;
-                b?;
-                std::mem::swap(h, &mut h_next);
-                y[y_at(t, 0)..y_at(t, 0) + hidden].copy_from_slice(h);
+        let mut chunks: Vec<Option<&mut [T]>> = self.gx.chunks_mut(gh).map(Some).collect();
+        let mut rows: Vec<Option<&mut [T]>> = y.chunks_mut(hidden).map(Some).collect();
+        let (c0, c1) = self.c.split_at_mut(mid);
+        let mut halves = (Half::new(0, c0, steps), Half::new(mid, c1, steps));
+        for step in 0..steps {
+            let t = time(step);
+            let (Some(chunk), Some(row)) = (
+                chunks.get_mut(t).and_then(Option::take),
+                rows.get_mut(y_at(t, 0) / hidden).and_then(Option::take),
+            ) else {
+                return Err(OpError::new("internal: LSTM step out of range"));
+            };
+            let [i, o, f, g] = gate_slices_mut(chunk, hidden);
+            let ((i0, i1), (o0, o1)) = (i.split_at_mut(mid), o.split_at_mut(mid));
+            let ((f0, f1), (g0, g1)) = (f.split_at_mut(mid), g.split_at_mut(mid));
+            let (y0, y1) = row.split_at_mut(mid);
+            halves.0.steps.push(([i0, o0, f0, g0], y0));
+            halves.1.steps.push(([i1, o1, f1, g1], y1));
+        }
+        let shared = Lockstep::new(&self.h);
+        let other = std::sync::Mutex::new(Some(halves.1));
+        let result = rayon::scope(|sc| {
+            sc.spawn(|_| {
+                let taken = other.lock().map(|mut o| o.take()).ok().flatten();
+                if let Some(half) = taken {
+                    shared.started.store(true, Ordering::Release);
+                    let r = half.run(dir.r, &shared, &shared.done[1], &shared.done[0]);
+                    if let Err(e) = r {
+                        *shared.error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
+                }
+            });
+            // Wait briefly for another worker to take the second half; if none
+            // does, take it back and run both halves here.
+            #[cfg(test)]
+            let wait = if tests::ALONE.load(Ordering::Relaxed) {
+                std::time::Duration::ZERO
+            } else {
+                LOCKSTEP_WAIT
+            };
+            #[cfg(not(test))]
+            let wait = LOCKSTEP_WAIT;
+            let deadline = std::time::Instant::now() + wait;
+            while !shared.started.load(Ordering::Acquire) && std::time::Instant::now() < deadline {
+                std::hint::spin_loop();
             }
-            Ok(())
-        })
+            let alone = other.lock().map(|mut o| o.take()).ok().flatten();
+            match alone {
+                Some(second) => halves.0.run_with(second, dir.r, &shared),
+                None => {
+                    wait_until(|| shared.started.load(Ordering::Acquire));
+                    halves
+                        .0
+                        .run(dir.r, &shared, &shared.done[0], &shared.done[1])
+                }
+            }
+        });
+        if let Some(e) = shared
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(e);
+        }
+        result?;
+        shared.read_h(steps, &mut self.h);
+        Ok(())
     }
 
     /// Runs direction `dir` over the sequence, writing its slots of `y`; leaves the
@@ -974,11 +1183,31 @@ mod tests {
             .collect()
     }
 
+    /// Makes a split batch-1 LSTM take its second half back at once, so that
+    /// the one-thread fallback of the lockstep runs (other tests only lose the
+    /// split while it is set).
+    pub(super) static ALONE: AtomicBool = AtomicBool::new(false);
+
+    #[test]
+    fn a_split_lstm_run_alone_matches_the_general_path() {
+        let want = lstm_uniform(1, true);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        ALONE.store(true, Ordering::Relaxed);
+        let got = pool.install(|| lstm_uniform(1, false));
+        ALONE.store(false, Ordering::Relaxed);
+        for (p, q) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((p - q).abs() < 1e-5, "{p} vs {q}");
+        }
+    }
+
     #[test]
     fn fused_lstm_steps_match_the_general_path_on_one_and_two_threads() {
         for batch in [1, 2] {
             let want = lstm_uniform(batch, true);
-            for threads in [1, 2] {
+            for threads in [1, 2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
                     .build()
