@@ -331,7 +331,7 @@ fn conv_f32(
                 if pooled {
                     geometry.pooled_image(xb, wv, y, scratch, t)
                 } else {
-                    geometry.image(xb, wv, y, &mut scratch.cols, t)
+                    geometry.image(xb, wv, y, scratch, t)
                 }
             };
             if nb > 1 && threads > 1 {
@@ -371,10 +371,9 @@ struct ConvGeometry<'a> {
     act: Activation,
 }
 
-/// One thread's reusable buffers: an im2col block and, with a fused pool, the
-/// block's unpooled output. [`Scratch::default`] borrows the thread's buffers and
-/// dropping the value gives them back, so consecutive convs on a thread reuse
-/// the same (already faulted-in) memory instead of allocating and zeroing it.
+/// One task's reusable buffers: an im2col block and, with a fused pool, the
+/// block's unpooled output. (Keeping them per thread between convs was tried
+/// and measured no faster.)
 #[derive(Default)]
 struct Scratch {
     cols: Vec<f32>,
@@ -399,7 +398,7 @@ impl ConvGeometry<'_> {
         x: &[f32],
         w: &[f32],
         y: &mut [f32],
-        scratch: &mut Vec<f32>,
+        scratch: &mut Scratch,
         threads: usize,
     ) -> Result<(), OpError> {
         let (cg, mg, kdim, isz, osz) = (self.cg, self.mg, self.kdim, self.isz, self.osz);
@@ -432,15 +431,11 @@ impl ConvGeometry<'_> {
                     threads,
                 )?;
                 self.activate(yg, 0..osz);
-            } else if bands && band_threads > 1 {
-                self.bands_parallel(xs, wg, bias, yg, band_threads)?;
             } else if bands {
                 let (oh, ow) = (self.win.out[0], self.win.out[1]);
-                let mut band = sgemm::split_columns(yg, mg, osz, &[0, osz])?;
-                let band = band
-                    .first_mut()
-                    .ok_or_else(|| OpError::new("internal: conv band"))?;
-                self.band(xs, wg, bias, band, (0..oh, ow), scratch)?;
+                self.for_each_band(yg, (oh, ow), band_threads, scratch, |band, rows, s| {
+                    self.band(xs, wg, bias, band, (rows, ow), &mut s.cols)
+                })?;
             } else {
                 let cols = im2col(xs, cg, self.spatial, self.win, self.maps);
                 sgemm::gemm(
@@ -510,36 +505,48 @@ impl ConvGeometry<'_> {
         Ok(())
     }
 
-    /// One group's 2-D convolution `yg` ([mg, osz]) split
-    /// over `threads` by bands of output rows, each band's im2col and product on
-    /// one thread writing straight into its columns of `yg`.
+    /// Cuts one group's output `y` (`mg` rows of `rows * per_row` values: output
+    /// rows of `per_row` positions, per channel) into `parts` bands of whole
+    /// output rows and runs `f` on each band with its row range and a scratch:
+    /// on this thread with `scratch` when `parts` is 1, else one band per rayon
+    /// task, each writing straight into its columns of `y`.
     ///
     /// Design: the `gemm` crate does not split the short products of one image's
     /// blocks well (cnn_b1 ran slower at 2 threads than at 1), and im2col stayed
     /// on one thread; cutting the image into bands parallelises both.
-    fn bands_parallel(
+    fn for_each_band(
         &self,
-        xs: &[f32],
-        wg: MatRef<'_, f32>,
-        bias: Option<&[f32]>,
-        yg: &mut [f32],
-        threads: usize,
+        y: &mut [f32],
+        (rows, per_row): (usize, usize),
+        parts: usize,
+        scratch: &mut Scratch,
+        f: impl Fn(
+                &mut sgemm::ColumnsMut<'_, f32>,
+                std::ops::Range<usize>,
+                &mut Scratch,
+            ) -> Result<(), OpError>
+            + Sync,
     ) -> Result<(), OpError> {
-        let (oh, ow) = (self.win.out[0], self.win.out[1]);
-        let parts = threads.min(oh).max(1);
-        let bounds: Vec<usize> = (0..=parts).map(|p| p * oh / parts).collect();
-        let col_bounds: Vec<usize> = bounds.iter().map(|&r| r * ow).collect();
-        let bands = sgemm::split_columns(yg, self.mg, self.osz, &col_bounds)?;
+        let parts = parts.min(rows).max(1);
+        let bounds: Vec<usize> = (0..=parts).map(|p| p * rows / parts).collect();
+        let col_bounds: Vec<usize> = bounds.iter().map(|&r| r * per_row).collect();
+        let mut bands = sgemm::split_columns(y, self.mg, rows * per_row, &col_bounds)?;
+        if parts == 1 {
+            return match bands.first_mut() {
+                Some(band) => f(band, 0..rows, scratch),
+                None => Ok(()),
+            };
+        }
         bands
             .into_par_iter()
             .zip(bounds.par_windows(2))
-            .try_for_each_init(Scratch::default, |scratch, (mut band, r)| {
-                self.band(xs, wg, bias, &mut band, (r[0]..r[1], ow), &mut scratch.cols)
+            .try_for_each_init(Scratch::default, |s, (mut band, r)| {
+                f(&mut band, r[0]..r[1], s)
             })
     }
 
     /// [`Self::image`] with the fused 2x2 max pool: `y` is [m, oh / 2, ow / 2].
-    /// Bands of pooled rows go to separate threads as in [`Self::bands_parallel`];
+    /// Bands of pooled rows go to separate threads ([`Self::for_each_band`]);
     /// each block of an even number of output rows is computed into a scratch
     /// buffer, activated and pooled from there while in cache, so the
     /// full-size output is never stored. Odd last rows and columns are never
@@ -564,25 +571,13 @@ impl ConvGeometry<'_> {
             let bias = self.bias.map(|b| &b[gi * mg..(gi + 1) * mg]);
             let yg = &mut y[gi * mg * psz..(gi + 1) * mg * psz];
             let parts = if threads > 1 && sgemm::threads_for(mg, self.osz, kdim) > 1 {
-                threads.min(ph).max(1)
+                threads
             } else {
                 1
             };
-            let bounds: Vec<usize> = (0..=parts).map(|p| p * ph / parts).collect();
-            let col_bounds: Vec<usize> = bounds.iter().map(|&r| r * pw).collect();
-            let mut bands = sgemm::split_columns(yg, mg, psz, &col_bounds)?;
-            if parts == 1 {
-                if let Some(band) = bands.first_mut() {
-                    self.pooled_band(xs, wg, bias, band, 0..ph, scratch)?;
-                }
-            } else {
-                bands
-                    .into_par_iter()
-                    .zip(bounds.par_windows(2))
-                    .try_for_each_init(Scratch::default, |scratch, (mut band, r)| {
-                        self.pooled_band(xs, wg, bias, &mut band, r[0]..r[1], scratch)
-                    })?;
-            }
+            self.for_each_band(yg, (ph, pw), parts, scratch, |band, prows, s| {
+                self.pooled_band(xs, wg, bias, band, prows, s)
+            })?;
         }
         Ok(())
     }
