@@ -7,6 +7,8 @@
 //! The exception is f32 `LayerNormalization` whose scale and bias cover exactly
 //! the normalised axes: one f32 pass per row, no broadcast copies.
 
+use rayon::prelude::*;
+
 use crate::ops::common::{axis_in, expand_to, from_f64, numel};
 use crate::ops::fastmath;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
@@ -111,6 +113,9 @@ fn per_row_f32(t: &Tensor, tail: &[usize]) -> Result<Option<Vec<f32>>, OpError> 
 
 /// The f32 fast path of `LayerNormalization`: rows normalised in place in f32
 /// (statistics summed in eight f32 lanes), scale and bias read once per row position.
+/// Values from which LayerNormalization's f32 rows are split over threads.
+const PARALLEL_MIN: usize = 8 * 1024;
+
 fn layer_norm_f32(
     n: &NodeInfo,
     i: &Inputs<'_>,
@@ -138,7 +143,7 @@ fn layer_norm_f32(
     let mut means = Vec::with_capacity(outer);
     let mut inv_stds = Vec::with_capacity(outer);
     if inner > 0 {
-        for row in y.chunks_exact_mut(inner) {
+        let norm_row = |row: &mut [f32]| {
             let mean = fastmath::sum_by(row, |v| v) / inner as f32;
             let var = fastmath::sum_by(row, |v| (v - mean) * (v - mean)) / inner as f32;
             let inv = 1.0 / (f64::from(var) + eps).sqrt();
@@ -155,9 +160,18 @@ fn layer_norm_f32(
                     }
                 }
             }
-            means.push(mean);
-            inv_stds.push(inv32);
-        }
+            (mean, inv32)
+        };
+        let stats: Vec<(f32, f32)> = if y.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1
+        {
+            y.par_chunks_exact_mut(inner)
+                .with_min_len(PARALLEL_MIN.div_ceil(inner))
+                .map(norm_row)
+                .collect()
+        } else {
+            y.chunks_exact_mut(inner).map(norm_row).collect()
+        };
+        (means, inv_stds) = stats.into_iter().unzip();
     } else {
         means.resize(outer, f32::NAN);
         inv_stds.resize(outer, f32::NAN);
@@ -421,6 +435,32 @@ mod tests {
 
     fn f64_of(t: &Tensor) -> Tensor {
         Tensor::from_f64_as(ElemType::F64, t.shape(), t.to_f64_vec().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn layer_norm_rows_split_over_threads_give_the_one_thread_result() {
+        let shape = [64usize, 256];
+        let x = Tensor::from_f32(
+            &shape,
+            (0..64 * 256)
+                .map(|k| ((k * 5) % 17) as f32 * 0.2 - 1.5)
+                .collect(),
+        )
+        .unwrap();
+        let scale =
+            Tensor::from_f32(&[256], (0..256).map(|k| 1.0 + k as f32 * 0.01).collect()).unwrap();
+        let bias = Tensor::from_f32(&[256], (0..256).map(|k| k as f32 * -0.003).collect()).unwrap();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| run(&x, &scale, Some(&bias), -1))
+        };
+        let one = on(1);
+        assert_eq!(one[1].len(), 64, "one mean per row");
+        assert_eq!(on(2), one);
+        assert_eq!(on(3), one);
     }
 
     #[test]

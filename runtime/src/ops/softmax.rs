@@ -9,6 +9,8 @@
 //! exponentiate, each addition of the sum, divide), which is what models
 //! exported in half precision were checked against.
 
+use rayon::prelude::*;
+
 use crate::ops::common::{axis_in, from_f64, numel};
 use crate::ops::precision::softmax_in;
 use crate::ops::reduce::rows;
@@ -85,10 +87,19 @@ fn normalise_f32(row: &mut [f32], kind: Kind) {
     }
 }
 
-/// The f32 fast path when each row is `inner` contiguous values of `x`.
+/// Values from which the f32 rows are split over threads (an attention's
+/// score matrix of 4 heads x 64 x 64 is 16K).
+const PARALLEL_MIN: usize = 8 * 1024;
+
+/// The f32 fast path when each row is `inner` contiguous values of `x`; rows go
+/// to separate threads when there are enough of them.
 fn rows_f32(x: &Tensor, inner: usize, kind: Kind) -> OpResult {
     let mut v = x.to_f32_vec()?;
-    if inner > 0 {
+    if inner > 0 && v.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
+        v.par_chunks_mut(inner)
+            .with_min_len(PARALLEL_MIN.div_ceil(inner))
+            .for_each(|row| normalise_f32(row, kind));
+    } else if inner > 0 {
         for row in v.chunks_mut(inner) {
             normalise_f32(row, kind);
         }
@@ -164,6 +175,26 @@ mod tests {
         )
         .unwrap();
         out[0].as_tensor().unwrap().clone()
+    }
+
+    #[test]
+    fn rows_split_over_threads_give_the_one_thread_result() {
+        let shape = [4usize, 64, 64];
+        let v: Vec<f32> = (0..4 * 64 * 64)
+            .map(|k| ((k * 13) % 29) as f32 * 0.3 - 4.0)
+            .collect();
+        let x = Tensor::from_f32(&shape, v).unwrap();
+        for kind in [Kind::Soft, Kind::Log, Kind::Hard] {
+            let on = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                pool.install(|| run(&x, 13, None, kind).to_f32_vec().unwrap())
+            };
+            assert_eq!(on(2), on(1));
+            assert_eq!(on(3), on(1));
+        }
     }
 
     #[test]
