@@ -260,7 +260,7 @@ fn build_graph<'a>(
         let key = if domain == "ai.onnx" { "" } else { domain };
         let mut attrs = Attrs::decode(&node.attribute, ctx.base_dir)?;
         // Only the planner's own rewrites may set these keys (see
-        // `fuse_activations`, `fuse_pools` and `pretranspose_rnn_weights`).
+        // `fuse_activations`, `fuse_pools` and `pretranspose_weights`).
         attrs.remove(FUSED_ACTIVATION);
         attrs.remove(FUSED_MAX_POOL);
         attrs.remove(W_TRANSPOSED);
@@ -387,8 +387,7 @@ fn build_graph<'a>(
     }
 
     let slot_count = slots.count;
-    pretranspose_gemm_weights(&mut steps, &mut constants, &outputs);
-    pretranspose_rnn_weights(&mut steps, &mut constants, &outputs);
+    pretranspose_weights(&mut steps, &mut constants, &outputs);
     fuse_linear_layers(&mut steps, &constants, &outputs);
     fuse_activations(&mut steps, &outputs);
     fuse_pools(&mut steps, &outputs);
@@ -478,89 +477,43 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
     }
 }
 
-/// Stores every constant `Gemm` weight read with `transB=1` transposed once, in
-/// the row-major `[K, N]` layout the matmul reads without a copy, and clears
-/// `transB` on those nodes. A weight shared by several nodes is transposed once.
-/// An original no step and no graph output reads any more is released (its
-/// slot holds [`Value::None`]), so the plan keeps one copy of each weight. A
-/// body that reads the original by name reads it through its node's implicit
-/// inputs, so the original is kept then.
-/// Stores the constant W of each `LSTM`, `GRU` and `RNN` node ([dirs, gates *
-/// hidden, input]) transposed to [dirs, input, gates * hidden] and marks the node
-/// with [`W_TRANSPOSED`], so that the kernel's input projection reads it in the
-/// layout the product wants. A W that anything else reads (another node, a graph
-/// output) is copied rather than replaced.
-fn pretranspose_rnn_weights(
-    steps: &mut [Step],
-    constants: &mut Vec<Value>,
-    outputs: &[(String, Src)],
-) {
-    let mut readers: HashMap<usize, usize> = HashMap::new();
-    let reads = steps
-        .iter()
-        .flat_map(|s| s.inputs.iter().flatten())
-        .chain(outputs.iter().map(|(_, src)| src));
-    for src in reads {
-        if let Src::Const(c) = src {
-            *readers.entry(*c).or_default() += 1;
-        }
-    }
-    for step in steps
-        .iter_mut()
-        .filter(|s| matches!(s.op_type.as_str(), "LSTM" | "GRU" | "RNN"))
-    {
-        let Some(Some(Src::Const(c))) = step.inputs.get(1).copied() else {
-            continue;
-        };
-        let Some(Value::Tensor(w)) = constants.get(c) else {
-            continue;
-        };
-        if w.rank() != 3 {
-            continue;
-        }
-        let Ok(t) = w
-            .candle()
-            .transpose(1, 2)
-            .and_then(|t| t.contiguous())
-            .and_then(|t| w.with_data(t))
-        else {
-            continue;
-        };
-        if readers.get(&c) == Some(&1) {
-            constants[c] = Value::Tensor(t);
-        } else {
-            constants.push(Value::Tensor(t));
-            step.inputs[1] = Some(Src::Const(constants.len() - 1));
-        }
-        step.info.attrs.set(W_TRANSPOSED, Attr::Int(1));
-    }
-}
-
-fn pretranspose_gemm_weights(
-    steps: &mut [Step],
-    constants: &mut Vec<Value>,
-    outputs: &[(String, Src)],
-) {
+/// Stores constant weights transposed once, in the layout their kernel reads
+/// without a copy, and marks the nodes that now read the transposed copy:
+/// - a `Gemm` weight read with `transB=1` becomes row-major `[K, N]` and the
+///   node's `transB` is cleared;
+/// - the W of an `LSTM`, `GRU` or `RNN` ([dirs, gates * hidden, input]) becomes
+///   [dirs, input, gates * hidden], marked with [`W_TRANSPOSED`], so the input
+///   projection of all steps reads it row by row.
+///
+/// A weight shared by several such inputs is transposed once. An original no
+/// step and no graph output reads any more is released (its slot holds
+/// [`Value::None`]), so the plan keeps one copy of each weight. A body that
+/// reads the original by name reads it through its node's implicit inputs, so
+/// the original is kept then.
+fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs: &[(String, Src)]) {
     let mut transposed: HashMap<usize, usize> = HashMap::new();
-    for step in steps.iter_mut().filter(|s| s.op_type == "Gemm") {
-        let Some(Some(Src::Const(c))) = step.inputs.get(1).copied() else {
+    for step in steps.iter_mut() {
+        // (input, rank it must have, the attribute that marks the new layout)
+        let (input, rank, mark): (usize, usize, (&str, i64)) = match step.op_type.as_str() {
+            "Gemm" if step.info.attrs.int("transB", 0).ok() == Some(1) => (1, 2, ("transB", 0)),
+            "LSTM" | "GRU" | "RNN" => (1, 3, (W_TRANSPOSED, 1)),
+            _ => continue,
+        };
+        let Some(Some(Src::Const(c))) = step.inputs.get(input).copied() else {
             continue;
         };
-        if step.info.attrs.int("transB", 0).ok() != Some(1) {
-            continue;
-        }
         let t_index = match transposed.get(&c) {
             Some(&t) => t,
             None => {
                 let Some(Value::Tensor(w)) = constants.get(c) else {
                     continue;
                 };
-                if w.rank() != 2 {
+                if w.rank() != rank {
                     continue;
                 }
                 let Ok(t) = w
                     .candle()
-                    .t()
+                    .transpose(rank - 2, rank - 1)
                     .and_then(|t| t.contiguous())
                     .and_then(|t| w.with_data(t))
                 else {
@@ -571,8 +524,8 @@ fn pretranspose_gemm_weights(
                 constants.len() - 1
             }
         };
-        step.inputs[1] = Some(Src::Const(t_index));
-        step.info.attrs.set("transB", Attr::Int(0));
+        step.inputs[input] = Some(Src::Const(t_index));
+        step.info.attrs.set(mark.0, Attr::Int(mark.1));
     }
     if transposed.is_empty() {
         return;

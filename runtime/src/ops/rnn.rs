@@ -313,7 +313,7 @@ fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError
 /// The private attribute marking a recurrent node whose constant W the planner
 /// stored transposed, as [dirs, input, gates * hidden]: the input projection of
 /// all steps then reads it row by row instead of the `gemm` crate transposing
-/// it on every call (10% of a 2-layer LSTM's time). See `plan::pretranspose_rnn_weights`.
+/// it on every call (10% of a 2-layer LSTM's time). See `plan::pretranspose_weights`.
 pub(crate) const W_TRANSPOSED: &str = "flotilla.rnn_w_transposed";
 
 fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
