@@ -284,9 +284,14 @@ fn conv_f32(
         && win.strides.iter().all(|&s| s == 1)
         && win.pad_begin.iter().all(|&p| p == 0)
         && win.out == spatial;
-    let maps: Vec<_> = (0..spatial.len())
-        .map(|d| axis_map(&win, d, spatial[d]))
-        .collect();
+    // Only the N-D im2col reads these; two spatial dims have their own.
+    let maps: Vec<_> = if spatial.len() == 2 {
+        Vec::new()
+    } else {
+        (0..spatial.len())
+            .map(|d| axis_map(&win, d, spatial[d]))
+            .collect()
+    };
     let geometry = ConvGeometry {
         c,
         cg,
@@ -301,6 +306,7 @@ fn conv_f32(
         pointwise,
         bias: bias.as_deref(),
         act,
+        pooled,
     };
     let out_dims: Vec<usize> = if pooled {
         if spatial.len() != 2 {
@@ -328,11 +334,7 @@ fn conv_f32(
             }
             let image = |b: usize, y: &mut [f32], scratch: &mut Scratch, t: usize| {
                 let xb = &xv[b * c * isz..(b + 1) * c * isz];
-                if pooled {
-                    geometry.pooled_image(xb, wv, y, scratch, t)
-                } else {
-                    geometry.image(xb, wv, y, scratch, t)
-                }
+                geometry.image(xb, wv, y, scratch, t)
             };
             if nb > 1 && threads > 1 {
                 // One image per task; each product on its own thread.
@@ -369,6 +371,9 @@ struct ConvGeometry<'a> {
     pointwise: bool,
     bias: Option<&'a [f32]>,
     act: Activation,
+    /// A 2x2 stride-2 MaxPool follows (the planner fused it): the output is
+    /// [m, oh / 2, ow / 2] (see [`ConvGeometry::pooled_band`]).
+    pooled: bool,
 }
 
 /// One task's reusable buffers: an im2col block and, with a fused pool, the
@@ -390,9 +395,12 @@ fn grown(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 impl ConvGeometry<'_> {
-    /// The output `y` ([m, osz]) of one image `x` ([c, isz]) with weights `w`
-    /// ([m, kdim]): per group, bias written first, im2col blocks multiplied into
-    /// `y` (accumulating onto the bias), the activation applied per block.
+    /// The output `y` of one image `x` ([c, isz]) with weights `w` ([m, kdim]):
+    /// [m, osz], or [m, oh / 2, ow / 2] with a fused pool. Per group: two
+    /// spatial dims go by bands of output rows ([`Self::for_each_band`]), each
+    /// in im2col blocks with bias, activation (and pool) applied per block;
+    /// other shapes get the bias written first, one product accumulated onto
+    /// it and the activation after.
     fn image(
         &self,
         x: &[f32],
@@ -402,23 +410,38 @@ impl ConvGeometry<'_> {
         threads: usize,
     ) -> Result<(), OpError> {
         let (cg, mg, kdim, isz, osz) = (self.cg, self.mg, self.kdim, self.isz, self.osz);
-        if x.len() != self.c * isz || y.len() != self.g * mg * osz {
+        let two_d = self.spatial.len() == 2;
+        if self.pooled && !two_d {
+            return Err(OpError::new(
+                "internal: a fused pool needs two spatial dims",
+            ));
+        }
+        let (ph, pw) = (
+            self.win.out[0] / 2,
+            self.win.out.get(1).map_or(0, |o| o / 2),
+        );
+        let ysz = if self.pooled { ph * pw } else { osz };
+        if x.len() != self.c * isz || y.len() != self.g * mg * ysz {
             return Err(OpError::new("internal: conv image sizes"));
         }
         for gi in 0..self.g {
             let xs = &x[gi * cg * isz..(gi + 1) * cg * isz];
             let wg = MatRef::rows(&w[gi * mg * kdim..(gi + 1) * mg * kdim], kdim);
-            let yg = &mut y[gi * mg * osz..(gi + 1) * mg * osz];
+            let yg = &mut y[gi * mg * ysz..(gi + 1) * mg * ysz];
             let bias = self.bias.map(|b| &b[gi * mg..(gi + 1) * mg]);
-            let bands = self.spatial.len() == 2 && !self.pointwise;
-            if let (Some(b), false) = (bias, bands) {
+            let banded = two_d && (self.pooled || !self.pointwise);
+            if let (Some(b), false) = (bias, banded) {
                 for (row, &bv) in yg.chunks_exact_mut(osz).zip(b) {
                     row.fill(bv);
                 }
             }
             let acc = self.bias.is_some();
             let band_threads = threads.min(sgemm::threads_for(mg, osz, kdim));
-            if self.pointwise {
+            if self.pooled {
+                self.for_each_band(yg, (ph, pw), band_threads, scratch, |band, prows, s| {
+                    self.pooled_band(xs, wg, bias, band, prows, s)
+                })?;
+            } else if self.pointwise {
                 sgemm::gemm(
                     mg,
                     osz,
@@ -431,7 +454,7 @@ impl ConvGeometry<'_> {
                     threads,
                 )?;
                 self.activate(yg, 0..osz);
-            } else if bands {
+            } else if banded {
                 let (oh, ow) = (self.win.out[0], self.win.out[1]);
                 self.for_each_band(yg, (oh, ow), band_threads, scratch, |band, rows, s| {
                     self.band(xs, wg, bias, band, (rows, ow), &mut s.cols)
@@ -470,14 +493,9 @@ impl ConvGeometry<'_> {
         scratch: &mut Vec<f32>,
     ) -> Result<(), OpError> {
         let kdim = self.kdim;
-        let nrows = rows.len();
-        let blocks = (kdim * nrows * ow)
-            .div_ceil(IM2COL_BLOCK)
-            .clamp(1, nrows.max(1));
-        let block_rows = nrows.div_ceil(blocks).max(1);
         let dims = (self.spatial[0], self.spatial[1]);
-        for oy0 in rows.clone().step_by(block_rows) {
-            let oy1 = (oy0 + block_rows).min(rows.end);
+        for block in self.row_blocks(rows.clone(), ow) {
+            let (oy0, oy1) = (block.start, block.end);
             let ncols = (oy1 - oy0) * ow;
             let cols = grown(scratch, kdim * ncols);
             im2col_2d(xs, self.cg, dims, self.win, oy0..oy1, cols);
@@ -545,45 +563,11 @@ impl ConvGeometry<'_> {
             })
     }
 
-    /// [`Self::image`] with the fused 2x2 max pool: `y` is [m, oh / 2, ow / 2].
-    /// Bands of pooled rows go to separate threads ([`Self::for_each_band`]);
-    /// each block of an even number of output rows is computed into a scratch
-    /// buffer, activated and pooled from there while in cache, so the
-    /// full-size output is never stored. Odd last rows and columns are never
-    /// computed (MaxPool's floor mode drops them).
-    fn pooled_image(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        y: &mut [f32],
-        scratch: &mut Scratch,
-        threads: usize,
-    ) -> Result<(), OpError> {
-        let (cg, mg, kdim, isz) = (self.cg, self.mg, self.kdim, self.isz);
-        let (ph, pw) = (self.win.out[0] / 2, self.win.out[1] / 2);
-        let psz = ph * pw;
-        if x.len() != self.c * isz || y.len() != self.g * mg * psz || self.spatial.len() != 2 {
-            return Err(OpError::new("internal: pooled conv image sizes"));
-        }
-        for gi in 0..self.g {
-            let xs = &x[gi * cg * isz..(gi + 1) * cg * isz];
-            let wg = MatRef::rows(&w[gi * mg * kdim..(gi + 1) * mg * kdim], kdim);
-            let bias = self.bias.map(|b| &b[gi * mg..(gi + 1) * mg]);
-            let yg = &mut y[gi * mg * psz..(gi + 1) * mg * psz];
-            let parts = if threads > 1 && sgemm::threads_for(mg, self.osz, kdim) > 1 {
-                threads
-            } else {
-                1
-            };
-            self.for_each_band(yg, (ph, pw), parts, scratch, |band, prows, s| {
-                self.pooled_band(xs, wg, bias, band, prows, s)
-            })?;
-        }
-        Ok(())
-    }
-
     /// The pooled rows `prows` of one group, which `band` covers in every output
-    /// channel (see [`Self::pooled_image`]).
+    /// channel, with the fused 2x2 max pool: each block of an even number of
+    /// output rows is computed into a scratch buffer and pooled from there while
+    /// in cache, so the full-size output is never stored. Odd last rows and
+    /// columns are never computed (MaxPool's floor mode drops them).
     fn pooled_band(
         &self,
         xs: &[f32],
@@ -595,14 +579,14 @@ impl ConvGeometry<'_> {
     ) -> Result<(), OpError> {
         let (kdim, mg) = (self.kdim, self.mg);
         let (ow, pw) = (self.win.out[1], self.win.out[1] / 2);
-        let np = prows.len();
-        let blocks = (kdim * 2 * np * ow)
-            .div_ceil(IM2COL_BLOCK)
-            .clamp(1, np.max(1));
-        let block_prows = np.div_ceil(blocks).max(1);
         let dims = (self.spatial[0], self.spatial[1]);
-        for pr0 in prows.clone().step_by(block_prows) {
-            let pr1 = (pr0 + block_prows).min(prows.end);
+        let relu = match self.act {
+            Activation::Relu => true,
+            Activation::None => false,
+        };
+        // Each pooled row reads two output rows of `ow` columns.
+        for block in self.row_blocks(prows.clone(), 2 * ow) {
+            let (pr0, pr1) = (block.start, block.end);
             let ncols = 2 * (pr1 - pr0) * ow;
             let cols = grown(&mut scratch.cols, kdim * ncols);
             im2col_2d(xs, self.cg, dims, self.win, 2 * pr0..2 * pr1, cols);
@@ -612,10 +596,6 @@ impl ConvGeometry<'_> {
             // One pass: pool, then the bias and activation on the pooled value
             // only (both commute with the maximum), written into the output.
             let (at, len) = ((pr0 - prows.start) * pw, (pr1 - pr0) * pw);
-            let relu = match self.act {
-                Activation::Relu => true,
-                Activation::None => false,
-            };
             for (r, src) in yb.chunks_exact(ncols).enumerate() {
                 let dst = &mut band.row_mut(r)[at..at + len];
                 // -0.0 leaves every value as it is (see pool_2x2_bias_relu).
@@ -624,6 +604,22 @@ impl ConvGeometry<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `rows` in blocks whose im2col (`width` columns per row, `kdim` rows)
+    /// holds at most [`IM2COL_BLOCK`] values, so that it stays in cache.
+    fn row_blocks(
+        &self,
+        rows: std::ops::Range<usize>,
+        width: usize,
+    ) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let n = rows.len();
+        let blocks = (self.kdim * n * width)
+            .div_ceil(IM2COL_BLOCK)
+            .clamp(1, n.max(1));
+        let size = n.div_ceil(blocks).max(1);
+        let end = rows.end;
+        rows.step_by(size).map(move |r0| r0..(r0 + size).min(end))
     }
 
     /// Applies the fused activation to columns `cols` of every row of `y`.
