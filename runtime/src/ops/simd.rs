@@ -63,113 +63,92 @@ fn matvec_plain(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// [`matvec_acc`] with AVX-512: four rows at a time, each with its own
-/// 16-lane accumulator, so four multiply-add chains run side by side and `x` is
-/// loaded once per four rows.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn matvec_avx512(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
-    use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+/// Defines one `std::arch` body of [`matvec_acc`] for a vector width: four rows
+/// at a time, each with its own lane accumulator, so four multiply-add chains
+/// run side by side and `x` is loaded once per four rows; a row's last
+/// `len % lanes` products are summed plainly.
+macro_rules! matvec_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $features:literal, lanes: $lanes:literal, $vec:ty,
+        load: $load:path, zero: $zero:path, fmadd: $fmadd:path, reduce: $reduce:expr
+    ) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $name(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
+            const L: usize = $lanes;
+            let k = x.len();
+            let full = k - k % L;
+            let row = |j: usize| &r[(row0 + j) * rs..(row0 + j) * rs + k];
+            // SAFETY (every load): `v` is a slice of at least `c + L` elements
+            // (c + L <= full <= k, and each row and `x` are k long), so the L
+            // floats read from `v[c]` lie inside it; loadu has no alignment
+            // requirement.
+            let load = |v: &[f32], c: usize| -> $vec {
+                debug_assert!(c + L <= v.len());
+                unsafe { $load(v[c..c + L].as_ptr()) }
+            };
+            let reduce = $reduce;
+            let tail = |row: &[f32]| -> f32 {
+                row[full..].iter().zip(&x[full..]).map(|(a, b)| a * b).sum()
+            };
+            let n = y.len();
+            let mut j = 0;
+            while j + 4 <= n {
+                let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+                let mut acc = [$zero(); 4];
+                let mut c = 0;
+                while c < full {
+                    let xv = load(x, c);
+                    acc[0] = $fmadd(load(rows[0], c), xv, acc[0]);
+                    acc[1] = $fmadd(load(rows[1], c), xv, acc[1]);
+                    acc[2] = $fmadd(load(rows[2], c), xv, acc[2]);
+                    acc[3] = $fmadd(load(rows[3], c), xv, acc[3]);
+                    c += L;
+                }
+                for q in 0..4 {
+                    y[j + q] += reduce(acc[q]) + tail(rows[q]);
+                }
+                j += 4;
+            }
+            while j < n {
+                let rw = row(j);
+                let mut acc = $zero();
+                let mut c = 0;
+                while c < full {
+                    acc = $fmadd(load(rw, c), load(x, c), acc);
+                    c += L;
+                }
+                y[j] += reduce(acc) + tail(rw);
+                j += 1;
+            }
+        }
     };
-    const L: usize = 16;
-    let k = x.len();
-    let full = k - k % L;
-    let row = |j: usize| &r[(row0 + j) * rs..(row0 + j) * rs + k];
-    // SAFETY (every load below): `v` is a slice of at least `c + L` elements
-    // (c + L <= full <= k, and each row and `x` are k long), so the L floats
-    // read from `v[c]` lie inside it; loadu has no alignment requirement.
-    let load = |v: &[f32], c: usize| -> __m512 {
-        debug_assert!(c + L <= v.len());
-        unsafe { _mm512_loadu_ps(v[c..c + L].as_ptr()) }
-    };
-    let tail =
-        |row: &[f32]| -> f32 { row[full..].iter().zip(&x[full..]).map(|(a, b)| a * b).sum() };
-    let n = y.len();
-    let mut j = 0;
-    while j + 4 <= n {
-        let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-        let mut acc = [_mm512_setzero_ps(); 4];
-        let mut c = 0;
-        while c < full {
-            let xv = load(x, c);
-            acc[0] = _mm512_fmadd_ps(load(rows[0], c), xv, acc[0]);
-            acc[1] = _mm512_fmadd_ps(load(rows[1], c), xv, acc[1]);
-            acc[2] = _mm512_fmadd_ps(load(rows[2], c), xv, acc[2]);
-            acc[3] = _mm512_fmadd_ps(load(rows[3], c), xv, acc[3]);
-            c += L;
-        }
-        for q in 0..4 {
-            y[j + q] += _mm512_reduce_add_ps(acc[q]) + tail(rows[q]);
-        }
-        j += 4;
-    }
-    while j < n {
-        let rw = row(j);
-        let mut acc = _mm512_setzero_ps();
-        let mut c = 0;
-        while c < full {
-            acc = _mm512_fmadd_ps(load(rw, c), load(x, c), acc);
-            c += L;
-        }
-        y[j] += _mm512_reduce_add_ps(acc) + tail(rw);
-        j += 1;
-    }
 }
 
-/// [`matvec_avx512`] with AVX2 and FMA (8 lanes).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn matvec_avx2(r: &[f32], rs: usize, row0: usize, x: &[f32], y: &mut [f32]) {
-    use std::arch::x86_64::{
-        __m256, _mm256_castps256_ps128, _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps,
-        _mm256_setzero_ps, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps,
-    };
-    const L: usize = 8;
-    let k = x.len();
-    let full = k - k % L;
-    let row = |j: usize| &r[(row0 + j) * rs..(row0 + j) * rs + k];
-    // SAFETY: as in `matvec_avx512`, with 8 lanes.
-    let load = |v: &[f32], c: usize| -> __m256 {
-        debug_assert!(c + L <= v.len());
-        unsafe { _mm256_loadu_ps(v[c..c + L].as_ptr()) }
-    };
-    let reduce = |v: __m256| -> f32 {
+matvec_kernel! {
+    /// [`matvec_acc`] with AVX-512 (16 lanes).
+    matvec_avx512, "avx512f", lanes: 16, std::arch::x86_64::__m512,
+    load: std::arch::x86_64::_mm512_loadu_ps,
+    zero: std::arch::x86_64::_mm512_setzero_ps,
+    fmadd: std::arch::x86_64::_mm512_fmadd_ps,
+    reduce: std::arch::x86_64::_mm512_reduce_add_ps
+}
+
+matvec_kernel! {
+    /// [`matvec_acc`] with AVX2 and FMA (8 lanes).
+    matvec_avx2, "avx2,fma", lanes: 8, std::arch::x86_64::__m256,
+    load: std::arch::x86_64::_mm256_loadu_ps,
+    zero: std::arch::x86_64::_mm256_setzero_ps,
+    fmadd: std::arch::x86_64::_mm256_fmadd_ps,
+    reduce: |v: std::arch::x86_64::__m256| -> f32 {
+        use std::arch::x86_64::{
+            _mm256_castps256_ps128, _mm256_extractf128_ps, _mm_add_ps, _mm_cvtss_f32, _mm_hadd_ps,
+        };
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_hadd_ps(s, s);
         _mm_cvtss_f32(_mm_hadd_ps(s, s))
-    };
-    let tail =
-        |row: &[f32]| -> f32 { row[full..].iter().zip(&x[full..]).map(|(a, b)| a * b).sum() };
-    let n = y.len();
-    let mut j = 0;
-    while j + 4 <= n {
-        let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut c = 0;
-        while c < full {
-            let xv = load(x, c);
-            acc[0] = _mm256_fmadd_ps(load(rows[0], c), xv, acc[0]);
-            acc[1] = _mm256_fmadd_ps(load(rows[1], c), xv, acc[1]);
-            acc[2] = _mm256_fmadd_ps(load(rows[2], c), xv, acc[2]);
-            acc[3] = _mm256_fmadd_ps(load(rows[3], c), xv, acc[3]);
-            c += L;
-        }
-        for q in 0..4 {
-            y[j + q] += reduce(acc[q]) + tail(rows[q]);
-        }
-        j += 4;
-    }
-    while j < n {
-        let rw = row(j);
-        let mut acc = _mm256_setzero_ps();
-        let mut c = 0;
-        while c < full {
-            acc = _mm256_fmadd_ps(load(rw, c), load(x, c), acc);
-            c += L;
-        }
-        y[j] += reduce(acc) + tail(rw);
-        j += 1;
     }
 }
 
