@@ -615,49 +615,27 @@ fn fuse_linear_layers(steps: &mut Vec<Step>, constants: &[Value], outputs: &[(St
     });
 }
 
-/// Fuses a `Relu` into the `Gemm`, `Conv` or fused linear layer before it when the `Relu` is the only
-/// reader of that node's output and the output is not a graph output: the
-/// producer then writes the `Relu`'s output directly (see `ops::fused`).
+/// Fuses a `Relu` into the `Gemm`, `Conv` or fused linear layer before it when
+/// the `Relu` is the only reader of that node's output and the output is not a
+/// graph output: the producer then writes the `Relu`'s output directly (see
+/// `ops::fused`).
 fn fuse_activations(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
-    let readers = slot_readers(steps, outputs);
-    let mut producer_of: HashMap<usize, usize> = HashMap::new();
-    let mut remove = vec![false; steps.len()];
-    for i in 0..steps.len() {
-        if matches!(
-            steps[i].op_type.as_str(),
-            "Gemm" | "Conv" | ops::matmul_bias::FUSED_OP
-        ) {
-            if let [Some(out)] = steps[i].outputs[..] {
-                producer_of.insert(out, i);
-            }
-            continue;
-        }
-        if !Activation::fusable(&steps[i].op_type) || steps[i].outputs.len() != 1 {
-            continue;
-        }
-        let Some(Some(Src::Slot(x))) = steps[i].inputs.first().copied() else {
-            continue;
-        };
-        let Some(&p) = producer_of.get(&x) else {
-            continue;
-        };
-        if readers.get(&x) != Some(&1) || steps[p].info.attrs.has(FUSED_ACTIVATION) {
-            continue;
-        }
-        let op = steps[i].op_type.clone();
-        steps[p].outputs = steps[i].outputs.clone();
-        steps[p]
-            .info
-            .attrs
-            .set(FUSED_ACTIVATION, Attr::String(op.clone()));
-        steps[p].op_type = format!("{}+{op}", steps[p].op_type);
-        remove[i] = true;
-    }
-    let mut i = 0;
-    steps.retain(|_| {
-        i += 1;
-        !remove[i - 1]
-    });
+    fold_into_producer(
+        steps,
+        outputs,
+        |p| {
+            matches!(
+                p.op_type.as_str(),
+                "Gemm" | "Conv" | ops::matmul_bias::FUSED_OP
+            )
+        },
+        |p, c| {
+            let fold = Activation::fusable(&c.op_type)
+                && c.outputs.len() == 1
+                && !p.info.attrs.has(FUSED_ACTIVATION);
+            fold.then(|| (FUSED_ACTIVATION, Attr::String(c.op_type.clone())))
+        },
+    );
 }
 
 /// Fuses a `MaxPool` with a 2x2 window at stride 2, no padding, no dilation and
@@ -667,17 +645,36 @@ fn fuse_activations(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
 /// directly (see `ops::conv`), so the full-size output is never stored. The
 /// pattern is what CNN exporters write for every downsampling block.
 fn fuse_pools(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
+    fold_into_producer(
+        steps,
+        outputs,
+        |p| p.op_type == "Conv" || p.op_type == "Conv+Relu",
+        |_, c| {
+            (c.op_type == "MaxPool" && is_plain_2x2_pool(c)).then(|| (FUSED_MAX_POOL, Attr::Int(1)))
+        },
+    );
+}
+
+/// Folds a consumer step into the producer of its first input: when `is_producer`
+/// picks the producer, the consumer is the only reader of that output, the
+/// output is not a graph output, and `mark(producer, consumer)` names the
+/// private attribute that tells the producer's kernel to do the consumer's work.
+/// The producer then writes the consumer's outputs, its op type gains
+/// `+<consumer op>`, and the consumer is removed.
+fn fold_into_producer(
+    steps: &mut Vec<Step>,
+    outputs: &[(String, Src)],
+    is_producer: impl Fn(&Step) -> bool,
+    mark: impl Fn(&Step, &Step) -> Option<(&'static str, Attr)>,
+) {
     let readers = slot_readers(steps, outputs);
     let mut producer_of: HashMap<usize, usize> = HashMap::new();
     let mut remove = vec![false; steps.len()];
     for i in 0..steps.len() {
-        if steps[i].op_type == "Conv" || steps[i].op_type == "Conv+Relu" {
+        if is_producer(&steps[i]) {
             if let [Some(out)] = steps[i].outputs[..] {
                 producer_of.insert(out, i);
             }
-            continue;
-        }
-        if steps[i].op_type != "MaxPool" || !is_plain_2x2_pool(&steps[i]) {
             continue;
         }
         let Some(Some(Src::Slot(x))) = steps[i].inputs.first().copied() else {
@@ -689,11 +686,13 @@ fn fuse_pools(steps: &mut Vec<Step>, outputs: &[(String, Src)]) {
         if readers.get(&x) != Some(&1) {
             continue;
         }
+        let Some((key, value)) = mark(&steps[p], &steps[i]) else {
+            continue;
+        };
         producer_of.remove(&x);
         steps[p].outputs = steps[i].outputs.clone();
-        steps[p].info.attrs.set(FUSED_MAX_POOL, Attr::Int(1));
-        steps[p].op_type = format!("{}+MaxPool", steps[p].op_type);
-        steps[p].name = format!("{}+{}", steps[p].name, steps[i].name);
+        steps[p].info.attrs.set(key, value);
+        steps[p].op_type = format!("{}+{}", steps[p].op_type, steps[i].op_type);
         remove[i] = true;
     }
     let mut i = 0;
