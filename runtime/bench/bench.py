@@ -12,6 +12,10 @@ back-to-back calls on both engines, the engine that goes first alternating by ro
 Each engine times its own calls (perf_counter_ns around `session.run` here,
 `Instant` around `Model::run` in the worker), so the pipe between the two processes
 is not measured. Batches are sized so one batch takes about BUDGET seconds.
+Between batches it waits SETTLE seconds (--settle, default 0.1): ONNX Runtime's
+idle pool threads spin for about 30 ms after its last run (measured with
+process_time around a sleep), and without the wait that spinning took one of the
+two cores from the first part of each Flotilla batch that followed.
 
 It does not build anything or generate models: see runtime/bench/run.sh.
 """
@@ -81,6 +85,14 @@ def main():
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--budget", type=float, default=0.08)
     p.add_argument("--only", default="", help="comma-separated model names")
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.1,
+        help="seconds to wait after each batch before the other engine's: ONNX "
+        "Runtime's idle threads keep spinning for ~30 ms after its last run, "
+        "which took a core from whichever batch came next",
+    )
     a = p.parse_args()
     names = sorted(os.listdir(a.models))
     if a.only:
@@ -111,10 +123,13 @@ def main():
             for r in range(a.rounds):
                 if r % 2 == 0:
                     ort_all += ort_run(sess, feeds, count)
+                    time.sleep(a.settle)
                     flo_all += worker.run(i, count)
                 else:
                     flo_all += worker.run(i, count)
+                    time.sleep(a.settle)
                     ort_all += ort_run(sess, feeds, count)
+                time.sleep(a.settle)
             o, f = statistics.median(ort_all), statistics.median(flo_all)
             print(
                 f"| {name} | {threads} | {fmt(o)} | {fmt(f)} | {f / o:.2f}x "

@@ -490,12 +490,34 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// [`Value::None`]), so the plan keeps one copy of each weight. A body that
 /// reads the original by name reads it through its node's implicit inputs, so
 /// the original is kept then.
+/// A Gemm whose constant B (read with transB=1) has fewer than
+/// [`NARROW_GEMM`] rows (outputs) keeps its layout: at batch 1 each output is
+/// then one contiguous dot product (`simd::matvec_acc`), while transposed rows
+/// that narrow leave nothing to vectorise.
+fn narrow_gemm(step: &Step, constants: &[Value]) -> bool {
+    match step.inputs.get(1).copied() {
+        Some(Some(Src::Const(c))) => match constants.get(c) {
+            Some(Value::Tensor(w)) => w.rank() == 2 && w.shape()[0] < NARROW_GEMM,
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// See [`narrow_gemm`].
+const NARROW_GEMM: usize = 64;
+
 fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs: &[(String, Src)]) {
     let mut transposed: HashMap<usize, usize> = HashMap::new();
     for step in steps.iter_mut() {
         // (input, rank it must have, the attribute that marks the new layout)
         let (input, rank, mark): (usize, usize, (&str, i64)) = match step.op_type.as_str() {
-            "Gemm" if step.info.attrs.int("transB", 0).ok() == Some(1) => (1, 2, ("transB", 0)),
+            "Gemm"
+                if step.info.attrs.int("transB", 0).ok() == Some(1)
+                    && !narrow_gemm(step, constants) =>
+            {
+                (1, 2, ("transB", 0))
+            }
             "LSTM" | "GRU" | "RNN" => (1, 3, (W_TRANSPOSED, 1)),
             _ => continue,
         };

@@ -292,22 +292,6 @@ fn conv_f32(
             .map(|d| axis_map(&win, d, spatial[d]))
             .collect()
     };
-    let geometry = ConvGeometry {
-        c,
-        cg,
-        g,
-        mg,
-        kdim,
-        isz,
-        osz,
-        spatial,
-        win: &win,
-        maps: &maps,
-        pointwise,
-        bias: bias.as_deref(),
-        act,
-        pooled,
-    };
     let out_dims: Vec<usize> = if pooled {
         if spatial.len() != 2 {
             return Err(OpError::new(format!(
@@ -332,6 +316,24 @@ fn conv_f32(
             if out.is_empty() {
                 return Ok(());
             }
+            let direct = DirectPlan::new(&win, spatial, pointwise, (cg, mg));
+            let geometry = ConvGeometry {
+                c,
+                cg,
+                g,
+                mg,
+                kdim,
+                isz,
+                osz,
+                spatial,
+                win: &win,
+                maps: &maps,
+                pointwise,
+                bias: bias.as_deref(),
+                act,
+                pooled,
+                direct: direct.as_ref(),
+            };
             let image = |b: usize, y: &mut [f32], scratch: &mut Scratch, t: usize| {
                 let xb = &xv[b * c * isz..(b + 1) * c * isz];
                 geometry.image(xb, wv, y, scratch, t)
@@ -374,6 +376,155 @@ struct ConvGeometry<'a> {
     /// A 2x2 stride-2 MaxPool follows (the planner fused it): the output is
     /// [m, oh / 2, ow / 2] (see [`ConvGeometry::pooled_band`]).
     pooled: bool,
+    /// Set when the direct kernel computes this conv instead of im2col.
+    direct: Option<&'a DirectPlan>,
+}
+
+/// The deepest sum (input channels x taps) the direct kernel takes: deeper
+/// ones (256 channels of 3x3) ran faster through im2col and the `gemm` crate,
+/// whose packed panels keep the weights in cache.
+const DIRECT_MAX_DEPTH: usize = 1536;
+
+/// Output values per block of a direct conv's scratch (256 KiB, within L2).
+const DIRECT_BLOCK: usize = 64 * 1024;
+
+/// A 2-D stride-1 conv computed by [`simd::direct_conv`] from a zero-padded
+/// copy of each image: no im2col and no packing of the input, the weights
+/// packed once per call.
+struct DirectPlan {
+    shape: simd::DirectShape,
+    /// Flat offsets of the kernel taps in a padded plane.
+    taps: Vec<usize>,
+    /// Padded input columns, the rows below an output row that it reads,
+    /// and the padding before the rows and columns.
+    wp: usize,
+    reach_h: usize,
+    pad_top: usize,
+    pad_left: usize,
+    /// Output channel blocks per group.
+    blocks: usize,
+}
+
+impl DirectPlan {
+    /// The plan for a conv, or `None` where im2col does better or the direct
+    /// kernel does not apply: other than two spatial dims at stride 1, 1x1
+    /// kernels (their input is their own im2col), more than a quarter more
+    /// positions computed than kept (padded columns and the last tile: narrow
+    /// rows with wide kernels, 7x7 images), more than a third of a channel
+    /// block empty, sums deeper than [`DIRECT_MAX_DEPTH`], or a CPU without
+    /// AVX2 and FMA.
+    fn new(
+        win: &Window,
+        spatial: &[usize],
+        pointwise: bool,
+        (cg, mg): (usize, usize),
+    ) -> Option<Self> {
+        if spatial.len() != 2 || pointwise || win.strides.iter().any(|&s| s != 1) {
+            return None;
+        }
+        let shape = simd::direct_shape()?;
+        let (kh, kw) = (win.kernel[0], win.kernel[1]);
+        let (dh, dw) = (win.dilations[0], win.dilations[1]);
+        let hp = spatial[0] + win.pad_begin[0] + win.pad_end[0];
+        let wp = spatial[1] + win.pad_begin[1] + win.pad_end[1];
+        let (oh, ow) = (win.out[0], win.out[1]);
+        let reach_h = kh.checked_sub(1)? * dh;
+        let reach_w = kw.checked_sub(1)? * dw;
+        if oh == 0 || ow == 0 || hp != oh + reach_h || wp != ow + reach_w {
+            return None;
+        }
+        let blocks = mg.div_ceil(shape.channels);
+        // Positions computed (whole tiles of padded rows) against outputs kept.
+        let computed = (oh * wp).div_ceil(shape.tile) * shape.tile;
+        if 4 * computed > 5 * oh * ow
+            || 2 * blocks * shape.channels > 3 * mg
+            || cg * kh * kw > DIRECT_MAX_DEPTH
+        {
+            return None;
+        }
+        let taps = (0..kh)
+            .flat_map(|i| (0..kw).map(move |j| i * dh * wp + j * dw))
+            .collect::<Vec<_>>();
+        Some(Self {
+            shape,
+            taps,
+            wp,
+            reach_h,
+            pad_top: win.pad_begin[0],
+            pad_left: win.pad_begin[1],
+            blocks,
+        })
+    }
+
+    /// Writes rows `rows` (in padded coordinates) of the zero-padded planes
+    /// of `xs` ([cg, ih, iw]) into `padded`, one plane of `rows.len() * wp`
+    /// values per channel, followed by the zeros the last tile reads past the
+    /// final plane. Each band pads only the rows it reads: padding the whole
+    /// image once on the calling thread left the other thread pulling every
+    /// line from this core's cache, and both bands ran ~30% slower than half
+    /// the work alone.
+    fn pad_rows(
+        &self,
+        xs: &[f32],
+        cg: usize,
+        (ih, iw): (usize, usize),
+        rows: std::ops::Range<usize>,
+        padded: &mut Vec<f32>,
+    ) {
+        let plane = rows.len() * self.wp;
+        padded.clear();
+        padded.resize(
+            cg * plane + self.shape.tile + self.wp + self.taps.last().copied().unwrap_or(0),
+            0.0,
+        );
+        let inside = rows.start.max(self.pad_top)..rows.end.min(self.pad_top + ih);
+        for (src, dst) in xs.chunks_exact(ih * iw).zip(padded.chunks_exact_mut(plane)) {
+            for pr in inside.clone() {
+                let r = pr - self.pad_top;
+                let at = (pr - rows.start) * self.wp + self.pad_left;
+                dst[at..at + iw].copy_from_slice(&src[r * iw..(r + 1) * iw]);
+            }
+        }
+    }
+
+    /// The kernel's operands for one group's weights `w` ([mg, cg * taps])
+    /// over `padded` (planes of `plane` values).
+    fn operands<'a>(
+        &'a self,
+        padded: &'a [f32],
+        plane: usize,
+        (cg, mg): (usize, usize),
+        w: &'a [f32],
+    ) -> simd::DirectConv<'a> {
+        simd::DirectConv {
+            x: padded,
+            plane,
+            cg,
+            taps: &self.taps,
+            w,
+            m: mg,
+        }
+    }
+
+    /// `rows` in blocks of at most `per` rows each, at least one row per
+    /// block, whose scratch output (`blocks * channels` rows of `per * wp`
+    /// values) stays near [`DIRECT_BLOCK`].
+    fn row_blocks(
+        &self,
+        rows: std::ops::Range<usize>,
+        rows_per_output_row: usize,
+    ) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let per_row = self.blocks * self.shape.channels * self.wp * rows_per_output_row;
+        let size = (DIRECT_BLOCK / per_row.max(1)).max(1);
+        let end = rows.end;
+        rows.step_by(size).map(move |r0| r0..(r0 + size).min(end))
+    }
+
+    /// The scratch length and row stride for `width` flat positions.
+    fn scratch_len(&self, width: usize) -> (usize, usize) {
+        let ld = width.div_ceil(self.shape.tile) * self.shape.tile;
+        (self.blocks * self.shape.channels * ld, ld)
+    }
 }
 
 /// One task's reusable buffers: an im2col block and, with a fused pool, the
@@ -383,6 +534,8 @@ struct ConvGeometry<'a> {
 struct Scratch {
     cols: Vec<f32>,
     conv: Vec<f32>,
+    /// A direct conv's zero-padded input.
+    padded: Vec<f32>,
 }
 
 /// The first `n` elements of `v`, growing it (with zeros) only when it is
@@ -437,7 +590,16 @@ impl ConvGeometry<'_> {
             }
             let acc = self.bias.is_some();
             let band_threads = threads.min(sgemm::threads_for(mg, osz, kdim));
-            if self.pooled {
+            if let Some(d) = self.direct {
+                let (rows, pooled) = if self.pooled {
+                    ((ph, pw), true)
+                } else {
+                    ((self.win.out[0], self.win.out[1]), false)
+                };
+                self.for_each_band(yg, rows, band_threads, scratch, |band, rows, s| {
+                    self.direct_band(d, (xs, wg), bias, band, rows, pooled, s)
+                })?;
+            } else if self.pooled {
                 self.for_each_band(yg, (ph, pw), band_threads, scratch, |band, prows, s| {
                     self.pooled_band(xs, wg, bias, band, prows, s)
                 })?;
@@ -561,6 +723,71 @@ impl ConvGeometry<'_> {
             .try_for_each_init(Scratch::default, |s, (mut band, r)| {
                 f(&mut band, r[0]..r[1], s)
             })
+    }
+
+    /// Output rows `rows` of one group (pooled rows with `pooled`), which
+    /// `band` covers in every output channel, by the direct kernel: each block
+    /// of rows is computed into `scratch` and written out from there with the
+    /// bias and activation (or pooled first, as in [`Self::pooled_band`]),
+    /// dropping the padded columns.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_band(
+        &self,
+        d: &DirectPlan,
+        (xs, wg): (&[f32], MatRef<'_, f32>),
+        bias: Option<&[f32]>,
+        band: &mut sgemm::ColumnsMut<'_, f32>,
+        rows: std::ops::Range<usize>,
+        pooled: bool,
+        scratch: &mut Scratch,
+    ) -> Result<(), OpError> {
+        let ow = self.win.out[1];
+        let (wp, pw) = (d.wp, ow / 2);
+        let relu = match self.act {
+            Activation::Relu => true,
+            Activation::None => false,
+        };
+        let (conv_rows, out_w) = if pooled { (2, pw) } else { (1, ow) };
+        for block in d.row_blocks(rows.clone(), conv_rows) {
+            let first = conv_rows * block.start;
+            let count = conv_rows * block.len();
+            let width = count * wp;
+            // Output row r reads padded rows r..=r + reach.
+            let padded_rows = first..first + count + d.reach_h;
+            d.pad_rows(
+                xs,
+                self.cg,
+                (self.spatial[0], self.spatial[1]),
+                padded_rows.clone(),
+                &mut scratch.padded,
+            );
+            let plane = padded_rows.len() * wp;
+            let a = d.operands(&scratch.padded, plane, (self.cg, self.mg), wg.data);
+            let (len, ld) = d.scratch_len(width);
+            let dst = grown(&mut scratch.conv, len);
+            simd::direct_conv(d.shape, &a, 0, width, dst, ld)?;
+            let at = (block.start - rows.start) * out_w;
+            let n = block.len() * out_w;
+            for co in 0..self.mg {
+                let src = &dst[co * ld..co * ld + width];
+                let out = &mut band.row_mut(co)[at..at + n];
+                // -0.0 leaves every value as it is, signed zeros included.
+                let bv = bias.map_or(-0.0, |b| b[co]);
+                if pooled {
+                    simd::pool_2x2_bias_relu(src, out, wp, pw, bv, relu);
+                } else {
+                    for (o, s) in out.chunks_exact_mut(ow).zip(src.chunks(wp)) {
+                        for (o, &v) in o.iter_mut().zip(&s[..ow]) {
+                            *o = v + bv;
+                        }
+                    }
+                    if relu {
+                        self.act.apply_in_place(out);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The pooled rows `prows` of one group, which `band` covers in every output
@@ -1062,6 +1289,32 @@ mod tests {
                 true,
                 true,
             ),
+            // The direct kernel (see `the_direct_kernel_takes_...` below):
+            // groups with a partial channel block, dilated rows, lopsided
+            // pads, partial tiles, no bias; and a 5x5 kernel over several
+            // row blocks and bands.
+            (
+                vec![2, 6, 13, 21],
+                22,
+                2,
+                vec![3, 3],
+                vec![1, 1],
+                vec![2, 1, 0, 3],
+                vec![2, 1],
+                false,
+                true,
+            ),
+            (
+                vec![1, 8, 90, 70],
+                12,
+                1,
+                vec![5, 5],
+                vec![1, 1],
+                vec![2, 2, 2, 2],
+                vec![1, 1],
+                true,
+                false,
+            ),
         ];
         for (xs, m, g, kernel, strides, pads, dil, with_bias, relu) in cases {
             let cg = xs[1] / g;
@@ -1126,6 +1379,138 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_direct_kernel_takes_the_common_cnn_geometries_and_leaves_the_rest() {
+        if simd::direct_shape().is_none() {
+            eprintln!("no AVX2+FMA on this CPU: the direct conv kernel is not used here");
+            return;
+        }
+        // (x spatial, kernel, strides, pads, dilations, cg, mg, direct?)
+        type Case = (
+            [usize; 2],
+            Vec<usize>,
+            Vec<i64>,
+            Vec<i64>,
+            Vec<i64>,
+            (usize, usize),
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                [64, 64],
+                vec![3, 3],
+                vec![1, 1],
+                vec![1; 4],
+                vec![1, 1],
+                (3, 16),
+                true,
+            ),
+            (
+                [16, 16],
+                vec![3, 3],
+                vec![1, 1],
+                vec![1; 4],
+                vec![1, 1],
+                (32, 64),
+                true,
+            ),
+            (
+                [13, 21],
+                vec![3, 3],
+                vec![1, 1],
+                vec![2, 1, 0, 3],
+                vec![2, 1],
+                (3, 11),
+                true,
+            ),
+            (
+                [90, 70],
+                vec![5, 5],
+                vec![1, 1],
+                vec![2; 4],
+                vec![1, 1],
+                (8, 12),
+                true,
+            ),
+            // Stride 2, a 1x1 kernel, 7x7 images (half the last tile empty),
+            // 256 channels of 3x3 (deep sums go to the gemm crate), narrow
+            // rows under a wide kernel, 2 output channels of a block of 8.
+            (
+                [32, 32],
+                vec![3, 3],
+                vec![2, 2],
+                vec![1; 4],
+                vec![1, 1],
+                (16, 16),
+                false,
+            ),
+            (
+                [32, 32],
+                vec![1, 1],
+                vec![1, 1],
+                vec![0; 4],
+                vec![1, 1],
+                (16, 16),
+                false,
+            ),
+            (
+                [7, 7],
+                vec![3, 3],
+                vec![1, 1],
+                vec![1; 4],
+                vec![1, 1],
+                (64, 64),
+                false,
+            ),
+            (
+                [14, 14],
+                vec![3, 3],
+                vec![1, 1],
+                vec![1; 4],
+                vec![1, 1],
+                (256, 256),
+                false,
+            ),
+            (
+                [40, 6],
+                vec![5, 5],
+                vec![1, 1],
+                vec![2; 4],
+                vec![1, 1],
+                (4, 16),
+                false,
+            ),
+            (
+                [32, 32],
+                vec![3, 3],
+                vec![1, 1],
+                vec![1; 4],
+                vec![1, 1],
+                (16, 2),
+                false,
+            ),
+        ];
+        for (spatial, kernel, strides, pads, dil, (cg, mg), direct) in cases {
+            let mut attrs = Attrs::default();
+            attrs.set("strides", crate::ops::Attr::Ints(strides));
+            attrs.set("pads", crate::ops::Attr::Ints(pads));
+            attrs.set("dilations", crate::ops::Attr::Ints(dil));
+            let info = NodeInfo {
+                attrs,
+                opset: 11,
+                outputs: 1,
+            };
+            let win = Window::new(&info, &spatial, kernel.clone(), false).unwrap();
+            let pointwise = kernel == [1, 1];
+            let plan = DirectPlan::new(&win, &spatial, pointwise, (cg, mg));
+            assert_eq!(
+                plan.is_some(),
+                direct,
+                "{spatial:?} kernel {kernel:?}, {cg} -> {mg} channels"
+            );
         }
     }
 }

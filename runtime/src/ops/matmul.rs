@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use crate::ops::fused::{rows_epilogue, with_f32};
 use crate::ops::sgemm::{self, MatRef};
 use crate::ops::shape::reshaped;
+use crate::ops::simd;
 use crate::ops::{one, Activation, Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
 
@@ -288,6 +289,18 @@ fn gemm_f32(
         Some(c) if c.shape() == [m, n] => c.to_f32_vec()?,
         Some(_) => return Ok(None),
     };
+    if m == 1 && tb {
+        // One row times B's rows: a dot product per output. The `gemm` crate
+        // took ~16 µs for a 4096 x 10 head that this does in a few.
+        with_f32(a.candle(), |av| {
+            let x = av
+                .get(..k)
+                .ok_or_else(|| OpError::new("internal: Gemm row shorter than K"))?;
+            with_f32(b.candle(), |bv| simd::matvec_acc(bv, k, 0, x, &mut out))
+        })?;
+        act.apply_in_place(&mut out);
+        return Ok(Some(Tensor::from_f32(&[m, n], out)?));
+    }
     with_f32(a.candle(), |av| {
         with_f32(b.candle(), |bv| {
             let am = if ta {
