@@ -463,7 +463,14 @@ mod tests {
 
     #[test]
     fn the_f32_gemm_path_matches_candle_for_every_transpose_and_bias() {
-        let (m, k, n) = (5, 7, 3);
+        // A batch of rows, and one row (one dot product per output when B is
+        // read transposed).
+        for (m, k, n) in [(5, 7, 3), (1, 37, 10)] {
+            gemm_path_matches_candle(m, k, n);
+        }
+    }
+
+    fn gemm_path_matches_candle(m: usize, k: usize, n: usize) {
         let a = ramp(&[m, k], 1);
         let at = ramp(&[k, m], 2);
         let b = ramp(&[k, n], 3);
