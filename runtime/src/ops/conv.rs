@@ -334,19 +334,18 @@ fn conv_f32(
                 pooled,
                 direct: direct.as_ref(),
             };
-            let image = |b: usize, y: &mut [f32], scratch: &mut Scratch, t: usize| {
+            let image = |b: usize, y: &mut [f32], t: usize| {
                 let xb = &xv[b * c * isz..(b + 1) * c * isz];
-                geometry.image(xb, wv, y, scratch, t)
+                geometry.image(xb, wv, y, t)
             };
             if nb > 1 && threads > 1 {
                 // One image per task; each product on its own thread.
                 out.par_chunks_mut(m * ysz)
                     .enumerate()
-                    .try_for_each_init(Scratch::default, |scratch, (b, y)| image(b, y, scratch, 1))
+                    .try_for_each(|(b, y)| image(b, y, 1))
             } else {
-                let mut scratch = Scratch::default();
                 for (b, y) in out.chunks_mut(m * ysz).enumerate() {
-                    image(b, y, &mut scratch, threads)?;
+                    image(b, y, threads)?;
                 }
                 Ok(())
             }
@@ -527,15 +526,33 @@ impl DirectPlan {
     }
 }
 
-/// One task's reusable buffers: an im2col block and, with a fused pool, the
-/// block's unpooled output. (Keeping them per thread between convs was tried
-/// and measured no faster.)
+/// One thread's reusable buffers: an im2col block, a direct conv's padded
+/// input, and a block's unpooled (or, direct, padded-width) output.
+///
+/// Design: they live per thread across calls ([`with_scratch`]). Buffers made
+/// per call were zero-filled each time they grew, and the direct kernel's
+/// output block (up to [`DIRECT_BLOCK`] values) made that fill 5% of a small
+/// CNN's run.
 #[derive(Default)]
 struct Scratch {
     cols: Vec<f32>,
     conv: Vec<f32>,
     /// A direct conv's zero-padded input.
     padded: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's [`Scratch`], or with a fresh one where this
+/// thread's is already in use (a band that rayon ran on a thread waiting
+/// inside another band of the same thread).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
 }
 
 /// The first `n` elements of `v`, growing it (with zeros) only when it is
@@ -554,14 +571,7 @@ impl ConvGeometry<'_> {
     /// in im2col blocks with bias, activation (and pool) applied per block;
     /// other shapes get the bias written first, one product accumulated onto
     /// it and the activation after.
-    fn image(
-        &self,
-        x: &[f32],
-        w: &[f32],
-        y: &mut [f32],
-        scratch: &mut Scratch,
-        threads: usize,
-    ) -> Result<(), OpError> {
+    fn image(&self, x: &[f32], w: &[f32], y: &mut [f32], threads: usize) -> Result<(), OpError> {
         let (cg, mg, kdim, isz, osz) = (self.cg, self.mg, self.kdim, self.isz, self.osz);
         let two_d = self.spatial.len() == 2;
         if self.pooled && !two_d {
@@ -596,11 +606,11 @@ impl ConvGeometry<'_> {
                 } else {
                     ((self.win.out[0], self.win.out[1]), false)
                 };
-                self.for_each_band(yg, rows, band_threads, scratch, |band, rows, s| {
+                self.for_each_band(yg, rows, band_threads, |band, rows, s| {
                     self.direct_band(d, (xs, wg), bias, band, rows, pooled, s)
                 })?;
             } else if self.pooled {
-                self.for_each_band(yg, (ph, pw), band_threads, scratch, |band, prows, s| {
+                self.for_each_band(yg, (ph, pw), band_threads, |band, prows, s| {
                     self.pooled_band(xs, wg, bias, band, prows, s)
                 })?;
             } else if self.pointwise {
@@ -618,7 +628,7 @@ impl ConvGeometry<'_> {
                 self.activate(yg, 0..osz);
             } else if banded {
                 let (oh, ow) = (self.win.out[0], self.win.out[1]);
-                self.for_each_band(yg, (oh, ow), band_threads, scratch, |band, rows, s| {
+                self.for_each_band(yg, (oh, ow), band_threads, |band, rows, s| {
                     self.band(xs, wg, bias, band, (rows, ow), &mut s.cols)
                 })?;
             } else {
@@ -687,9 +697,9 @@ impl ConvGeometry<'_> {
 
     /// Cuts one group's output `y` (`mg` rows of `rows * per_row` values: output
     /// rows of `per_row` positions, per channel) into `parts` bands of whole
-    /// output rows and runs `f` on each band with its row range and a scratch:
-    /// on this thread with `scratch` when `parts` is 1, else one band per rayon
-    /// task, each writing straight into its columns of `y`.
+    /// output rows and runs `f` on each band with its row range and its
+    /// thread's scratch: on this thread when `parts` is 1, else one band per
+    /// rayon task, each writing straight into its columns of `y`.
     ///
     /// Design: the `gemm` crate does not split the short products of one image's
     /// blocks well (cnn_b1 ran slower at 2 threads than at 1), and im2col stayed
@@ -699,7 +709,6 @@ impl ConvGeometry<'_> {
         y: &mut [f32],
         (rows, per_row): (usize, usize),
         parts: usize,
-        scratch: &mut Scratch,
         f: impl Fn(
                 &mut sgemm::ColumnsMut<'_, f32>,
                 std::ops::Range<usize>,
@@ -713,16 +722,14 @@ impl ConvGeometry<'_> {
         let mut bands = sgemm::split_columns(y, self.mg, rows * per_row, &col_bounds)?;
         if parts == 1 {
             return match bands.first_mut() {
-                Some(band) => f(band, 0..rows, scratch),
+                Some(band) => with_scratch(|s| f(band, 0..rows, s)),
                 None => Ok(()),
             };
         }
         bands
             .into_par_iter()
             .zip(bounds.par_windows(2))
-            .try_for_each_init(Scratch::default, |s, (mut band, r)| {
-                f(&mut band, r[0]..r[1], s)
-            })
+            .try_for_each(|(mut band, r)| with_scratch(|s| f(&mut band, r[0]..r[1], s)))
     }
 
     /// Output rows `rows` of one group (pooled rows with `pooled`), which
