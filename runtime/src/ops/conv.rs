@@ -402,14 +402,18 @@ struct DirectPlan {
     pad_left: usize,
     /// Output channel blocks per group.
     blocks: usize,
+    /// Which positions the kernel's vectors cover, and the row length of
+    /// its output (`wp` for flat positions, whole vectors for rows).
+    positions: simd::Positions,
+    out_row: usize,
 }
 
 impl DirectPlan {
     /// The plan for a conv, or `None` where im2col does better or the direct
     /// kernel does not apply: other than two spatial dims at stride 1, 1x1
     /// kernels (their input is their own im2col), more than a quarter more
-    /// positions computed than kept (padded columns and the last tile: narrow
-    /// rows with wide kernels, 7x7 images), more than a third of a channel
+    /// positions computed than kept (padded columns or lanes past the row's
+    /// end: narrow rows with wide kernels, 7x7 images), more than a third of a channel
     /// block empty, sums deeper than [`DIRECT_MAX_DEPTH`], or a CPU without
     /// AVX2 and FMA.
     fn new(
@@ -433,8 +437,20 @@ impl DirectPlan {
             return None;
         }
         let blocks = mg.div_ceil(shape.channels);
-        // Positions computed (whole tiles of padded rows) against outputs kept.
-        let computed = (oh * wp).div_ceil(shape.tile) * shape.tile;
+        // Positions computed against outputs kept, for whichever layout of
+        // vectors computes fewer.
+        let l = shape.lanes;
+        let per_row = ow.div_ceil(l);
+        let flat = (oh * wp).div_ceil(l) * l;
+        let (positions, out_row, computed) = if oh * per_row * l <= flat {
+            (
+                simd::Positions::Rows(per_row),
+                per_row * l,
+                oh * per_row * l,
+            )
+        } else {
+            (simd::Positions::Flat, wp, flat)
+        };
         if 4 * computed > 5 * oh * ow
             || 2 * blocks * shape.channels > 3 * mg
             || cg * kh * kw > DIRECT_MAX_DEPTH
@@ -452,12 +468,14 @@ impl DirectPlan {
             pad_top: win.pad_begin[0],
             pad_left: win.pad_begin[1],
             blocks,
+            positions,
+            out_row,
         })
     }
 
     /// Writes rows `rows` (in padded coordinates) of the zero-padded planes
     /// of `xs` ([cg, ih, iw]) into `padded`, one plane of `rows.len() * wp`
-    /// values per channel, followed by the zeros the last tile reads past the
+    /// values per channel, followed by the zeros the last vector reads past the
     /// final plane. Each band pads only the rows it reads: padding the whole
     /// image once on the calling thread left the other thread pulling every
     /// line from this core's cache, and both bands ran ~30% slower than half
@@ -473,7 +491,7 @@ impl DirectPlan {
         let plane = rows.len() * self.wp;
         padded.clear();
         padded.resize(
-            cg * plane + self.shape.tile + self.wp + self.taps.last().copied().unwrap_or(0),
+            cg * plane + self.shape.lanes + self.wp + self.taps.last().copied().unwrap_or(0),
             0.0,
         );
         let inside = rows.start.max(self.pad_top)..rows.end.min(self.pad_top + ih);
@@ -502,6 +520,8 @@ impl DirectPlan {
             taps: &self.taps,
             w,
             m: mg,
+            row: self.wp,
+            positions: self.positions,
         }
     }
 
@@ -519,9 +539,13 @@ impl DirectPlan {
         rows.step_by(size).map(move |r0| r0..(r0 + size).min(end))
     }
 
-    /// The scratch length and row stride for `width` flat positions.
-    fn scratch_len(&self, width: usize) -> (usize, usize) {
-        let ld = width.div_ceil(self.shape.tile) * self.shape.tile;
+    /// The scratch length and row stride for `rows` output rows.
+    fn scratch_len(&self, rows: usize) -> (usize, usize) {
+        let l = self.shape.lanes;
+        let ld = match self.positions {
+            simd::Positions::Flat => (rows * self.wp).div_ceil(l) * l,
+            simd::Positions::Rows(n) => rows * n * l,
+        };
         (self.blocks * self.shape.channels * ld, ld)
     }
 }
@@ -758,7 +782,6 @@ impl ConvGeometry<'_> {
         for block in d.row_blocks(rows.clone(), conv_rows) {
             let first = conv_rows * block.start;
             let count = conv_rows * block.len();
-            let width = count * wp;
             // Output row r reads padded rows r..=r + reach.
             let padded_rows = first..first + count + d.reach_h;
             d.pad_rows(
@@ -770,9 +793,12 @@ impl ConvGeometry<'_> {
             );
             let plane = padded_rows.len() * wp;
             let a = d.operands(&scratch.padded, plane, (self.cg, self.mg), wg.data);
-            let (len, ld) = d.scratch_len(width);
+            let (len, ld) = d.scratch_len(count);
             let dst = grown(&mut scratch.conv, len);
-            simd::direct_conv(d.shape, &a, 0, width, dst, ld)?;
+            simd::direct_conv(d.shape, &a, count, dst, ld)?;
+            // The kernel's output rows are `out_row` long, of which the
+            // first `ow` are outputs.
+            let width = count * d.out_row;
             let at = (block.start - rows.start) * out_w;
             let n = block.len() * out_w;
             for co in 0..self.mg {
@@ -781,9 +807,9 @@ impl ConvGeometry<'_> {
                 // -0.0 leaves every value as it is, signed zeros included.
                 let bv = bias.map_or(-0.0, |b| b[co]);
                 if pooled {
-                    simd::pool_2x2_bias_relu(src, out, wp, pw, bv, relu);
+                    simd::pool_2x2_bias_relu(src, out, d.out_row, pw, bv, relu);
                 } else {
-                    for (o, s) in out.chunks_exact_mut(ow).zip(src.chunks(wp)) {
+                    for (o, s) in out.chunks_exact_mut(ow).zip(src.chunks(d.out_row)) {
                         for (o, &v) in o.iter_mut().zip(&s[..ow]) {
                             *o = v + bv;
                         }

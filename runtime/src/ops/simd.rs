@@ -319,27 +319,66 @@ pub(crate) fn softmax_row(row: &mut [f32]) {
 /// A stride-1 convolution computed straight from a zero-padded input, without
 /// im2col or any packing: the operands of [`direct_conv`].
 ///
-/// The output is taken over "flat" positions `f = row * wp + col` of the
-/// padded input's planes (`wp` wide): output `(row, col)` reads padded
-/// `f + tap` for each kernel tap's offset `tap = kh * dh * wp + kw * dw`, so
-/// consecutive flat positions are consecutive loads. Columns `col >= ow` of
-/// each row are computed too and thrown away by the caller (a 3x3 kernel with
-/// pads of 1 wastes 2 of `wp` columns).
+/// Output `(r, c)` reads the padded input at `r * row + c + tap` for each
+/// kernel tap's offset `tap = kh * dh * row + kw * dw`, so an output row's
+/// consecutive columns are consecutive loads. The output is computed in
+/// vectors of lanes laid out by [`Positions`].
 pub(crate) struct DirectConv<'a> {
     /// `cg` padded planes of `plane` values each, then zeros: [`direct_conv`]
-    /// checks that the last tile's reads stay inside.
+    /// checks that the last vector's reads stay inside.
     pub(crate) x: &'a [f32],
     pub(crate) plane: usize,
     pub(crate) cg: usize,
-    /// Flat offset of each kernel tap.
+    /// Offset of each kernel tap in a padded plane.
     pub(crate) taps: &'a [usize],
     /// The weights as the model holds them: `m` rows of `cg * taps` values.
     /// They are read in place (a block's channels are one broadcast from each
     /// of its rows), not packed per call: weights packed on the calling
-    /// thread had to travel to the other thread's core on every call.
+    /// thread had to travel to the other thread's core on every call, and two
+    /// threads ran barely faster than one.
     pub(crate) w: &'a [f32],
     /// Output channels.
     pub(crate) m: usize,
+    /// The padded input's row length.
+    pub(crate) row: usize,
+    pub(crate) positions: Positions,
+}
+
+/// Which output positions [`direct_conv`]'s vectors cover; vector `q` is
+/// always written at `q * lanes` of its channel's output row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Positions {
+    /// Whole padded rows back to back, the padded columns computed and thrown
+    /// away: vector `q` reads from `q * lanes`, and the output has the padded
+    /// input's row length. Little waste where a row is short of a whole number
+    /// of vectors (56 columns of 16 lanes), much with narrow images.
+    Flat,
+    /// `n` vectors per output row, the padded columns skipped: vector
+    /// `r * n + j` reads from `r * row + j * lanes`, and the output rows are
+    /// `n * lanes` long. No waste where the width is a whole number of
+    /// vectors (64, 32, 16 columns).
+    Rows(usize),
+}
+
+impl DirectConv<'_> {
+    /// How many vectors cover `rows` output rows.
+    pub(crate) fn vectors(&self, rows: usize, lanes: usize) -> usize {
+        match self.positions {
+            Positions::Flat => (rows * self.row).div_ceil(lanes),
+            Positions::Rows(n) => rows * n,
+        }
+    }
+
+    /// Where vector `q` starts reading in a padded plane (before the taps).
+    /// It grows with `q`: in `Rows(n)`, `(n - 1) * lanes` is short of the
+    /// output width and so of `row`.
+    #[inline(always)]
+    fn input_at(&self, q: usize, lanes: usize) -> usize {
+        match self.positions {
+            Positions::Flat => q * lanes,
+            Positions::Rows(n) => q / n * self.row + q % n * lanes,
+        }
+    }
 }
 
 /// Weights (f32 values) above which [`direct_conv`] runs each channel block
@@ -351,22 +390,22 @@ const DIRECT_WEIGHTS_IN_CACHE: usize = 256 * 1024;
 pub(crate) struct DirectShape {
     /// Output channels per block (one broadcast weight each).
     pub(crate) channels: usize,
-    /// Flat positions per tile (vectors of lanes).
-    pub(crate) tile: usize,
+    /// f32 lanes per vector.
+    pub(crate) lanes: usize,
     avx512: bool,
 }
 
 /// The AVX-512 body's blocking (see `direct_conv_avx512`).
 const AVX512_SHAPE: DirectShape = DirectShape {
     channels: 8,
-    tile: 3 * 16,
+    lanes: 16,
     avx512: true,
 };
 
 /// The AVX2 body's blocking (see `direct_conv_avx2`).
 const AVX2_SHAPE: DirectShape = DirectShape {
     channels: 4,
-    tile: 2 * 8,
+    lanes: 8,
     avx512: false,
 };
 
@@ -392,28 +431,34 @@ pub(crate) fn direct_shape() -> Option<DirectShape> {
     [AVX512_SHAPE, AVX2_SHAPE].into_iter().find(|&s| runs(s))
 }
 
-/// Defines one `std::arch` body of [`direct_conv`]: a tile of `PV` vectors of
-/// flat positions times one block of `CB` output channels is held in
-/// registers, and each (input channel, tap) loads `PV` input vectors and
-/// broadcasts `CB` weights, then does `CB * PV` multiply-adds.
+/// Defines one `std::arch` body of [`direct_conv`]: a tile of `P` vectors of
+/// output positions times one block of `CB` output channels is held in
+/// registers, and each (input channel, tap) loads `P` input vectors and
+/// broadcasts `CB` weights, then does `CB * P` multiply-adds. `P` is the
+/// body's full tile or 1, for the vectors left over.
 macro_rules! direct_conv_kernel {
     (
         $(#[$doc:meta])*
         $name:ident, $features:literal, lanes: $lanes:literal, channels: $cb:literal,
-        vectors: $pv:literal, $vec:ty, load: $load:path, store: $store:path,
+        $vec:ty, load: $load:path, store: $store:path,
         zero: $zero:path, set1: $set1:path, fmadd: $fmadd:path
     ) => {
         $(#[$doc])*
         ///
         /// # Safety
-        /// The CPU has the features this body is compiled with, and `a` and
-        /// `dst` passed [`direct_conv`]'s bounds checks for this shape.
+        /// The CPU has the features this body is compiled with, `vecs.len()`
+        /// is a multiple of `P`, and `a` and `dst` passed [`direct_conv`]'s
+        /// bounds checks for vectors up to `vecs.end`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name(a: &DirectConv<'_>, f0: usize, width: usize, dst: &mut [f32], ld: usize) {
+        unsafe fn $name<const P: usize>(
+            a: &DirectConv<'_>,
+            vecs: std::ops::Range<usize>,
+            dst: &mut [f32],
+            ld: usize,
+        ) {
             const L: usize = $lanes;
             const CB: usize = $cb;
-            const PV: usize = $pv;
             let ntaps = a.taps.len();
             let xp = a.x.as_ptr();
             let wp = a.w.as_ptr();
@@ -426,7 +471,7 @@ macro_rules! direct_conv_kernel {
             // outermost so that one block's weights stay in cache while its
             // tiles stream the input (tiles outermost re-read every weight per
             // tile, which ran a 512-channel layer 4x slower).
-            let tiles = width.div_ceil(PV * L);
+            let tiles = vecs.len() / P;
             let blocks_outer = a.w.len() > DIRECT_WEIGHTS_IN_CACHE;
             for i in 0..blocks * tiles {
                 let (blk, tile) = if blocks_outer {
@@ -434,26 +479,30 @@ macro_rules! direct_conv_kernel {
                 } else {
                     (i % blocks, i / blocks)
                 };
-                let p = tile * PV * L;
-                let mut acc = [[$zero(); PV]; CB];
+                let q0 = vecs.start + tile * P;
+                let mut at = [0usize; P];
+                for (v, o) in at.iter_mut().enumerate() {
+                    *o = a.input_at(q0 + v, L);
+                }
+                let mut acc = [[$zero(); P]; CB];
                 // SAFETY (pointer offsets and loads): `direct_conv` checked
-                // that every input read, up to plane cg - 1 at flat
-                // position f0 + (width rounded up to tiles) + the largest
-                // tap, lies in `a.x`, that `a.w` holds `m` rows of `depth`
+                // that every input read, up to plane cg - 1 at the last
+                // vector's start + L + the largest tap, lies in `a.x` (starts
+                // grow with the vector), that `a.w` holds `m` rows of `depth`
                 // values, and that `dst` holds `blocks * CB` rows of `ld >=
-                // width rounded up` values. A last block's missing channels
-                // read the last row again (their sums land in rows past `m`).
+                // vecs.end * L` values. A last block's missing channels read
+                // the last row again (their sums land in rows past `m`).
                 let mut rows = [wp; CB];
                 for (c, r) in rows.iter_mut().enumerate() {
                     *r = unsafe { wp.add((blk * CB + c).min(a.m - 1) * depth) };
                 }
                 for ci in 0..a.cg {
-                    let xb = unsafe { xp.add(ci * a.plane + f0 + p) };
+                    let xb = unsafe { xp.add(ci * a.plane) };
                     let k0 = ci * ntaps;
                     for (t, &off) in a.taps.iter().enumerate() {
-                        let mut xv = [$zero(); PV];
-                        for (v, x) in xv.iter_mut().enumerate() {
-                            *x = unsafe { $load(xb.add(off + v * L)) };
+                        let mut xv = [$zero(); P];
+                        for (x, &o) in xv.iter_mut().zip(&at) {
+                            *x = unsafe { $load(xb.add(o + off)) };
                         }
                         for (row, w) in acc.iter_mut().zip(&rows) {
                             let wv = $set1(unsafe { *w.add(k0 + t) });
@@ -465,7 +514,7 @@ macro_rules! direct_conv_kernel {
                 }
                 for (c, row) in acc.iter().enumerate() {
                     for (v, s) in row.iter().enumerate() {
-                        unsafe { $store(dp.add((blk * CB + c) * ld + p + v * L), *s) };
+                        unsafe { $store(dp.add((blk * CB + c) * ld + (q0 + v) * L), *s) };
                     }
                 }
             }
@@ -474,9 +523,9 @@ macro_rules! direct_conv_kernel {
 }
 
 direct_conv_kernel! {
-    /// [`direct_conv`] with AVX-512: 8 channels x 3 vectors of 16 (24 of the
-    /// 32 registers accumulate).
-    direct_conv_avx512, "avx512f", lanes: 16, channels: 8, vectors: 3,
+    /// [`direct_conv`] with AVX-512: 8 channels x `P` vectors of 16 (with
+    /// `P` = 3, 24 of the 32 registers accumulate).
+    direct_conv_avx512, "avx512f", lanes: 16, channels: 8,
     std::arch::x86_64::__m512,
     load: std::arch::x86_64::_mm512_loadu_ps,
     store: std::arch::x86_64::_mm512_storeu_ps,
@@ -486,9 +535,9 @@ direct_conv_kernel! {
 }
 
 direct_conv_kernel! {
-    /// [`direct_conv`] with AVX2 and FMA: 4 channels x 2 vectors of 8 (8 of
-    /// the 16 registers accumulate).
-    direct_conv_avx2, "avx2,fma", lanes: 8, channels: 4, vectors: 2,
+    /// [`direct_conv`] with AVX2 and FMA: 4 channels x `P` vectors of 8
+    /// (with `P` = 2, 8 of the 16 registers accumulate).
+    direct_conv_avx2, "avx2,fma", lanes: 8, channels: 4,
     std::arch::x86_64::__m256,
     load: std::arch::x86_64::_mm256_loadu_ps,
     store: std::arch::x86_64::_mm256_storeu_ps,
@@ -497,51 +546,62 @@ direct_conv_kernel! {
     fmadd: std::arch::x86_64::_mm256_fmadd_ps
 }
 
-/// Computes flat positions `f0..f0 + width` of every output channel block of
-/// `a` into `dst`: channel `c`'s sums (no bias) at `dst[c * ld..][..width]`.
-/// Positions up to the next whole tile are written too, so `ld` must be at
-/// least `width` rounded up to [`DirectShape::tile`], and `dst` must hold
-/// `m` rounded up to [`DirectShape::channels`] such rows.
+/// Computes the first `rows` output rows of every channel of `a` into `dst`:
+/// channel `c`'s sums (no bias) at `dst[c * ld..]`, vector `q` at `q *
+/// lanes` (see [`Positions`] for which output each vector holds). `ld` must be
+/// at least the vectors' length, and `dst` must hold `m` rounded up to
+/// [`DirectShape::channels`] such rows.
 pub(crate) fn direct_conv(
     shape: DirectShape,
     a: &DirectConv<'_>,
-    f0: usize,
-    width: usize,
+    rows: usize,
     dst: &mut [f32],
     ld: usize,
 ) -> Result<(), OpError> {
-    let span = width.div_ceil(shape.tile) * shape.tile;
+    let l = shape.lanes;
+    let nvec = a.vectors(rows, l);
+    if nvec == 0 {
+        return Ok(());
+    }
     let max_tap = a.taps.iter().copied().max().unwrap_or(0);
     let reads_to =
         a.cg.checked_sub(1)
-            .map(|c| c * a.plane + f0 + span + max_tap);
-    let rows = a.m.div_ceil(shape.channels) * shape.channels;
+            .map(|c| c * a.plane + a.input_at(nvec - 1, l) + l + max_tap);
+    let out_rows = a.m.div_ceil(shape.channels) * shape.channels;
+    let span = nvec * l;
     let fits = runs(shape)
         && a.m > 0
+        && matches!(a.positions, Positions::Flat | Positions::Rows(1..))
         && reads_to.is_some_and(|end| end <= a.x.len())
         && a.w.len() >= a.m * a.cg * a.taps.len()
         && ld >= span
-        && (rows == 0 || (rows - 1) * ld + span <= dst.len());
+        && (out_rows - 1) * ld + span <= dst.len();
     if !fits {
         return Err(OpError::new(format!(
-            "internal: direct conv of {width} positions from {f0} ({} input, {} weights, {} output values)",
+            "internal: direct conv of {rows} rows ({} input, {} weights, {} output values)",
             a.x.len(),
             a.w.len(),
             dst.len()
         )));
     }
-    if width == 0 {
-        return Ok(());
-    }
     #[cfg(target_arch = "x86_64")]
     {
         if shape.avx512 {
-            // SAFETY: `runs` saw AVX-512F on this CPU, and the bounds were
-            // checked above.
-            unsafe { direct_conv_avx512(a, f0, width, dst, ld) };
+            let full = nvec - nvec % 3;
+            // SAFETY: `runs` saw AVX-512F on this CPU, the bounds were
+            // checked above for every vector up to `nvec`, and `full` is a
+            // multiple of 3.
+            unsafe {
+                direct_conv_avx512::<3>(a, 0..full, dst, ld);
+                direct_conv_avx512::<1>(a, full..nvec, dst, ld);
+            }
         } else {
-            // SAFETY: as above, with AVX2 and FMA.
-            unsafe { direct_conv_avx2(a, f0, width, dst, ld) };
+            let full = nvec - nvec % 2;
+            // SAFETY: as above, with AVX2 and FMA, and `full` a multiple of 2.
+            unsafe {
+                direct_conv_avx2::<2>(a, 0..full, dst, ld);
+                direct_conv_avx2::<1>(a, full..nvec, dst, ld);
+            }
         }
         Ok(())
     }
@@ -586,82 +646,87 @@ mod tests {
         }
     }
 
-    /// The plain sums [`direct_conv`] computes: flat positions `f0..f0 + width`
-    /// of `m` channels.
-    fn direct_reference(
-        x: &[f32],
-        plane: usize,
-        cg: usize,
-        taps: &[usize],
-        w: &[f32],
-        m: usize,
-        (f0, width): (usize, usize),
-    ) -> Vec<Vec<f32>> {
-        (0..m)
-            .map(|co| {
-                (f0..f0 + width)
-                    .map(|f| {
-                        let mut s = 0f32;
-                        for ci in 0..cg {
-                            for (t, &off) in taps.iter().enumerate() {
-                                s += w[(co * cg + ci) * taps.len() + t] * x[ci * plane + f + off];
-                            }
-                        }
-                        s
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
     #[test]
-    fn direct_conv_matches_the_plain_sums_for_every_body_the_cpu_runs() {
-        // (input channels, output channels, taps, flat start, width): partial
-        // channel blocks, partial tiles, one tap, an offset start.
-        for (cg, m, taps, f0, width) in [
-            (3, 16, vec![0, 1, 2, 10, 11, 12, 20, 21, 22], 0, 80),
-            (5, 7, vec![0, 2, 20, 22], 13, 37),
-            (1, 1, vec![0], 0, 1),
-            (2, 9, vec![0, 1, 10, 11], 30, 100),
+    fn direct_conv_matches_the_plain_sums_for_every_body_and_layout() {
+        // (input channels, output channels, taps, padded row, output rows,
+        // output width): partial channel blocks, leftover vectors, one tap,
+        // a width past a whole number of vectors.
+        let three = |row: usize| {
+            (0..3)
+                .flat_map(|i| (0..3).map(move |j| i * row + j))
+                .collect::<Vec<_>>()
+        };
+        for (cg, m, taps, row, rows, ow) in [
+            (3, 16, three(10), 10, 8, 8usize),
+            (5, 7, vec![0, 2, 20, 22], 10, 5, 7),
+            (1, 1, vec![0], 1, 1, 1),
+            (2, 9, vec![0, 1, 10, 11], 10, 9, 9),
+            (4, 11, three(35), 35, 6, 33),
+            (2, 8, three(18), 18, 7, 16),
         ] {
-            let plane = 200;
+            let plane = (rows + 3) * row;
             let x: Vec<f32> = (0..cg * plane + 64)
                 .map(|v| ((v * 7919) % 23) as f32 * 0.25 - 2.5)
                 .collect();
             let w: Vec<f32> = (0..m * cg * taps.len())
                 .map(|v| ((v * 31) % 13) as f32 * 0.5 - 3.0)
                 .collect();
-            let want = direct_reference(&x, plane, cg, &taps, &w, m, (f0, width));
+            let want = |co: usize, r: usize, c: usize| -> f32 {
+                let mut s = 0f32;
+                for ci in 0..cg {
+                    for (t, &off) in taps.iter().enumerate() {
+                        s += w[(co * cg + ci) * taps.len() + t] * x[ci * plane + r * row + c + off];
+                    }
+                }
+                s
+            };
             for shape in [AVX512_SHAPE, AVX2_SHAPE] {
                 if !runs(shape) {
                     continue;
                 }
-                let blocks = m.div_ceil(shape.channels);
-                let a = DirectConv {
-                    x: &x,
-                    plane,
-                    cg,
-                    taps: &taps,
-                    w: &w,
-                    m,
-                };
-                let ld = width.div_ceil(shape.tile) * shape.tile + 3;
-                let mut dst = vec![f32::NAN; blocks * shape.channels * ld];
-                direct_conv(shape, &a, f0, width, &mut dst, ld).unwrap();
-                for (co, row) in want.iter().enumerate() {
-                    for (j, &v) in row.iter().enumerate() {
-                        let got = dst[co * ld + j];
-                        assert!(
-                            (got - v).abs() <= 1e-4 * (1.0 + v.abs()),
-                            "{shape:?} cg {cg} m {m}: channel {co} position {j}: {got} vs {v}"
-                        );
+                let l = shape.lanes;
+                for positions in [Positions::Flat, Positions::Rows(ow.div_ceil(l))] {
+                    let a = DirectConv {
+                        x: &x,
+                        plane,
+                        cg,
+                        taps: &taps,
+                        w: &w,
+                        m,
+                        row,
+                        positions,
+                    };
+                    let span = a.vectors(rows, l) * l;
+                    let ld = span + 3;
+                    let mut dst = vec![f32::NAN; m.div_ceil(shape.channels) * shape.channels * ld];
+                    direct_conv(shape, &a, rows, &mut dst, ld).unwrap();
+                    for co in 0..m {
+                        for r in 0..rows {
+                            for c in 0..ow {
+                                let at = match positions {
+                                    Positions::Flat => r * row + c,
+                                    Positions::Rows(n) => r * n * l + c,
+                                };
+                                let (got, v) = (dst[co * ld + at], want(co, r, c));
+                                assert!(
+                                    (got - v).abs() <= 1e-4 * (1.0 + v.abs()),
+                                    "{shape:?} {positions:?} cg {cg} m {m}: ({co}, {r}, {c}): {got} vs {v}"
+                                );
+                            }
+                        }
                     }
+                    // Reads past the input, a short output or a too-narrow row
+                    // stride are refused, not run.
+                    let max_tap = taps.iter().copied().max().unwrap_or(0);
+                    let last = a.input_at(a.vectors(rows, l) - 1, l);
+                    let short = DirectConv {
+                        x: &x[..(cg - 1) * plane + last + l + max_tap - 1],
+                        ..a
+                    };
+                    assert!(direct_conv(shape, &short, rows, &mut dst, ld).is_err());
+                    assert!(direct_conv(shape, &a, rows, &mut dst[..ld], ld).is_err());
+                    assert!(direct_conv(shape, &a, rows, &mut dst, span - 1).is_err());
                 }
-                // Reads past the input, a short output or a too-narrow row
-                // stride are refused, not run.
-                assert!(direct_conv(shape, &a, x.len(), width, &mut dst, ld).is_err());
-                assert!(direct_conv(shape, &a, f0, width, &mut dst[..ld], ld).is_err());
-                assert!(direct_conv(shape, &a, f0, width, &mut dst, width - 1).is_err());
             }
         }
     }
