@@ -1,15 +1,18 @@
 //! Convolutions: `Conv` (any number of spatial dims, strides, pads, dilations,
 //! groups, `auto_pad`), `ConvTranspose`, `ConvInteger`.
 //!
-//! Design: im2col on the host, then the `gemm` crate's kernels ([`sgemm`]) with
-//! the group's weights, writing straight into the output, so every geometry goes
-//! through the same fast GEMM. Two spatial dims (the common case) build im2col in
-//! blocks of output rows that stay in cache, 1x1 kernels skip it; the bias is
-//! written into the output before the product accumulates onto it, and a fused
-//! activation is applied per block while it is still in cache. With more than one
-//! thread and more than one image, images run in parallel (one product per
-//! thread); a single image lets the product split itself. Direct 3x3, depthwise
-//! and NHWC kernels are not here yet.
+//! Design: a 2-D stride-1 conv (the common CNN layer) runs the direct kernel
+//! of `simd::direct_conv` on a zero-padded copy of the rows each band reads,
+//! with the model's weights read in place ([`DirectPlan`] says when). Every
+//! other geometry goes through im2col on the host and the `gemm` crate's
+//! kernels ([`sgemm`]) with the group's weights, writing straight into the
+//! output. Two spatial dims build im2col in blocks of output rows that stay in
+//! cache, 1x1 kernels skip it; the bias is written into the output before the
+//! product accumulates onto it, and a fused activation (and 2x2 pool) is
+//! applied per block while it is still in cache. With more than one thread and
+//! more than one image, images run in parallel; a single image is cut into
+//! bands of output rows, one per thread. Depthwise and NHWC kernels are not
+//! here yet.
 
 use candle_core::{DType, Device};
 
