@@ -25,7 +25,7 @@ use crate::exec;
 use crate::onnx::{attribute_proto::AttributeType, type_proto, GraphProto, NodeProto};
 use crate::ops::{
     self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION, FUSED_MAX_POOL,
-    W_TRANSPOSED,
+    NARROW_GEMM, W_TRANSPOSED,
 };
 use crate::tensor::ElemType;
 use crate::tensor_io::decode_tensor;
@@ -491,9 +491,9 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// reads the original by name reads it through its node's implicit inputs, so
 /// the original is kept then.
 /// A Gemm whose constant B (read with transB=1) has fewer than
-/// [`NARROW_GEMM`] rows (outputs) keeps its layout: at batch 1 each output is
-/// then one contiguous dot product (`simd::matvec_acc`), while transposed rows
-/// that narrow leave nothing to vectorise.
+/// [`NARROW_GEMM`] rows (outputs) keeps its layout: each output is then one
+/// contiguous dot product (see `NARROW_GEMM`), while transposed rows that
+/// narrow leave nothing to vectorise.
 fn narrow_gemm(step: &Step, constants: &[Value]) -> bool {
     match step.inputs.get(1).copied() {
         Some(Some(Src::Const(c))) => match constants.get(c) {
@@ -503,9 +503,6 @@ fn narrow_gemm(step: &Step, constants: &[Value]) -> bool {
         _ => false,
     }
 }
-
-/// See [`narrow_gemm`].
-const NARROW_GEMM: usize = 64;
 
 fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs: &[(String, Src)]) {
     let mut transposed: HashMap<usize, usize> = HashMap::new();

@@ -24,6 +24,11 @@ pub(crate) const FUSED_ACTIVATION: &str = "flotilla.fused_activation";
 /// the pooled output.
 pub(crate) const FUSED_MAX_POOL: &str = "flotilla.fused_max_pool_2x2";
 
+/// A `Gemm` whose B (read with `transB=1`) has fewer outputs than this runs as
+/// one dot product per output for every row (`matmul::gemm_f32`), and the
+/// planner leaves such a constant B untransposed (`plan::pretranspose_weights`).
+pub(crate) const NARROW_GEMM: usize = 64;
+
 /// An activation applied in an epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Activation {

@@ -62,7 +62,7 @@ mod window;
 use std::fmt;
 
 pub(crate) use attrs::{Attr, Attrs};
-pub(crate) use fused::{Activation, FUSED_ACTIVATION, FUSED_MAX_POOL};
+pub(crate) use fused::{Activation, FUSED_ACTIVATION, FUSED_MAX_POOL, NARROW_GEMM};
 pub(crate) use rnn::W_TRANSPOSED;
 
 use crate::tensor::Tensor;

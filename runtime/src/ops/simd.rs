@@ -81,30 +81,35 @@ macro_rules! matvec_kernel {
             let k = x.len();
             let full = k - k % L;
             let row = |j: usize| &r[(row0 + j) * rs..(row0 + j) * rs + k];
-            // SAFETY (every load): `v` is a slice of at least `c + L` elements
-            // (c + L <= full <= k, and each row and `x` are k long), so the L
-            // floats read from `v[c]` lie inside it; loadu has no alignment
-            // requirement.
-            let load = |v: &[f32], c: usize| -> $vec {
-                debug_assert!(c + L <= v.len());
-                unsafe { $load(v[c..c + L].as_ptr()) }
+            // SAFETY (every load): `v` points at a row or at `x`, each `k`
+            // long (`row` sliced it, so it lies in `r`), and c + L <= full <=
+            // k, so the L floats read from `v + c` lie inside; loadu has no
+            // alignment requirement. Raw pointers keep bounds checks out of
+            // the loop: with slices, how well LLVM hoisted them depended on
+            // what else shared the codegen unit, and a build where it did not
+            // (a check and stack reloads per load) ran the LSTM 13% slower.
+            let load = |v: *const f32, c: usize| -> $vec {
+                debug_assert!(c + L <= k);
+                unsafe { $load(v.add(c)) }
             };
             let reduce = $reduce;
             let tail = |row: &[f32]| -> f32 {
                 row[full..].iter().zip(&x[full..]).map(|(a, b)| a * b).sum()
             };
+            let xp = x.as_ptr();
             let n = y.len();
             let mut j = 0;
             while j + 4 <= n {
                 let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
+                let p = rows.map(<[f32]>::as_ptr);
                 let mut acc = [$zero(); 4];
                 let mut c = 0;
                 while c < full {
-                    let xv = load(x, c);
-                    acc[0] = $fmadd(load(rows[0], c), xv, acc[0]);
-                    acc[1] = $fmadd(load(rows[1], c), xv, acc[1]);
-                    acc[2] = $fmadd(load(rows[2], c), xv, acc[2]);
-                    acc[3] = $fmadd(load(rows[3], c), xv, acc[3]);
+                    let xv = load(xp, c);
+                    acc[0] = $fmadd(load(p[0], c), xv, acc[0]);
+                    acc[1] = $fmadd(load(p[1], c), xv, acc[1]);
+                    acc[2] = $fmadd(load(p[2], c), xv, acc[2]);
+                    acc[3] = $fmadd(load(p[3], c), xv, acc[3]);
                     c += L;
                 }
                 for q in 0..4 {
@@ -117,7 +122,7 @@ macro_rules! matvec_kernel {
                 let mut acc = $zero();
                 let mut c = 0;
                 while c < full {
-                    acc = $fmadd(load(rw, c), load(x, c), acc);
+                    acc = $fmadd(load(rw.as_ptr(), c), load(xp, c), acc);
                     c += L;
                 }
                 y[j] += reduce(acc) + tail(rw);
@@ -435,7 +440,7 @@ pub(crate) fn direct_shape() -> Option<DirectShape> {
 /// output positions times one block of `CB` output channels is held in
 /// registers, and each (input channel, tap) loads `P` input vectors and
 /// broadcasts `CB` weights, then does `CB * P` multiply-adds. `P` is the
-/// body's full tile or 1, for the vectors left over.
+/// body's full tile or smaller, for the vectors left over.
 macro_rules! direct_conv_kernel {
     (
         $(#[$doc:meta])*
@@ -589,11 +594,16 @@ pub(crate) fn direct_conv(
         if shape.avx512 {
             let full = nvec - nvec % 3;
             // SAFETY: `runs` saw AVX-512F on this CPU, the bounds were
-            // checked above for every vector up to `nvec`, and `full` is a
-            // multiple of 3.
+            // checked above for every vector up to `nvec`, and each range's
+            // length is a multiple of its tile (0, 1 or 2 vectors are left
+            // after `full`).
             unsafe {
                 direct_conv_avx512::<3>(a, 0..full, dst, ld);
-                direct_conv_avx512::<1>(a, full..nvec, dst, ld);
+                if nvec - full == 2 {
+                    direct_conv_avx512::<2>(a, full..nvec, dst, ld);
+                } else {
+                    direct_conv_avx512::<1>(a, full..nvec, dst, ld);
+                }
             }
         } else {
             let full = nvec - nvec % 2;
