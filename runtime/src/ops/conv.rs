@@ -1424,129 +1424,43 @@ mod tests {
             eprintln!("no AVX2+FMA on this CPU: the direct conv kernel is not used here");
             return;
         }
-        // (x spatial, kernel, strides, pads, dilations, cg, mg, direct?)
-        type Case = (
-            [usize; 2],
-            Vec<usize>,
-            Vec<i64>,
-            Vec<i64>,
-            Vec<i64>,
-            (usize, usize),
-            bool,
+        let takes = |spatial: [usize; 2], k: usize, stride: i64, pads: [i64; 4], dil: [i64; 2]| {
+            move |(cg, mg): (usize, usize)| {
+                let mut attrs = Attrs::default();
+                attrs.set("strides", crate::ops::Attr::Ints(vec![stride; 2]));
+                attrs.set("pads", crate::ops::Attr::Ints(pads.to_vec()));
+                attrs.set("dilations", crate::ops::Attr::Ints(dil.to_vec()));
+                let info = NodeInfo {
+                    attrs,
+                    opset: 11,
+                    outputs: 1,
+                };
+                let win = Window::new(&info, &spatial, vec![k, k], false).unwrap();
+                DirectPlan::new(&win, &spatial, k == 1, (cg, mg)).is_some()
+            }
+        };
+        let three = |side: [usize; 2]| takes(side, 3, 1, [1; 4], [1, 1]);
+        assert!(three([64, 64])((3, 16)), "the first layer of a small CNN");
+        assert!(three([16, 16])((32, 64)), "its third layer");
+        assert!(
+            takes([13, 21], 3, 1, [2, 1, 0, 3], [2, 1])((3, 11)),
+            "dilated, lopsided"
         );
-        let cases: Vec<Case> = vec![
-            (
-                [64, 64],
-                vec![3, 3],
-                vec![1, 1],
-                vec![1; 4],
-                vec![1, 1],
-                (3, 16),
-                true,
-            ),
-            (
-                [16, 16],
-                vec![3, 3],
-                vec![1, 1],
-                vec![1; 4],
-                vec![1, 1],
-                (32, 64),
-                true,
-            ),
-            (
-                [13, 21],
-                vec![3, 3],
-                vec![1, 1],
-                vec![2, 1, 0, 3],
-                vec![2, 1],
-                (3, 11),
-                true,
-            ),
-            (
-                [90, 70],
-                vec![5, 5],
-                vec![1, 1],
-                vec![2; 4],
-                vec![1, 1],
-                (8, 12),
-                true,
-            ),
-            // Stride 2, a 1x1 kernel, 7x7 images (half the last tile empty),
-            // 256 channels of 3x3 (deep sums go to the gemm crate), narrow
-            // rows under a wide kernel, 2 output channels of a block of 8.
-            (
-                [32, 32],
-                vec![3, 3],
-                vec![2, 2],
-                vec![1; 4],
-                vec![1, 1],
-                (16, 16),
-                false,
-            ),
-            (
-                [32, 32],
-                vec![1, 1],
-                vec![1, 1],
-                vec![0; 4],
-                vec![1, 1],
-                (16, 16),
-                false,
-            ),
-            (
-                [7, 7],
-                vec![3, 3],
-                vec![1, 1],
-                vec![1; 4],
-                vec![1, 1],
-                (64, 64),
-                false,
-            ),
-            (
-                [14, 14],
-                vec![3, 3],
-                vec![1, 1],
-                vec![1; 4],
-                vec![1, 1],
-                (256, 256),
-                false,
-            ),
-            (
-                [40, 6],
-                vec![5, 5],
-                vec![1, 1],
-                vec![2; 4],
-                vec![1, 1],
-                (4, 16),
-                false,
-            ),
-            (
-                [32, 32],
-                vec![3, 3],
-                vec![1, 1],
-                vec![1; 4],
-                vec![1, 1],
-                (16, 2),
-                false,
-            ),
-        ];
-        for (spatial, kernel, strides, pads, dil, (cg, mg), direct) in cases {
-            let mut attrs = Attrs::default();
-            attrs.set("strides", crate::ops::Attr::Ints(strides));
-            attrs.set("pads", crate::ops::Attr::Ints(pads));
-            attrs.set("dilations", crate::ops::Attr::Ints(dil));
-            let info = NodeInfo {
-                attrs,
-                opset: 11,
-                outputs: 1,
-            };
-            let win = Window::new(&info, &spatial, kernel.clone(), false).unwrap();
-            let pointwise = kernel == [1, 1];
-            let plan = DirectPlan::new(&win, &spatial, pointwise, (cg, mg));
-            assert_eq!(
-                plan.is_some(),
-                direct,
-                "{spatial:?} kernel {kernel:?}, {cg} -> {mg} channels"
-            );
-        }
+        assert!(takes([90, 70], 5, 1, [2; 4], [1, 1])((8, 12)), "5x5");
+        assert!(!takes([32, 32], 3, 2, [1; 4], [1, 1])((16, 16)), "stride 2");
+        assert!(!takes([32, 32], 1, 1, [0; 4], [1, 1])((16, 16)), "1x1");
+        assert!(!three([7, 7])((64, 64)), "7x7: half the last vector empty");
+        assert!(
+            !three([14, 14])((256, 256)),
+            "deep sums go to the gemm crate"
+        );
+        assert!(
+            !takes([40, 6], 5, 1, [2; 4], [1, 1])((4, 16)),
+            "narrow rows, wide kernel"
+        );
+        assert!(
+            !three([32, 32])((16, 2)),
+            "2 output channels of a block of 8"
+        );
     }
 }

@@ -490,33 +490,22 @@ mod tests {
         let a = ramp(&[m, k], 11);
         let bt = ramp(&[n, k], 12);
         let c = ramp(&[n], 13);
-        let batch = gemm_f32(
-            &a,
-            &bt,
-            Some(&c),
-            (false, true),
-            (1.0, 1.0),
-            Activation::None,
-        )
-        .unwrap()
-        .unwrap()
-        .to_f32_vec()
-        .unwrap();
-        let av = a.to_f32_vec().unwrap();
-        for r in [0, 5, 36] {
-            let row = Tensor::from_f32(&[1, k], av[r * k..(r + 1) * k].to_vec()).unwrap();
-            let alone = gemm_f32(
-                &row,
+        let score = |a: &Tensor| {
+            let y = gemm_f32(
+                a,
                 &bt,
                 Some(&c),
                 (false, true),
                 (1.0, 1.0),
                 Activation::None,
-            )
-            .unwrap()
-            .unwrap()
-            .to_f32_vec()
-            .unwrap();
+            );
+            y.unwrap().unwrap().to_f32_vec().unwrap()
+        };
+        let batch = score(&a);
+        let av = a.to_f32_vec().unwrap();
+        for r in [0, 5, 36] {
+            let row = Tensor::from_f32(&[1, k], av[r * k..(r + 1) * k].to_vec()).unwrap();
+            let alone = score(&row);
             assert_eq!(alone, batch[r * n..(r + 1) * n], "row {r}");
         }
     }
