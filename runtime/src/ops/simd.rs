@@ -456,7 +456,7 @@ macro_rules! direct_conv_kernel {
         /// bounds checks for vectors up to `vecs.end`.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const P: usize>(
+        unsafe fn $name<const P: usize, const K3: bool>(
             a: &DirectConv<'_>,
             vecs: std::ops::Range<usize>,
             dst: &mut [f32],
@@ -504,7 +504,12 @@ macro_rules! direct_conv_kernel {
                 for ci in 0..a.cg {
                     let xb = unsafe { xp.add(ci * a.plane) };
                     let k0 = ci * ntaps;
-                    for (t, &off) in a.taps.iter().enumerate() {
+                    // A dense 3x3 kernel (`K3`) has nine taps at offsets the
+                    // compiler can unroll: rows of the padded input apart,
+                    // columns 0, 1, 2.
+                    let count = if K3 { 9 } else { ntaps };
+                    for t in 0..count {
+                        let off = if K3 { t / 3 * a.row + t % 3 } else { a.taps[t] };
                         let mut xv = [$zero(); P];
                         for (x, &o) in xv.iter_mut().zip(&at) {
                             *x = unsafe { $load(xb.add(o + off)) };
@@ -589,6 +594,19 @@ pub(crate) fn direct_conv(
             dst.len()
         )));
     }
+    let row = a.row;
+    let k3 = a.taps
+        == [
+            0,
+            1,
+            2,
+            row,
+            row + 1,
+            row + 2,
+            2 * row,
+            2 * row + 1,
+            2 * row + 2,
+        ];
     #[cfg(target_arch = "x86_64")]
     {
         if shape.avx512 {
@@ -598,19 +616,36 @@ pub(crate) fn direct_conv(
             // length is a multiple of its tile (0, 1 or 2 vectors are left
             // after `full`).
             unsafe {
-                direct_conv_avx512::<3>(a, 0..full, dst, ld);
-                if nvec - full == 2 {
-                    direct_conv_avx512::<2>(a, full..nvec, dst, ld);
-                } else {
-                    direct_conv_avx512::<1>(a, full..nvec, dst, ld);
+                match (k3, nvec - full) {
+                    (true, rest) => {
+                        direct_conv_avx512::<3, true>(a, 0..full, dst, ld);
+                        if rest == 2 {
+                            direct_conv_avx512::<2, true>(a, full..nvec, dst, ld);
+                        } else {
+                            direct_conv_avx512::<1, true>(a, full..nvec, dst, ld);
+                        }
+                    }
+                    (false, rest) => {
+                        direct_conv_avx512::<3, false>(a, 0..full, dst, ld);
+                        if rest == 2 {
+                            direct_conv_avx512::<2, false>(a, full..nvec, dst, ld);
+                        } else {
+                            direct_conv_avx512::<1, false>(a, full..nvec, dst, ld);
+                        }
+                    }
                 }
             }
         } else {
             let full = nvec - nvec % 2;
             // SAFETY: as above, with AVX2 and FMA, and `full` a multiple of 2.
             unsafe {
-                direct_conv_avx2::<2>(a, 0..full, dst, ld);
-                direct_conv_avx2::<1>(a, full..nvec, dst, ld);
+                if k3 {
+                    direct_conv_avx2::<2, true>(a, 0..full, dst, ld);
+                    direct_conv_avx2::<1, true>(a, full..nvec, dst, ld);
+                } else {
+                    direct_conv_avx2::<2, false>(a, 0..full, dst, ld);
+                    direct_conv_avx2::<1, false>(a, full..nvec, dst, ld);
+                }
             }
         }
         Ok(())
