@@ -382,10 +382,12 @@ struct ConvGeometry<'a> {
     direct: Option<&'a DirectPlan>,
 }
 
-/// The deepest sum (input channels x taps) the direct kernel takes: deeper
-/// ones (256 channels of 3x3) ran faster through im2col and the `gemm` crate,
-/// whose packed panels keep the weights in cache.
-const DIRECT_MAX_DEPTH: usize = 1536;
+/// The deepest sum (input channels x taps) the direct kernel takes: 512
+/// channels of 3x3, the deepest measured. With the dense-3x3 body it beat
+/// im2col and the `gemm` crate there (512 channels at 14x14: 12.1 -> 6.2 ms;
+/// 256 at 14x14: 2.14 -> 1.56 ms; 64 channels of 5x5 at 28x28: 1.59 -> 1.18
+/// ms); before that body, 256 channels of 3x3 had run slower direct.
+const DIRECT_MAX_DEPTH: usize = 4608;
 
 /// Output values per block of a direct conv's scratch (256 KiB, within L2).
 const DIRECT_BLOCK: usize = 64 * 1024;
@@ -1450,9 +1452,10 @@ mod tests {
         assert!(!takes([32, 32], 3, 2, [1; 4], [1, 1])((16, 16)), "stride 2");
         assert!(!takes([32, 32], 1, 1, [0; 4], [1, 1])((16, 16)), "1x1");
         assert!(!three([7, 7])((64, 64)), "7x7: half the last vector empty");
+        assert!(three([14, 14])((512, 512)), "512 channels");
         assert!(
-            !three([14, 14])((256, 256)),
-            "deep sums go to the gemm crate"
+            !three([14, 14])((1024, 1024)),
+            "sums deeper than measured go to the gemm crate"
         );
         assert!(
             !takes([40, 6], 5, 1, [2; 4], [1, 1])((4, 16)),
