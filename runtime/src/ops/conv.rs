@@ -389,6 +389,13 @@ struct ConvGeometry<'a> {
 /// ms); before that body, 256 channels of 3x3 had run slower direct.
 const DIRECT_MAX_DEPTH: usize = 4608;
 
+/// Weights (f32 values) of one group above which the direct kernel splits
+/// the output channels between threads rather than the rows: 4 MiB, twice a
+/// core's L2 on the machine measured. 512 channels of 3x3 (9.4 MB) ran
+/// faster split by channels (7x7: 2.23 -> 1.32 ms at 2 threads; 14x14: 3.44
+/// -> 3.20 ms), 256 channels (2.4 MB) slower (14x14: 0.89 -> 1.10 ms).
+const CHANNEL_SPLIT_WEIGHTS: usize = 1024 * 1024;
+
 /// Output values per block of a direct conv's scratch (256 KiB, within L2).
 const DIRECT_BLOCK: usize = 64 * 1024;
 
@@ -416,9 +423,9 @@ struct DirectPlan {
 impl DirectPlan {
     /// The plan for a conv, or `None` where im2col does better or the direct
     /// kernel does not apply: other than two spatial dims at stride 1, 1x1
-    /// kernels (their input is their own im2col), more than a quarter more
+    /// kernels (their input is their own im2col), more than a third more
     /// positions computed than kept (padded columns or lanes past the row's
-    /// end: narrow rows with wide kernels, 7x7 images), more than a third of a channel
+    /// end: narrow rows with wide kernels, 5x5 images), more than a third of a channel
     /// block empty, sums deeper than [`DIRECT_MAX_DEPTH`], or a CPU without
     /// AVX2 and FMA.
     fn new(
@@ -456,7 +463,7 @@ impl DirectPlan {
         } else {
             (simd::Positions::Flat, wp, flat)
         };
-        if 4 * computed > 5 * oh * ow
+        if 3 * computed > 4 * oh * ow
             || 2 * blocks * shape.channels > 3 * mg
             || cg * kh * kw > DIRECT_MAX_DEPTH
         {
@@ -635,9 +642,7 @@ impl ConvGeometry<'_> {
                 } else {
                     ((self.win.out[0], self.win.out[1]), false)
                 };
-                self.for_each_band(yg, rows, band_threads, |band, rows, s| {
-                    self.direct_band(d, (xs, wg), bias, band, rows, pooled, s)
-                })?;
+                self.direct_image(d, (xs, wg.data), bias, yg, (rows, pooled), band_threads)?;
             } else if self.pooled {
                 self.for_each_band(yg, (ph, pw), band_threads, |band, prows, s| {
                     self.pooled_band(xs, wg, bias, band, prows, s)
@@ -761,6 +766,47 @@ impl ConvGeometry<'_> {
             .try_for_each(|(mut band, r)| with_scratch(|s| f(&mut band, r[0]..r[1], s)))
     }
 
+    /// One group's output `y` ([mg, rows * per_row]) by the direct kernel on
+    /// `threads` threads: cut into bands of rows, or, where the group's
+    /// weights outgrow a core's cache share ([`CHANNEL_SPLIT_WEIGHTS`]), into
+    /// shares of whole channel blocks, each thread padding the whole image
+    /// and streaming only its share of the weights (with bands of rows, both
+    /// threads streamed all 9.4 MB of a 512-channel layer's weights and ran
+    /// slower than one).
+    fn direct_image(
+        &self,
+        d: &DirectPlan,
+        (xs, w): (&[f32], &[f32]),
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        ((rows, per_row), pooled): ((usize, usize), bool),
+        threads: usize,
+    ) -> Result<(), OpError> {
+        let mg = self.mg;
+        if threads < 2 || w.len() <= CHANNEL_SPLIT_WEIGHTS {
+            return self.for_each_band(y, (rows, per_row), threads, |band, r, s| {
+                self.direct_band(d, (xs, w), bias, band, r, pooled, s)
+            });
+        }
+        let ysz = rows * per_row;
+        let cb = d.shape.channels;
+        let share = mg.div_ceil(cb).div_ceil(threads) * cb;
+        y.par_chunks_mut(share * ysz)
+            .zip(w.par_chunks(share * self.kdim))
+            .enumerate()
+            .try_for_each(|(p, (yc, wc))| {
+                let mc = yc.len() / ysz.max(1);
+                let bc = bias.map(|b| &b[p * share..p * share + mc]);
+                let mut whole = sgemm::split_columns(yc, mc, ysz, &[0, ysz])?;
+                match whole.first_mut() {
+                    Some(band) => with_scratch(|s| {
+                        self.direct_band(d, (xs, wc), bc, band, 0..rows, pooled, s)
+                    }),
+                    None => Ok(()),
+                }
+            })
+    }
+
     /// Output rows `rows` of one group (pooled rows with `pooled`), which
     /// `band` covers in every output channel, by the direct kernel: each block
     /// of rows is computed into `scratch` and written out from there with the
@@ -770,13 +816,16 @@ impl ConvGeometry<'_> {
     fn direct_band(
         &self,
         d: &DirectPlan,
-        (xs, wg): (&[f32], MatRef<'_, f32>),
+        (xs, w): (&[f32], &[f32]),
         bias: Option<&[f32]>,
         band: &mut sgemm::ColumnsMut<'_, f32>,
         rows: std::ops::Range<usize>,
         pooled: bool,
         scratch: &mut Scratch,
     ) -> Result<(), OpError> {
+        // `w` holds the weights of the channels `band` covers: all of the
+        // group's, or a share of them (see `direct_image`).
+        let mc = w.len() / self.kdim;
         let ow = self.win.out[1];
         let (wp, pw) = (d.wp, ow / 2);
         let relu = match self.act {
@@ -797,7 +846,7 @@ impl ConvGeometry<'_> {
                 &mut scratch.padded,
             );
             let plane = padded_rows.len() * wp;
-            let a = d.operands(&scratch.padded, plane, (self.cg, self.mg), wg.data);
+            let a = d.operands(&scratch.padded, plane, (self.cg, mc), w);
             let (len, ld) = d.scratch_len(count);
             let dst = grown(&mut scratch.conv, len);
             simd::direct_conv(d.shape, &a, count, dst, ld)?;
@@ -806,7 +855,7 @@ impl ConvGeometry<'_> {
             let width = count * d.out_row;
             let at = (block.start - rows.start) * out_w;
             let n = block.len() * out_w;
-            for co in 0..self.mg {
+            for co in 0..mc {
                 let src = &dst[co * ld..co * ld + width];
                 let out = &mut band.row_mut(co)[at..at + n];
                 // -0.0 leaves every value as it is, signed zeros included.
@@ -1353,6 +1402,19 @@ mod tests {
                 true,
                 false,
             ),
+            // Weights past CHANNEL_SPLIT_WEIGHTS: threads share the output
+            // channels instead of the rows.
+            (
+                vec![1, 256, 6, 6],
+                512,
+                1,
+                vec![3, 3],
+                vec![1, 1],
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                true,
+                true,
+            ),
         ];
         for (xs, m, g, kernel, strides, pads, dil, with_bias, relu) in cases {
             let cg = xs[1] / g;
@@ -1451,7 +1513,11 @@ mod tests {
         assert!(takes([90, 70], 5, 1, [2; 4], [1, 1])((8, 12)), "5x5");
         assert!(!takes([32, 32], 3, 2, [1; 4], [1, 1])((16, 16)), "stride 2");
         assert!(!takes([32, 32], 1, 1, [0; 4], [1, 1])((16, 16)), "1x1");
-        assert!(!three([7, 7])((64, 64)), "7x7: half the last vector empty");
+        assert!(three([7, 7])((64, 64)), "7x7: 64 positions computed for 49");
+        assert!(
+            !three([5, 5])((64, 64)),
+            "5x5: 48 positions computed for 25"
+        );
         assert!(three([14, 14])((512, 512)), "512 channels");
         assert!(
             !three([14, 14])((1024, 1024)),
