@@ -422,7 +422,8 @@ struct DirectPlan {
 
 impl DirectPlan {
     /// The plan for a conv, or `None` where im2col does better or the direct
-    /// kernel does not apply: other than two spatial dims at stride 1, 1x1
+    /// kernel does not apply: other than two non-empty spatial dims and input
+    /// channels at stride 1, 1x1
     /// kernels (their input is their own im2col), more than a third more
     /// positions computed than kept (padded columns or lanes past the row's
     /// end: narrow rows with wide kernels, 5x5 images), more than a third of a channel
@@ -434,7 +435,12 @@ impl DirectPlan {
         pointwise: bool,
         (cg, mg): (usize, usize),
     ) -> Option<Self> {
-        if spatial.len() != 2 || pointwise || win.strides.iter().any(|&s| s != 1) {
+        if spatial.len() != 2
+            || spatial.contains(&0)
+            || cg == 0
+            || pointwise
+            || win.strides.iter().any(|&s| s != 1)
+        {
             return None;
         }
         let shape = simd::direct_shape()?;
@@ -1181,6 +1187,35 @@ mod tests {
         let t = out[0].as_tensor().unwrap();
         assert_eq!(t.shape(), &[1, 1, 2, 2]);
         assert_eq!(t.to_f32_vec().unwrap(), vec![6., 8., 12., 14.]);
+    }
+
+    #[test]
+    fn empty_channels_or_planes_give_an_answer_not_a_panic() {
+        // (x shape, w shape, pads): no input channels, an empty plane padded
+        // to a non-empty output, an empty plane.
+        for (xs, ws, pads) in [
+            (vec![1, 0, 8, 8], vec![16, 0, 3, 3], vec![1, 1, 1, 1]),
+            (vec![1, 4, 0, 5], vec![16, 4, 1, 1], vec![1, 1, 1, 1]),
+            (vec![1, 4, 0, 5], vec![16, 4, 3, 3], vec![1, 1, 1, 1]),
+        ] {
+            let x = Tensor::from_f32(&xs, vec![0.5; xs.iter().product()]).unwrap();
+            let w = Tensor::from_f32(&ws, vec![0.25; ws.iter().product()]).unwrap();
+            let vals = [Value::Tensor(x), Value::Tensor(w)];
+            let mut attrs = Attrs::default();
+            attrs.set("pads", crate::ops::Attr::Ints(pads));
+            let info = NodeInfo {
+                attrs,
+                opset: 11,
+                outputs: 1,
+            };
+            let inputs = Inputs {
+                values: vals.iter().map(Some).collect(),
+            };
+            let out = conv(&info, &inputs).unwrap();
+            let t = out[0].as_tensor().unwrap();
+            // No input contributes: every output is zero.
+            assert!(t.to_f32_vec().unwrap().iter().all(|&v| v == 0.0), "{xs:?}");
+        }
     }
 
     /// Direct convolution by the definition, in f64.

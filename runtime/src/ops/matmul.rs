@@ -289,7 +289,7 @@ fn gemm_f32(
         Some(c) if c.shape() == [m, n] => c.to_f32_vec()?,
         Some(_) => return Ok(None),
     };
-    if tb && n < NARROW_GEMM && (m == 1 || !ta) {
+    if tb && (1..NARROW_GEMM).contains(&n) && k > 0 && (m == 1 || !ta) {
         // Each row of A times B's rows: one dot product per output, the same
         // arithmetic for a row whatever the batch, so a row scores the same
         // alone as in a batch (batch scoring resumes to identical output). At
@@ -508,6 +508,32 @@ mod tests {
             let alone = score(&row);
             assert_eq!(alone, batch[r * n..(r + 1) * n], "row {r}");
         }
+    }
+
+    #[test]
+    fn an_empty_narrow_gemm_is_the_bias_not_a_panic() {
+        // K = 0: every output is its bias; N = 0: nothing to compute.
+        let a = Tensor::from_f32(&[3, 0], vec![]).unwrap();
+        let bt = Tensor::from_f32(&[10, 0], vec![]).unwrap();
+        let c = ramp(&[10], 5);
+        let y = gemm_f32(
+            &a,
+            &bt,
+            Some(&c),
+            (false, true),
+            (1.0, 1.0),
+            Activation::None,
+        )
+        .unwrap()
+        .unwrap();
+        let bias = c.to_f32_vec().unwrap();
+        assert_eq!(y.to_f32_vec().unwrap(), bias.repeat(3));
+        let a = Tensor::from_f32(&[3, 4], vec![1.0; 12]).unwrap();
+        let bt = Tensor::from_f32(&[0, 4], vec![]).unwrap();
+        let y = gemm_f32(&a, &bt, None, (false, true), (1.0, 1.0), Activation::None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(y.shape(), &[3, 0]);
     }
 
     fn gemm_path_matches_candle(m: usize, k: usize, n: usize) {
