@@ -480,7 +480,10 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// Stores constant weights transposed once, in the layout their kernel reads
 /// without a copy, and marks the nodes that now read the transposed copy:
 /// - a `Gemm` weight read with `transB=1` becomes row-major `[K, N]` and the
-///   node's `transB` is cleared;
+///   node's `transB` is cleared, unless it has fewer than [`NARROW_GEMM`]
+///   rows (outputs): each output is then one contiguous dot product (see
+///   `NARROW_GEMM`), while transposed rows that narrow leave nothing to
+///   vectorise;
 /// - the W of an `LSTM`, `GRU` or `RNN` ([dirs, gates * hidden, input]) becomes
 ///   [dirs, input, gates * hidden], marked with [`W_TRANSPOSED`], so the input
 ///   projection of all steps reads it row by row.
@@ -490,34 +493,19 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// [`Value::None`]), so the plan keeps one copy of each weight. A body that
 /// reads the original by name reads it through its node's implicit inputs, so
 /// the original is kept then.
-/// A Gemm whose constant B (read with transB=1) has fewer than
-/// [`NARROW_GEMM`] rows (outputs) keeps its layout: each output is then one
-/// contiguous dot product (see `NARROW_GEMM`), while transposed rows that
-/// narrow leave nothing to vectorise.
-fn narrow_gemm(step: &Step, constants: &[Value]) -> bool {
-    match step.inputs.get(1).copied() {
-        Some(Some(Src::Const(c))) => match constants.get(c) {
-            Some(Value::Tensor(w)) => w.rank() == 2 && w.shape()[0] < NARROW_GEMM,
-            _ => false,
-        },
-        _ => false,
-    }
-}
-
 fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs: &[(String, Src)]) {
     let mut transposed: HashMap<usize, usize> = HashMap::new();
     for step in steps.iter_mut() {
-        // (input, rank it must have, the attribute that marks the new layout)
-        let (input, rank, mark): (usize, usize, (&str, i64)) = match step.op_type.as_str() {
-            "Gemm"
-                if step.info.attrs.int("transB", 0).ok() == Some(1)
-                    && !narrow_gemm(step, constants) =>
-            {
-                (1, 2, ("transB", 0))
-            }
-            "LSTM" | "GRU" | "RNN" => (1, 3, (W_TRANSPOSED, 1)),
-            _ => continue,
-        };
+        // (input, rank it must have, rows it needs (the second-to-last dim),
+        // the attribute that marks the new layout)
+        let (input, rank, min_rows, mark): (usize, usize, usize, (&str, i64)) =
+            match step.op_type.as_str() {
+                "Gemm" if step.info.attrs.int("transB", 0).ok() == Some(1) => {
+                    (1, 2, NARROW_GEMM, ("transB", 0))
+                }
+                "LSTM" | "GRU" | "RNN" => (1, 3, 0, (W_TRANSPOSED, 1)),
+                _ => continue,
+            };
         let Some(Some(Src::Const(c))) = step.inputs.get(input).copied() else {
             continue;
         };
@@ -527,7 +515,7 @@ fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs:
                 let Some(Value::Tensor(w)) = constants.get(c) else {
                     continue;
                 };
-                if w.rank() != rank {
+                if w.rank() != rank || w.shape()[rank - 2] < min_rows {
                     continue;
                 }
                 let Ok(t) = w

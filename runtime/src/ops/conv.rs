@@ -399,9 +399,9 @@ const CHANNEL_SPLIT_WEIGHTS: usize = 1024 * 1024;
 /// Output values per block of a direct conv's scratch (256 KiB, within L2).
 const DIRECT_BLOCK: usize = 64 * 1024;
 
-/// A 2-D stride-1 conv computed by [`simd::direct_conv`] from a zero-padded
-/// copy of each image: no im2col and no packing of the input, the weights
-/// packed once per call.
+/// A 2-D stride-1 conv computed by [`simd::direct_conv`] from zero-padded
+/// copies of the rows each band reads, with the model's weights read in place:
+/// no im2col and no packing.
 struct DirectPlan {
     shape: simd::DirectShape,
     /// Flat offsets of the kernel taps in a padded plane.
@@ -494,10 +494,10 @@ impl DirectPlan {
     /// Writes rows `rows` (in padded coordinates) of the zero-padded planes
     /// of `xs` ([cg, ih, iw]) into `padded`, one plane of `rows.len() * wp`
     /// values per channel, followed by the zeros the last vector reads past the
-    /// final plane. Each band pads only the rows it reads: padding the whole
-    /// image once on the calling thread left the other thread pulling every
-    /// line from this core's cache, and both bands ran ~30% slower than half
-    /// the work alone.
+    /// final plane. Each band pads only the rows it reads, in its own scratch,
+    /// so the copy is made in the cache of the core that reads it (data
+    /// written on one core and read on the other is what kept two threads
+    /// barely faster than one: see `simd::DirectConv::w`).
     fn pad_rows(
         &self,
         xs: &[f32],
@@ -789,19 +789,19 @@ impl ConvGeometry<'_> {
         threads: usize,
     ) -> Result<(), OpError> {
         let mg = self.mg;
-        if threads < 2 || w.len() <= CHANNEL_SPLIT_WEIGHTS {
+        let ysz = rows * per_row;
+        if threads < 2 || w.len() <= CHANNEL_SPLIT_WEIGHTS || ysz == 0 {
             return self.for_each_band(y, (rows, per_row), threads, |band, r, s| {
                 self.direct_band(d, (xs, w), bias, band, r, pooled, s)
             });
         }
-        let ysz = rows * per_row;
         let cb = d.shape.channels;
         let share = mg.div_ceil(cb).div_ceil(threads) * cb;
         y.par_chunks_mut(share * ysz)
             .zip(w.par_chunks(share * self.kdim))
             .enumerate()
             .try_for_each(|(p, (yc, wc))| {
-                let mc = yc.len() / ysz.max(1);
+                let mc = yc.len() / ysz;
                 let bc = bias.map(|b| &b[p * share..p * share + mc]);
                 let mut whole = sgemm::split_columns(yc, mc, ysz, &[0, ysz])?;
                 match whole.first_mut() {
@@ -834,10 +834,7 @@ impl ConvGeometry<'_> {
         let mc = w.len() / self.kdim;
         let ow = self.win.out[1];
         let (wp, pw) = (d.wp, ow / 2);
-        let relu = match self.act {
-            Activation::Relu => true,
-            Activation::None => false,
-        };
+        let relu = self.act == Activation::Relu;
         let (conv_rows, out_w) = if pooled { (2, pw) } else { (1, ow) };
         for block in d.row_blocks(rows.clone(), conv_rows) {
             let first = conv_rows * block.start;
@@ -900,10 +897,7 @@ impl ConvGeometry<'_> {
         let (kdim, mg) = (self.kdim, self.mg);
         let (ow, pw) = (self.win.out[1], self.win.out[1] / 2);
         let dims = (self.spatial[0], self.spatial[1]);
-        let relu = match self.act {
-            Activation::Relu => true,
-            Activation::None => false,
-        };
+        let relu = self.act == Activation::Relu;
         // Each pooled row reads two output rows of `ow` columns.
         for block in self.row_blocks(prows.clone(), 2 * ow) {
             let (pr0, pr1) = (block.start, block.end);

@@ -263,23 +263,12 @@ fn pool_body<const FMA: bool>(
 }
 
 multiversion! {
-    fn pool_dispatch(src: &[f32], dst: &mut [f32], w: usize, ow: usize, bias: f32, relu: bool)
+    /// A 2x2, stride-2 max pool of one plane (`src` rows `w` wide, `dst` rows
+    /// `ow` wide) with `bias` added to each maximum and then, with `relu`, a
+    /// Relu: the epilogue of a conv with a fused pool. Without a bias pass
+    /// -0.0, which leaves every value (signed zeros included) as it is.
+    fn pool_2x2_bias_relu(src: &[f32], dst: &mut [f32], w: usize, ow: usize, bias: f32, relu: bool)
         => pool_body
-}
-
-/// A 2x2, stride-2 max pool of one plane (`src` rows `w` wide, `dst` rows `ow`
-/// wide) with `bias` added to each maximum and then, with `relu`, a Relu: the
-/// epilogue of a conv with a fused pool. Without a bias pass -0.0, which leaves
-/// every value (signed zeros included) as it is.
-pub(crate) fn pool_2x2_bias_relu(
-    src: &[f32],
-    dst: &mut [f32],
-    w: usize,
-    ow: usize,
-    bias: f32,
-    relu: bool,
-) {
-    pool_dispatch(src, dst, w, ow, bias, relu);
 }
 
 /// The body of [`softmax_row`].
@@ -312,13 +301,9 @@ fn softmax_body<const FMA: bool>(row: &mut [f32]) {
 }
 
 multiversion! {
-    fn softmax_dispatch(row: &mut [f32]) => softmax_body
-}
-
-/// Softmax of one contiguous row in place (max subtracted, the vectorised
-/// `fastmath::exp`, normalised), at the CPU's vector width.
-pub(crate) fn softmax_row(row: &mut [f32]) {
-    softmax_dispatch(row);
+    /// Softmax of one contiguous row in place (max subtracted, the vectorised
+    /// `fastmath::exp`, normalised), at the CPU's vector width.
+    fn softmax_row(row: &mut [f32]) => softmax_body
 }
 
 /// A stride-1 convolution computed straight from a zero-padded input, without
@@ -444,10 +429,37 @@ pub(crate) fn direct_shape() -> Option<DirectShape> {
 macro_rules! direct_conv_kernel {
     (
         $(#[$doc:meta])*
-        $name:ident, $features:literal, lanes: $lanes:literal, channels: $cb:literal,
+        $name:ident, $all:ident, $features:literal, lanes: $lanes:literal,
+        channels: $cb:literal, tile: $pv:literal,
         $vec:ty, load: $load:path, store: $store:path,
         zero: $zero:path, set1: $set1:path, fmadd: $fmadd:path
     ) => {
+        /// Vectors `0..nvec` through the body above: whole tiles, then the
+        /// vectors left over as one smaller tile.
+        ///
+        /// # Safety
+        /// As for the body, for vectors up to `nvec`.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $all<const K3: bool>(
+            a: &DirectConv<'_>,
+            nvec: usize,
+            dst: &mut [f32],
+            ld: usize,
+        ) {
+            let full = nvec - nvec % $pv;
+            // SAFETY: the caller's bounds cover every vector up to `nvec`,
+            // and each range's length is a multiple of its tile.
+            unsafe {
+                $name::<$pv, K3>(a, 0..full, dst, ld);
+                match nvec - full {
+                    0 => {}
+                    1 => $name::<1, K3>(a, full..nvec, dst, ld),
+                    _ => $name::<2, K3>(a, full..nvec, dst, ld),
+                }
+            }
+        }
+
         $(#[$doc])*
         ///
         /// # Safety
@@ -535,7 +547,7 @@ macro_rules! direct_conv_kernel {
 direct_conv_kernel! {
     /// [`direct_conv`] with AVX-512: 8 channels x `P` vectors of 16 (with
     /// `P` = 3, 24 of the 32 registers accumulate).
-    direct_conv_avx512, "avx512f", lanes: 16, channels: 8,
+    direct_conv_avx512, direct_conv_avx512_all, "avx512f", lanes: 16, channels: 8, tile: 3,
     std::arch::x86_64::__m512,
     load: std::arch::x86_64::_mm512_loadu_ps,
     store: std::arch::x86_64::_mm512_storeu_ps,
@@ -547,7 +559,7 @@ direct_conv_kernel! {
 direct_conv_kernel! {
     /// [`direct_conv`] with AVX2 and FMA: 4 channels x `P` vectors of 8
     /// (with `P` = 2, 8 of the 16 registers accumulate).
-    direct_conv_avx2, "avx2,fma", lanes: 8, channels: 4,
+    direct_conv_avx2, direct_conv_avx2_all, "avx2,fma", lanes: 8, channels: 4, tile: 2,
     std::arch::x86_64::__m256,
     load: std::arch::x86_64::_mm256_loadu_ps,
     store: std::arch::x86_64::_mm256_storeu_ps,
@@ -594,58 +606,22 @@ pub(crate) fn direct_conv(
             dst.len()
         )));
     }
-    let row = a.row;
-    let k3 = a.taps
-        == [
-            0,
-            1,
-            2,
-            row,
-            row + 1,
-            row + 2,
-            2 * row,
-            2 * row + 1,
-            2 * row + 2,
-        ];
+    // The dense-3x3 bodies compute tap t's offset as the kernel's formula.
+    let k3 = a.taps.len() == 9
+        && a.taps
+            .iter()
+            .enumerate()
+            .all(|(t, &off)| off == t / 3 * a.row + t % 3);
     #[cfg(target_arch = "x86_64")]
     {
-        if shape.avx512 {
-            let full = nvec - nvec % 3;
-            // SAFETY: `runs` saw AVX-512F on this CPU, the bounds were
-            // checked above for every vector up to `nvec`, and each range's
-            // length is a multiple of its tile (0, 1 or 2 vectors are left
-            // after `full`).
-            unsafe {
-                match (k3, nvec - full) {
-                    (true, rest) => {
-                        direct_conv_avx512::<3, true>(a, 0..full, dst, ld);
-                        if rest == 2 {
-                            direct_conv_avx512::<2, true>(a, full..nvec, dst, ld);
-                        } else {
-                            direct_conv_avx512::<1, true>(a, full..nvec, dst, ld);
-                        }
-                    }
-                    (false, rest) => {
-                        direct_conv_avx512::<3, false>(a, 0..full, dst, ld);
-                        if rest == 2 {
-                            direct_conv_avx512::<2, false>(a, full..nvec, dst, ld);
-                        } else {
-                            direct_conv_avx512::<1, false>(a, full..nvec, dst, ld);
-                        }
-                    }
-                }
-            }
-        } else {
-            let full = nvec - nvec % 2;
-            // SAFETY: as above, with AVX2 and FMA, and `full` a multiple of 2.
-            unsafe {
-                if k3 {
-                    direct_conv_avx2::<2, true>(a, 0..full, dst, ld);
-                    direct_conv_avx2::<1, true>(a, full..nvec, dst, ld);
-                } else {
-                    direct_conv_avx2::<2, false>(a, 0..full, dst, ld);
-                    direct_conv_avx2::<1, false>(a, full..nvec, dst, ld);
-                }
+        // SAFETY: `runs` saw the body's features on this CPU, and the bounds
+        // were checked above for every vector up to `nvec`.
+        unsafe {
+            match (shape.avx512, k3) {
+                (true, true) => direct_conv_avx512_all::<true>(a, nvec, dst, ld),
+                (true, false) => direct_conv_avx512_all::<false>(a, nvec, dst, ld),
+                (false, true) => direct_conv_avx2_all::<true>(a, nvec, dst, ld),
+                (false, false) => direct_conv_avx2_all::<false>(a, nvec, dst, ld),
             }
         }
         Ok(())
