@@ -4,9 +4,36 @@
 //! Nothing here is an operator; [`lookup`] finds none.
 
 use candle_core::Device;
+use rayon::prelude::*;
 
 use crate::ops::{Kernel, OpError};
 use crate::tensor::{ElemType, Tensor};
+
+/// Values from which the f32 row kernels (softmax family, LayerNormalization)
+/// split their rows over threads (an attention's score matrix of 4 heads x 64
+/// x 64 is 16K).
+const PARALLEL_ROWS_MIN: usize = 8 * 1024;
+
+/// `f` applied to each row of `inner` values of `v`, results in row order; the
+/// rows go to rayon's threads when `v` holds [`PARALLEL_ROWS_MIN`] values or
+/// more and there are threads to share them. No rows when `inner` is 0.
+pub(crate) fn map_rows_f32<T: Send>(
+    v: &mut [f32],
+    inner: usize,
+    f: impl Fn(&mut [f32]) -> T + Sync + Send,
+) -> Vec<T> {
+    if inner == 0 {
+        return Vec::new();
+    }
+    if v.len() >= PARALLEL_ROWS_MIN && rayon::current_num_threads() > 1 {
+        v.par_chunks_mut(inner)
+            .with_min_len(PARALLEL_ROWS_MIN.div_ceil(inner))
+            .map(f)
+            .collect()
+    } else {
+        v.chunks_mut(inner).map(f).collect()
+    }
+}
 
 /// No operator lives here.
 pub(super) fn lookup(_op: &str) -> Option<Kernel> {

@@ -7,9 +7,7 @@
 //! The exception is f32 `LayerNormalization` whose scale and bias cover exactly
 //! the normalised axes: one f32 pass per row, no broadcast copies.
 
-use rayon::prelude::*;
-
-use crate::ops::common::{axis_in, expand_to, from_f64, numel};
+use crate::ops::common::{axis_in, expand_to, from_f64, map_rows_f32, numel};
 use crate::ops::fastmath;
 use crate::ops::{Inputs, Kernel, NodeInfo, OpError, OpResult};
 use crate::tensor::{ElemType, Tensor};
@@ -112,10 +110,8 @@ fn per_row_f32(t: &Tensor, tail: &[usize]) -> Result<Option<Vec<f32>>, OpError> 
 }
 
 /// The f32 fast path of `LayerNormalization`: rows normalised in place in f32
-/// (statistics summed in eight f32 lanes), scale and bias read once per row position.
-/// Values from which LayerNormalization's f32 rows are split over threads.
-const PARALLEL_MIN: usize = 8 * 1024;
-
+/// (statistics summed in eight f32 lanes), scale and bias read once per row
+/// position, rows split over threads when there are enough.
 fn layer_norm_f32(
     n: &NodeInfo,
     i: &Inputs<'_>,
@@ -140,9 +136,7 @@ fn layer_norm_f32(
     let inner = numel(tail);
     let outer = numel(&x.shape()[..a]);
     let mut y = x.to_f32_vec()?;
-    let mut means = Vec::with_capacity(outer);
-    let mut inv_stds = Vec::with_capacity(outer);
-    if inner > 0 {
+    let (means, inv_stds): (Vec<f32>, Vec<f32>) = if inner > 0 {
         let norm_row = |row: &mut [f32]| {
             let mean = fastmath::sum_by(row, |v| v) / inner as f32;
             let var = fastmath::sum_by(row, |v| (v - mean) * (v - mean)) / inner as f32;
@@ -162,20 +156,10 @@ fn layer_norm_f32(
             }
             (mean, inv32)
         };
-        let stats: Vec<(f32, f32)> = if y.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1
-        {
-            y.par_chunks_exact_mut(inner)
-                .with_min_len(PARALLEL_MIN.div_ceil(inner))
-                .map(norm_row)
-                .collect()
-        } else {
-            y.chunks_exact_mut(inner).map(norm_row).collect()
-        };
-        (means, inv_stds) = stats.into_iter().unzip();
+        map_rows_f32(&mut y, inner, norm_row).into_iter().unzip()
     } else {
-        means.resize(outer, f32::NAN);
-        inv_stds.resize(outer, f32::NAN);
-    }
+        (vec![f32::NAN; outer], vec![f32::NAN; outer])
+    };
     let mut stat_shape = x.shape()[..a].to_vec();
     stat_shape.extend(std::iter::repeat_n(1, x.rank() - a));
     Ok(Some(vec![

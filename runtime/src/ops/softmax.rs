@@ -9,9 +9,7 @@
 //! exponentiate, each addition of the sum, divide), which is what models
 //! exported in half precision were checked against.
 
-use rayon::prelude::*;
-
-use crate::ops::common::{axis_in, from_f64, numel};
+use crate::ops::common::{axis_in, from_f64, map_rows_f32, numel};
 use crate::ops::precision::softmax_in;
 use crate::ops::reduce::rows;
 use crate::ops::shape::permuted;
@@ -87,23 +85,11 @@ fn normalise_f32(row: &mut [f32], kind: Kind) {
     }
 }
 
-/// Values from which the f32 rows are split over threads (an attention's
-/// score matrix of 4 heads x 64 x 64 is 16K).
-const PARALLEL_MIN: usize = 8 * 1024;
-
 /// The f32 fast path when each row is `inner` contiguous values of `x`; rows go
 /// to separate threads when there are enough of them.
 fn rows_f32(x: &Tensor, inner: usize, kind: Kind) -> OpResult {
     let mut v = x.to_f32_vec()?;
-    if inner > 0 && v.len() >= PARALLEL_MIN && rayon::current_num_threads() > 1 {
-        v.par_chunks_mut(inner)
-            .with_min_len(PARALLEL_MIN.div_ceil(inner))
-            .for_each(|row| normalise_f32(row, kind));
-    } else if inner > 0 {
-        for row in v.chunks_mut(inner) {
-            normalise_f32(row, kind);
-        }
-    }
+    map_rows_f32(&mut v, inner, |row| normalise_f32(row, kind));
     one(Tensor::from_f32(x.shape(), v)?)
 }
 
