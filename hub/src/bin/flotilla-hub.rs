@@ -145,6 +145,9 @@ fn main() -> ExitCode {
             };
             let result = runtime.block_on(async {
                 let hub = flotilla_hub::server::start(&config).await?;
+                // Installed before the addresses are announced (see
+                // `shutdown_signal`).
+                let shutdown = flotilla_hub::server::shutdown_signal();
                 // Lines scripts and tests read to learn the bound addresses.
                 println!("flotilla-hub: API listening on http://{}", hub.api_addr);
                 println!("flotilla-hub: sync listening on {} (QUIC)", hub.sync_addr);
@@ -164,7 +167,7 @@ fn main() -> ExitCode {
                 }
                 use std::io::Write as _;
                 let _ = std::io::stdout().flush();
-                hub.serve(flotilla_hub::server::shutdown_signal()).await
+                hub.serve(shutdown).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,
