@@ -35,6 +35,7 @@ pub mod model;
 pub mod onnx;
 mod ops;
 mod plan;
+pub mod pool;
 pub mod signature;
 pub mod tensor;
 pub mod tensor_io;

@@ -25,7 +25,7 @@ use crate::exec;
 use crate::onnx::{attribute_proto::AttributeType, type_proto, GraphProto, NodeProto};
 use crate::ops::{
     self, Activation, Attr, Attrs, Inputs, Kernel, NodeInfo, FUSED_ACTIVATION, FUSED_MAX_POOL,
-    NARROW_GEMM, W_TRANSPOSED,
+    NARROW_GEMM, R_TRANSPOSED, W_TRANSPOSED,
 };
 use crate::tensor::ElemType;
 use crate::tensor_io::decode_tensor;
@@ -264,6 +264,7 @@ fn build_graph<'a>(
         attrs.remove(FUSED_ACTIVATION);
         attrs.remove(FUSED_MAX_POOL);
         attrs.remove(W_TRANSPOSED);
+        attrs.remove(R_TRANSPOSED);
         let opset = ctx.opsets.get(key).copied().unwrap_or(0);
         let implicit = plan_subgraphs(node, opset, ctx, &scope, &mut attrs)?;
         let info = NodeInfo {
@@ -486,7 +487,10 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 ///   vectorise;
 /// - the W of an `LSTM`, `GRU` or `RNN` ([dirs, gates * hidden, input]) becomes
 ///   [dirs, input, gates * hidden], marked with [`W_TRANSPOSED`], so the input
-///   projection of all steps reads it row by row.
+///   projection of all steps reads it row by row;
+/// - the R of an `LSTM` ([dirs, 4 * hidden, hidden]) becomes
+///   [dirs, hidden, 4 * hidden], marked with [`R_TRANSPOSED`], so each batch-1
+///   step's product is a sum of rows of it (no horizontal sums).
 ///
 /// A weight shared by several such inputs is transposed once. An original no
 /// step and no graph output reads any more is released (its slot holds
@@ -498,41 +502,43 @@ fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs:
     for step in steps.iter_mut() {
         // (input, rank it must have, rows it needs (the second-to-last dim),
         // the attribute that marks the new layout)
-        let (input, rank, min_rows, mark): (usize, usize, usize, (&str, i64)) =
-            match step.op_type.as_str() {
-                "Gemm" if step.info.attrs.int("transB", 0).ok() == Some(1) => {
-                    (1, 2, NARROW_GEMM, ("transB", 0))
-                }
-                "LSTM" | "GRU" | "RNN" => (1, 3, 0, (W_TRANSPOSED, 1)),
-                _ => continue,
-            };
-        let Some(Some(Src::Const(c))) = step.inputs.get(input).copied() else {
-            continue;
-        };
-        let t_index = match transposed.get(&c) {
-            Some(&t) => t,
-            None => {
-                let Some(Value::Tensor(w)) = constants.get(c) else {
-                    continue;
-                };
-                if w.rank() != rank || w.shape()[rank - 2] < min_rows {
-                    continue;
-                }
-                let Ok(t) = w
-                    .candle()
-                    .transpose(rank - 2, rank - 1)
-                    .and_then(|t| t.contiguous())
-                    .and_then(|t| w.with_data(t))
-                else {
-                    continue;
-                };
-                constants.push(Value::Tensor(t));
-                transposed.insert(c, constants.len() - 1);
-                constants.len() - 1
+        let targets: &[(usize, usize, usize, (&str, i64))] = match step.op_type.as_str() {
+            "Gemm" if step.info.attrs.int("transB", 0).ok() == Some(1) => {
+                &[(1, 2, NARROW_GEMM, ("transB", 0))]
             }
+            "LSTM" => &[(1, 3, 0, (W_TRANSPOSED, 1)), (2, 3, 0, (R_TRANSPOSED, 1))],
+            "GRU" | "RNN" => &[(1, 3, 0, (W_TRANSPOSED, 1))],
+            _ => continue,
         };
-        step.inputs[input] = Some(Src::Const(t_index));
-        step.info.attrs.set(mark.0, Attr::Int(mark.1));
+        for &(input, rank, min_rows, mark) in targets {
+            let Some(Some(Src::Const(c))) = step.inputs.get(input).copied() else {
+                continue;
+            };
+            let t_index = match transposed.get(&c) {
+                Some(&t) => t,
+                None => {
+                    let Some(Value::Tensor(w)) = constants.get(c) else {
+                        continue;
+                    };
+                    if w.rank() != rank || w.shape()[rank - 2] < min_rows {
+                        continue;
+                    }
+                    let Ok(t) = w
+                        .candle()
+                        .transpose(rank - 2, rank - 1)
+                        .and_then(|t| t.contiguous())
+                        .and_then(|t| w.with_data(t))
+                    else {
+                        continue;
+                    };
+                    constants.push(Value::Tensor(t));
+                    transposed.insert(c, constants.len() - 1);
+                    constants.len() - 1
+                }
+            };
+            step.inputs[input] = Some(Src::Const(t_index));
+            step.info.attrs.set(mark.0, Attr::Int(mark.1));
+        }
     }
     if transposed.is_empty() {
         return;
@@ -1180,9 +1186,14 @@ mod rnn_weight_tests {
         }
     }
 
-    /// `op` over x [seq 4, batch 1, input 3] with hidden 5; W constant or a graph
-    /// input, plus `extra` outputs.
-    fn rnn(op: &str, gates: usize, w_constant: bool, extra: &[&str]) -> (GraphProto, Vec<f32>) {
+    /// `op` over x [seq 4, batch 1, input 3] with hidden 5; W and R constant or
+    /// graph inputs, plus `extra` outputs. Returns the graph, W and R.
+    fn rnn(
+        op: &str,
+        gates: usize,
+        constant: bool,
+        extra: &[&str],
+    ) -> (GraphProto, Vec<f32>, Vec<f32>) {
         let (input, hidden) = (3, 5);
         let mut n = node(op, &["x", "w", "r"], &["y"]);
         n.attribute.push(AttributeProto {
@@ -1194,8 +1205,9 @@ mod rnn_weight_tests {
         let mut outputs = vec!["y"];
         outputs.extend(extra);
         let mut inputs = vec![any("x")];
-        if !w_constant {
+        if !constant {
             inputs.push(any("w"));
+            inputs.push(any("r"));
         }
         let mut g = graph(vec![n], inputs, &outputs);
         let gh = gates * hidden;
@@ -1205,11 +1217,11 @@ mod rnn_weight_tests {
         let rv: Vec<f32> = (0..gh * hidden)
             .map(|i| ((i * 5 % 11) as f32 - 5.0) / 12.0)
             .collect();
-        if w_constant {
+        if constant {
             g.initializer.push(init("w", &[1, gh, input], wv.clone()));
+            g.initializer.push(init("r", &[1, gh, hidden], rv.clone()));
         }
-        g.initializer.push(init("r", &[1, gh, hidden], rv));
-        (g, wv)
+        (g, wv, rv)
     }
 
     #[test]
@@ -1217,13 +1229,17 @@ mod rnn_weight_tests {
         let xv: Vec<f32> = (0..12).map(|i| (i as f32 - 5.5) / 4.0).collect();
         let x = floats(&[4, 1, 3], &xv);
         for (op, gates) in [("LSTM", 4), ("GRU", 3), ("RNN", 1)] {
-            let (fed, wv) = rnn(op, gates, false, &[]);
+            let (fed, wv, rv) = rnn(op, gates, false, &[]);
             let want = run(
                 &load(fed, 17).unwrap(),
-                vec![("x", x.clone()), ("w", floats(&[1, gates * 5, 3], &wv))],
+                vec![
+                    ("x", x.clone()),
+                    ("w", floats(&[1, gates * 5, 3], &wv)),
+                    ("r", floats(&[1, gates * 5, 5], &rv)),
+                ],
             )
             .unwrap();
-            let (constant, _) = rnn(op, gates, true, &[]);
+            let (constant, _, _) = rnn(op, gates, true, &[]);
             let opsets = HashMap::from([(String::new(), 17)]);
             let ctx = PlanContext {
                 opsets: &opsets,
@@ -1232,6 +1248,9 @@ mod rnn_weight_tests {
             let plan = build(&constant, &ctx).unwrap();
             let step = &plan.steps[0];
             assert_eq!(step.info.attrs.int(W_TRANSPOSED, 0).unwrap(), 1, "{op}");
+            // Only the LSTM's batch-1 step has a kernel for R transposed.
+            let r_t = i64::from(op == "LSTM");
+            assert_eq!(step.info.attrs.int(R_TRANSPOSED, 0).unwrap(), r_t, "{op}");
             let model = load(constant, 17).unwrap();
             let got = run(&model, vec![("x", x.clone())]).unwrap();
             let ((gs, gv), (ws, wv)) = (read(&got[0]), read(&want[0]));
@@ -1244,10 +1263,13 @@ mod rnn_weight_tests {
 
     #[test]
     fn a_recurrent_weight_read_elsewhere_keeps_its_layout_for_that_reader() {
-        let (g, wv) = rnn("GRU", 3, true, &["w"]);
+        let (g, wv, _) = rnn("GRU", 3, true, &["w"]);
         let model = load(g, 17).unwrap();
         let x = floats(&[4, 1, 3], &[0.5; 12]);
-        let out = run(&model, vec![("x", x)]).unwrap();
+        let out = run(&model, vec![("x", x.clone())]).unwrap();
         assert_eq!(read(&out[1]), (vec![1, 15, 3], wv));
+        let (g, _, rv) = rnn("LSTM", 4, true, &["r"]);
+        let out = run(&load(g, 17).unwrap(), vec![("x", x)]).unwrap();
+        assert_eq!(read(&out[1]), (vec![1, 20, 5], rv));
     }
 }

@@ -31,6 +31,13 @@ fn read_tensor(path: &Path) -> Tensor {
 }
 
 fn check(name: &str) {
+    let (model, inputs) = load_with_inputs(name);
+    let outputs = model.run(inputs).expect("the model runs");
+    compare(name, &model, &outputs);
+}
+
+/// The fixture's model and its recorded inputs.
+fn load_with_inputs(name: &str) -> (Model, HashMap<String, Tensor>) {
     let dir = fixture(name);
     let bytes = std::fs::read(dir.join("model.onnx")).expect("model.onnx");
     let model = Model::load(&bytes, Some(&dir)).expect("the model loads");
@@ -46,7 +53,12 @@ fn check(name: &str) {
             )
         })
         .collect();
-    let outputs = model.run(inputs).expect("the model runs");
+    (model, inputs)
+}
+
+/// `outputs` against the outputs ONNX Runtime recorded for fixture `name`.
+fn compare(name: &str, model: &Model, outputs: &HashMap<String, Tensor>) {
+    let data = fixture(name).join("test_data_set_0");
     for (j, spec) in model.outputs().iter().enumerate() {
         let want = read_tensor(&data.join(format!("output_{j}.pb")));
         let got = &outputs[&spec.name];
@@ -68,6 +80,26 @@ fn check(name: &str) {
                 spec.name
             );
         }
+    }
+}
+
+/// Runs from several threads at once overlap on the runtime's pool (the first
+/// goes to its home worker, the others to whichever worker is free): every
+/// one of them gives the recorded outputs, and none waits forever.
+#[test]
+fn concurrent_runs_from_several_threads_match_onnxruntime() {
+    for name in ["cnn", "lstm", "encoder"] {
+        let (model, inputs) = load_with_inputs(name);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..25 {
+                        let outputs = model.run(inputs.clone()).expect("the model runs");
+                        compare(name, &model, &outputs);
+                    }
+                });
+            }
+        });
     }
 }
 

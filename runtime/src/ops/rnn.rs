@@ -167,10 +167,18 @@ trait Real: GemmElem + WithDType + Send + Sync + std::ops::Neg<Output = Self> {
         x: &[Self],
         y: &mut [Self],
     ) -> Result<(), OpError>;
+    /// `y[s][j] += Σ_k rt[k * ld + cols[s] + j] · x[k]` (see `simd::matvec_t_acc4`).
+    fn matvec_t_acc4(
+        rt: &[Self],
+        ld: usize,
+        x: &[Self],
+        cols: [usize; 4],
+        y: [&mut [Self]; 4],
+    ) -> Result<(), OpError>;
 }
 
 macro_rules! real {
-    ($t:ty, $sigmoid_all:expr, $tanh_all:expr, $lstm_cell:expr, $matvec:expr) => {
+    ($t:ty, $sigmoid_all:expr, $tanh_all:expr, $lstm_cell:expr, $matvec:expr, $matvec_t:expr) => {
         impl Real for $t {
             fn exp(self) -> Self {
                 <$t>::exp(self)
@@ -208,6 +216,15 @@ macro_rules! real {
             ) -> Result<(), OpError> {
                 $matvec(r, rs, row0, x, y)
             }
+            fn matvec_t_acc4(
+                rt: &[Self],
+                ld: usize,
+                x: &[Self],
+                cols: [usize; 4],
+                y: [&mut [Self]; 4],
+            ) -> Result<(), OpError> {
+                $matvec_t(rt, ld, x, cols, y)
+            }
         }
     };
 }
@@ -218,14 +235,16 @@ real!(
     fastmath::sigmoid_in_place,
     fastmath::tanh_in_place,
     simd::lstm_cell,
-    simd::matvec_acc
+    simd::matvec_acc,
+    simd::matvec_t_acc4
 );
 real!(
     f64,
     |v: &mut [f64]| v.iter_mut().for_each(|x| *x = sigmoid_f64(*x)),
     |v: &mut [f64]| v.iter_mut().for_each(|x| *x = x.tanh()),
     lstm_cell_f64,
-    matvec_acc_f64
+    matvec_acc_f64,
+    matvec_t_acc4_f64
 );
 
 /// [`Real::matvec_acc`] in f64: plain dot products.
@@ -242,6 +261,30 @@ fn matvec_acc_f64(
             .get(start..start + x.len())
             .ok_or_else(|| OpError::new("internal: matvec row out of range"))?;
         *o += row.iter().zip(x).map(|(a, b)| a * b).sum::<f64>();
+    }
+    Ok(())
+}
+
+/// [`Real::matvec_t_acc4`] in f64: plain sums.
+fn matvec_t_acc4_f64(
+    rt: &[f64],
+    ld: usize,
+    x: &[f64],
+    cols: [usize; 4],
+    y: [&mut [f64]; 4],
+) -> Result<(), OpError> {
+    for (ys, c) in y.into_iter().zip(cols) {
+        for (j, o) in ys.iter_mut().enumerate() {
+            let mut acc = 0.0;
+            for (k, xk) in x.iter().enumerate() {
+                let v = rt
+                    .get(k * ld + c + j)
+                    .filter(|_| c + j < ld)
+                    .ok_or_else(|| OpError::new("internal: matvec column out of range"))?;
+                acc += v * xk;
+            }
+            *o += acc;
+        }
     }
     Ok(())
 }
@@ -316,6 +359,12 @@ fn parse_acts(n: &NodeInfo, cell: Cell, dirs: usize) -> Result<Vec<Act>, OpError
 /// it on every call (10% of a 2-layer LSTM's time). See `plan::pretranspose_weights`.
 pub(crate) const W_TRANSPOSED: &str = "flotilla.rnn_w_transposed";
 
+/// The private attribute marking an `LSTM` whose constant R the planner stored
+/// transposed, as [dirs, hidden, 4 * hidden]: the batch-1 step then reads it
+/// with [`simd::matvec_t_acc4`], which needs no horizontal sums, and the
+/// batched step reads it row by row. See `plan::pretranspose_weights`.
+pub(crate) const R_TRANSPOSED: &str = "flotilla.rnn_r_transposed";
+
 fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     let x = i.tensor(0)?;
     let w = i.tensor(1)?;
@@ -340,7 +389,16 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
     } else {
         [dirs, g * hidden, input]
     };
-    if dirs != want_dirs || w.shape() != w_want || r.shape() != [dirs, g * hidden, hidden] {
+    let r_transposed = n.attrs.int(R_TRANSPOSED, 0)? != 0;
+    if r_transposed && cell != Cell::Lstm {
+        return Err(OpError::new("internal: only an LSTM reads R transposed"));
+    }
+    let r_want = if r_transposed {
+        [dirs, hidden, g * hidden]
+    } else {
+        [dirs, g * hidden, hidden]
+    };
+    if dirs != want_dirs || w.shape() != w_want || r.shape() != r_want {
         return Err(OpError::new(format!(
             "W {:?} / R {:?} do not match {dirs} directions, {g} gates, hidden {hidden}",
             w.shape(),
@@ -389,6 +447,7 @@ fn recurrent(n: &NodeInfo, i: &Inputs<'_>, cell: Cell) -> OpResult {
         lbr,
         lens,
         w_transposed,
+        r_transposed,
     };
     // X as [seq, batch, input].
     let xs = if layout == 0 {
@@ -443,6 +502,8 @@ struct Spec {
     lens: Vec<usize>,
     /// W is stored transposed, [dirs, input, gates * hidden] (see [`W_TRANSPOSED`]).
     w_transposed: bool,
+    /// R is stored transposed, [dirs, hidden, 4 * hidden] (see [`R_TRANSPOSED`]).
+    r_transposed: bool,
 }
 
 /// The optional input `idx` as a host vector of `T` with `len` values (or None).
@@ -497,7 +558,10 @@ fn outputs<T: Real>(
                         d,
                         reverse: s.reverse || d == 1,
                         w: &wv[d * gh * s.input..(d + 1) * gh * s.input],
-                        r: &rv[d * gh * hidden..(d + 1) * gh * hidden],
+                        r: RecurWeights {
+                            data: &rv[d * gh * hidden..(d + 1) * gh * hidden],
+                            transposed: s.r_transposed,
+                        },
                         bias: bias.as_ref().map(|b| &b[d * 2 * gh..(d + 1) * 2 * gh]),
                         peep: peep
                             .as_ref()
@@ -528,13 +592,45 @@ struct Direction<'a, T> {
     reverse: bool,
     /// [gates * hidden, input]
     w: &'a [T],
-    /// [gates * hidden, hidden]
-    r: &'a [T],
+    r: RecurWeights<'a, T>,
     /// Wb then Rb, [2 * gates * hidden].
     bias: Option<&'a [T]>,
     /// [3 * hidden]
     peep: Option<&'a [T]>,
     acts: &'a [Act],
+}
+
+/// One direction's R: [gates * hidden, hidden] as the model stores it, or
+/// [hidden, gates * hidden] (an LSTM's, see [`R_TRANSPOSED`]).
+#[derive(Clone, Copy)]
+struct RecurWeights<'a, T> {
+    data: &'a [T],
+    transposed: bool,
+}
+
+impl<'a, T: Real> RecurWeights<'a, T> {
+    /// Rᵀ as the right operand of H Rᵀ ([hidden, gates * hidden]).
+    fn operand(self, hidden: usize) -> MatRef<'a, T> {
+        if self.transposed {
+            MatRef::rows(self.data, self.data.len() / hidden.max(1))
+        } else {
+            MatRef::transposed(self.data, hidden)
+        }
+    }
+
+    /// Adds `h_prev` Rᵀ to an LSTM's gate pre-activations for hidden units
+    /// `k0..k0 + n` (`gates[g][..n]` gets gate g's units).
+    fn add_lstm_units(self, h_prev: &[T], k0: usize, gates: [&mut [T]; 4]) -> Result<(), OpError> {
+        let hidden = h_prev.len();
+        if self.transposed {
+            let cols = [0, 1, 2, 3].map(|g| g * hidden + k0);
+            return T::matvec_t_acc4(self.data, 4 * hidden, h_prev, cols, gates);
+        }
+        for (gate, dst) in gates.into_iter().enumerate() {
+            T::matvec_acc(self.data, hidden, gate * hidden + k0, h_prev, dst)?;
+        }
+        Ok(())
+    }
 }
 
 /// Below this many multiply-adds per step, a batch-1 recurrent product stays on one
@@ -553,21 +649,23 @@ fn gate_slices_mut<T>(pre: &mut [T], hidden: usize) -> [&mut [T]; 4] {
 /// item: adds `h_prev` times those units' rows of R (`r`, [4 * hidden, hidden])
 /// into each gate's pre-activations, then runs the cell, writing `h_next`.
 fn lstm_units<T: Real>(
-    r: &[T],
+    r: RecurWeights<'_, T>,
     h_prev: &[T],
     k0: usize,
     gates: [&mut [T]; 4],
     c: &mut [T],
     h_next: &mut [T],
 ) -> Result<(), OpError> {
-    let (hidden, n) = (h_prev.len(), c.len());
+    let n = c.len();
     if n == 0 {
         return Ok(());
     }
     let [i, o, f, g] = gates;
-    for (gate, dst) in [&mut *i, &mut *o, &mut *f, &mut *g].into_iter().enumerate() {
-        T::matvec_acc(r, hidden, gate * hidden + k0, h_prev, &mut dst[..n])?;
-    }
+    r.add_lstm_units(
+        h_prev,
+        k0,
+        [&mut i[..n], &mut o[..n], &mut f[..n], &mut g[..n]],
+    )?;
     T::lstm_cell([i, o, f, g], c, h_next);
     Ok(())
 }
@@ -640,7 +738,7 @@ impl<'a, T: Real> Half<'a, T> {
     /// Runs every step, meeting the other half (`theirs`) after each.
     fn run(
         self,
-        r: &[T],
+        r: RecurWeights<'_, T>,
         shared: &Lockstep,
         mine: &AtomicUsize,
         theirs: &AtomicUsize,
@@ -661,7 +759,7 @@ impl<'a, T: Real> Half<'a, T> {
     fn run_with(
         mut self,
         mut other: Half<'_, T>,
-        r: &[T],
+        r: RecurWeights<'_, T>,
         shared: &Lockstep,
     ) -> Result<(), OpError> {
         let mut h_prev = vec![T::zero(); shared.h[0].len()];
@@ -678,7 +776,7 @@ impl<'a, T: Real> Half<'a, T> {
 
     fn steps_with(
         mut self,
-        r: &[T],
+        r: RecurWeights<'_, T>,
         shared: &Lockstep,
         mut meet: impl FnMut(usize),
     ) -> Result<(), OpError> {
@@ -695,7 +793,7 @@ impl<'a, T: Real> Half<'a, T> {
     /// half's units of buffer (step + 1) % 2 and of `y`.
     fn step(
         &mut self,
-        r: &[T],
+        r: RecurWeights<'_, T>,
         shared: &Lockstep,
         step: usize,
         gates: [&mut [T]; 4],
@@ -801,10 +899,11 @@ impl<T: Real> Run<T> {
                 let t = time(step);
                 let pre = &mut self.gx[t * batch * gh..(t + 1) * batch * gh];
                 if batch == 1 {
-                    T::matvec_acc(dir.r, hidden, 0, &self.h, pre)?;
+                    dir.r
+                        .add_lstm_units(&self.h, 0, gate_slices_mut(pre, hidden))?;
                 } else {
                     let h_in = MatRef::rows(&self.h, hidden);
-                    let rt = MatRef::transposed(dir.r, hidden);
+                    let rt = dir.r.operand(hidden);
                     sgemm::gemm(batch, gh, hidden, pre, gh, true, h_in, rt, 1)?;
                 }
                 for b in 0..batch {
@@ -968,7 +1067,7 @@ impl<T: Real> Run<T> {
                 }
             }
             let h_in = MatRef::rows(&self.h, hidden);
-            let rt = MatRef::transposed(dir.r, hidden);
+            let rt = dir.r.operand(hidden);
             sgemm::gemm(batch, gh, hidden, &mut self.gr, gh, !fold_rb, h_in, rt, 1)?;
             // The time index of item b at this step, while it is still running.
             let time = |b: usize| {
@@ -990,7 +1089,7 @@ impl<T: Real> Run<T> {
                     }
                 }
                 if !s.lbr {
-                    let rh = MatRef::transposed(&dir.r[2 * hidden * hidden..], hidden);
+                    let rh = MatRef::transposed(&dir.r.data[2 * hidden * hidden..], hidden);
                     let rh_in = MatRef::rows(&self.rh, hidden);
                     sgemm::gemm(
                         batch,
@@ -1101,7 +1200,26 @@ mod tests {
         }
     }
 
+    /// R [dirs, gates * hidden, hidden] as [dirs, hidden, gates * hidden].
+    fn transposed_r(r: &[f64], dirs: usize, gh: usize, hidden: usize) -> Vec<f64> {
+        let mut t = vec![0.0; r.len()];
+        for d in 0..dirs {
+            for j in 0..gh {
+                for k in 0..hidden {
+                    t[(d * hidden + k) * gh + j] = r[(d * gh + j) * hidden + k];
+                }
+            }
+        }
+        t
+    }
+
     fn run(cell: Cell, elem: ElemType, lbr: bool) -> Vec<Vec<f64>> {
+        run_with(cell, elem, lbr, false)
+    }
+
+    /// A bidirectional `cell` over ragged sequences (the general path), with R
+    /// as the model stores it or transposed as the planner stores an LSTM's.
+    fn run_with(cell: Cell, elem: ElemType, lbr: bool, r_transposed: bool) -> Vec<Vec<f64>> {
         let (seq, batch, input, hidden, dirs) = (4, 3, 5, 6, 2);
         let g = cell.gates();
         let mut rnd = values(3, 1.0);
@@ -1115,15 +1233,27 @@ mod tests {
         );
         attrs.set("hidden_size", crate::ops::Attr::Int(hidden as i64));
         attrs.set("linear_before_reset", crate::ops::Attr::Int(i64::from(lbr)));
+        attrs.set(R_TRANSPOSED, crate::ops::Attr::Int(i64::from(r_transposed)));
         let info = NodeInfo {
             attrs,
             opset: 14,
             outputs: 3,
         };
+        let x = rnd(seq * batch * input);
+        let w = rnd(dirs * g * hidden * input);
+        let r = rnd(dirs * g * hidden * hidden);
+        let r = if r_transposed {
+            t(
+                &[dirs, hidden, g * hidden],
+                transposed_r(&r, dirs, g * hidden, hidden),
+            )
+        } else {
+            t(&[dirs, g * hidden, hidden], r)
+        };
         let vals = [
-            t(&[seq, batch, input], rnd(seq * batch * input)),
-            t(&[dirs, g * hidden, input], rnd(dirs * g * hidden * input)),
-            t(&[dirs, g * hidden, hidden], rnd(dirs * g * hidden * hidden)),
+            t(&[seq, batch, input], x),
+            t(&[dirs, g * hidden, input], w),
+            r,
             t(&[dirs, 2 * g * hidden], rnd(dirs * 2 * g * hidden)),
             Value::Tensor(Tensor::from_i64_as(ElemType::I32, &[batch], vec![4, 0, 2]).unwrap()),
             t(&[dirs, batch, hidden], rnd(dirs * batch * hidden)),
@@ -1145,6 +1275,11 @@ mod tests {
     /// split) and every item running all steps, with zero peepholes or without:
     /// zero peepholes take the general per-value path, none the fused one.
     fn lstm_uniform(batch: usize, zero_peepholes: bool) -> Vec<Vec<f64>> {
+        lstm_uniform_with(batch, zero_peepholes, false)
+    }
+
+    /// [`lstm_uniform`] with R transposed as the planner stores it, or not.
+    fn lstm_uniform_with(batch: usize, zero_peepholes: bool, r_transposed: bool) -> Vec<Vec<f64>> {
         let (seq, input, hidden, dirs) = (3, 5, 96, 2);
         let mut rnd = values(7, 0.6);
         let t = |shape: &[usize], v: Vec<f64>| {
@@ -1156,16 +1291,25 @@ mod tests {
             crate::ops::Attr::String("bidirectional".into()),
         );
         attrs.set("hidden_size", crate::ops::Attr::Int(hidden as i64));
+        attrs.set(R_TRANSPOSED, crate::ops::Attr::Int(i64::from(r_transposed)));
         let info = NodeInfo {
             attrs,
             opset: 14,
             outputs: 3,
         };
         let g = 4 * hidden;
+        let x = rnd(seq * batch * input);
+        let w = rnd(dirs * g * input);
+        let r = rnd(dirs * g * hidden);
+        let r = if r_transposed {
+            t(&[dirs, hidden, g], transposed_r(&r, dirs, g, hidden))
+        } else {
+            t(&[dirs, g, hidden], r)
+        };
         let mut vals = vec![
-            Some(t(&[seq, batch, input], rnd(seq * batch * input))),
-            Some(t(&[dirs, g, input], rnd(dirs * g * input))),
-            Some(t(&[dirs, g, hidden], rnd(dirs * g * hidden))),
+            Some(t(&[seq, batch, input], x)),
+            Some(t(&[dirs, g, input], w)),
+            Some(r),
             Some(t(&[dirs, 2 * g], rnd(dirs * 2 * g))),
             None,
             Some(t(&[dirs, batch, hidden], rnd(dirs * batch * hidden))),
@@ -1222,6 +1366,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn an_lstm_reading_r_transposed_matches_one_reading_it_as_stored() {
+        let close = |got: &[Vec<f64>], want: &[Vec<f64>], what: &str| {
+            assert_eq!(got.len(), want.len());
+            for (p, q) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!((p - q).abs() < 1e-5, "{what}: {p} vs {q}");
+            }
+        };
+        // Every item runs all steps (the fused path): batch 1 at 1 and 2
+        // threads (whole steps, then steps split by hidden unit), and batch 2
+        // (one product per step for both items).
+        for batch in [1, 2] {
+            let want = lstm_uniform_with(batch, false, false);
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool.install(|| lstm_uniform_with(batch, false, true));
+                close(&got, &want, &format!("batch {batch}, {threads} threads"));
+            }
+            // The general path (zero peepholes), R transposed.
+            let got = lstm_uniform_with(batch, true, true);
+            close(&got, &want, &format!("batch {batch}, general path"));
+        }
+        // Ragged sequences, f32 and f64.
+        for elem in [ElemType::F32, ElemType::F64] {
+            let want = run_with(Cell::Lstm, elem, false, false);
+            let got = run_with(Cell::Lstm, elem, false, true);
+            close(&got, &want, &format!("{elem:?}, ragged"));
+        }
+    }
+
+    #[test]
+    fn only_an_lstm_reads_r_transposed() {
+        let mut attrs = Attrs::default();
+        attrs.set(R_TRANSPOSED, crate::ops::Attr::Int(1));
+        attrs.set("hidden_size", crate::ops::Attr::Int(2));
+        let info = NodeInfo {
+            attrs,
+            opset: 14,
+            outputs: 1,
+        };
+        let t = |shape: &[usize]| {
+            let n = shape.iter().product();
+            Value::Tensor(Tensor::from_f64_as(ElemType::F32, shape, vec![0.1; n]).unwrap())
+        };
+        let vals = [t(&[1, 1, 2]), t(&[1, 6, 2]), t(&[1, 2, 6])];
+        let inputs = Inputs {
+            values: vals.iter().map(Some).collect(),
+        };
+        let err = recurrent(&info, &inputs, Cell::Gru).unwrap_err();
+        assert!(err.to_string().contains("only an LSTM"), "{err}");
     }
 
     #[test]

@@ -205,6 +205,181 @@ pub(crate) fn matvec_acc(
     Ok(())
 }
 
+/// `y[s][j] += Σ_k rt[k * ld + cols[s] + j] · x[k]` for the four segments `s`
+/// (all `y[s]` the same length): four column ranges of the row-major matrix
+/// `rt` (row stride `ld`, one row per element of `x`) times `x`. The batch-1
+/// recurrent step of an LSTM whose R the planner stored transposed
+/// ([hidden, 4 * hidden]) is this product, a segment per gate.
+///
+/// Design: the transposed form needs no horizontal sums. For each `k` the
+/// kernel broadcasts `x[k]` and adds it times a row's columns into
+/// accumulators that stay in registers for all of `x` (AVX-512: 4 vectors of
+/// 16 per segment, 16 in all), so a step's product is bound by streaming R
+/// from cache; the row form ([`matvec_acc`]) spent a horizontal sum per
+/// output and had four multiply-add chains where this has sixteen.
+pub(crate) fn matvec_t_acc4(
+    rt: &[f32],
+    ld: usize,
+    x: &[f32],
+    cols: [usize; 4],
+    y: [&mut [f32]; 4],
+) -> Result<(), OpError> {
+    let n = y[0].len();
+    let fits = y.iter().all(|s| s.len() == n)
+        && (x.is_empty()
+            || n == 0
+            || cols.iter().all(|&c| {
+                c.checked_add(n).is_some_and(|end| end <= ld)
+                    && (x.len() - 1)
+                        .checked_mul(ld)
+                        .and_then(|v| v.checked_add(c + n))
+                        .is_some_and(|end| end <= rt.len())
+            }));
+    if !fits {
+        return Err(OpError::new(format!(
+            "internal: transposed matvec of columns {cols:?}+{n} (stride {ld}, {} rows) of a {}-element matrix",
+            x.len(),
+            rt.len()
+        )));
+    }
+    if n == 0 || x.is_empty() {
+        return Ok(());
+    }
+    matvec_t_dispatch(rt, ld, x, cols, y);
+    Ok(())
+}
+
+/// The baseline body of [`matvec_t_acc4`].
+fn matvec_t_plain(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], y: [&mut [f32]; 4]) {
+    for (s, ys) in y.into_iter().enumerate() {
+        for (j, o) in ys.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (k, &xk) in x.iter().enumerate() {
+                acc = rt[k * ld + cols[s] + j].mul_add(xk, acc);
+            }
+            *o += acc;
+        }
+    }
+}
+
+/// Defines one `std::arch` body of [`matvec_t_acc4`] for a vector width:
+/// `$block::<W>` runs `W` vectors of every segment from column offset `j`
+/// over all of `x`; `$name` covers the segments with blocks of `$w` vectors,
+/// then single vectors, then the last `n % lanes` columns plainly.
+macro_rules! matvec_t_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $block:ident, $features:literal, lanes: $lanes:literal, block: $w:literal,
+        $vec:ty, load: $load:path, store: $store:path, zero: $zero:path,
+        set1: $set1:path, fmadd: $fmadd:path, add: $add:path
+    ) => {
+        /// `W` vectors of each segment, from column offset `j`.
+        ///
+        /// # Safety
+        /// The CPU has the features this body is compiled with, and every
+        /// `cols[s] + j + W * lanes <= ld`, `(x.len() - 1) * ld + cols[s] +
+        /// j + W * lanes <= rt.len()` and `j + W * lanes <= y[s].len()`
+        /// ([`matvec_t_acc4`] checked the whole ranges).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $block<const W: usize>(
+            rt: &[f32],
+            ld: usize,
+            x: &[f32],
+            cols: [usize; 4],
+            j: usize,
+            y: &mut [&mut [f32]; 4],
+        ) {
+            const L: usize = $lanes;
+            let mut acc = [[$zero(); W]; 4];
+            let p = cols.map(|c| rt.as_ptr().wrapping_add(c + j));
+            // SAFETY (loads and stores): within the ranges the caller
+            // guaranteed; loadu/storeu have no alignment requirement.
+            unsafe {
+                for (k, &xk) in x.iter().enumerate() {
+                    let xb = $set1(xk);
+                    let off = k * ld;
+                    for s in 0..4 {
+                        for w in 0..W {
+                            let v = $load(p[s].add(off + w * L));
+                            acc[s][w] = $fmadd(v, xb, acc[s][w]);
+                        }
+                    }
+                }
+                for s in 0..4 {
+                    let d = y[s].as_mut_ptr().add(j);
+                    for w in 0..W {
+                        let o = d.add(w * L);
+                        $store(o, $add($load(o), acc[s][w]));
+                    }
+                }
+            }
+        }
+
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        fn $name(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], mut y: [&mut [f32]; 4]) {
+            const L: usize = $lanes;
+            let n = y[0].len();
+            let mut j = 0;
+            // SAFETY: matvec_t_acc4 checked columns cols[s]..cols[s] + n of
+            // every row; each block stays below n.
+            unsafe {
+                while j + $w * L <= n {
+                    $block::<$w>(rt, ld, x, cols, j, &mut y);
+                    j += $w * L;
+                }
+                while j + L <= n {
+                    $block::<1>(rt, ld, x, cols, j, &mut y);
+                    j += L;
+                }
+            }
+            if j < n {
+                let tail = y.each_mut().map(|s| &mut s[j..]);
+                matvec_t_plain(rt, ld, x, cols.map(|c| c + j), tail);
+            }
+        }
+    };
+}
+
+matvec_t_kernel! {
+    /// [`matvec_t_acc4`] with AVX-512 (16 lanes; blocks of 4 vectors per
+    /// segment, 16 accumulators).
+    matvec_t_avx512, matvec_t_block_avx512, "avx512f", lanes: 16, block: 4,
+    std::arch::x86_64::__m512,
+    load: std::arch::x86_64::_mm512_loadu_ps, store: std::arch::x86_64::_mm512_storeu_ps,
+    zero: std::arch::x86_64::_mm512_setzero_ps, set1: std::arch::x86_64::_mm512_set1_ps,
+    fmadd: std::arch::x86_64::_mm512_fmadd_ps, add: std::arch::x86_64::_mm512_add_ps
+}
+
+matvec_t_kernel! {
+    /// [`matvec_t_acc4`] with AVX2 and FMA (8 lanes; blocks of 3 vectors per
+    /// segment, 12 of the 16 registers).
+    matvec_t_avx2, matvec_t_block_avx2, "avx2,fma", lanes: 8, block: 3,
+    std::arch::x86_64::__m256,
+    load: std::arch::x86_64::_mm256_loadu_ps, store: std::arch::x86_64::_mm256_storeu_ps,
+    zero: std::arch::x86_64::_mm256_setzero_ps, set1: std::arch::x86_64::_mm256_set1_ps,
+    fmadd: std::arch::x86_64::_mm256_fmadd_ps, add: std::arch::x86_64::_mm256_add_ps
+}
+
+/// Calls the best [`matvec_t_acc4`] body the CPU runs.
+fn matvec_t_dispatch(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], y: [&mut [f32]; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, the feature the body is compiled with.
+            return unsafe { matvec_t_avx512(rt, ld, x, cols, y) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, the features the body is compiled with.
+            return unsafe { matvec_t_avx2(rt, ld, x, cols, y) };
+        }
+    }
+    matvec_t_plain(rt, ld, x, cols, y)
+}
+
 /// The LSTM cell body: `fastmath::lstm_cell`, inlined into each copy.
 #[inline(always)]
 fn lstm_cell_body<const FMA: bool>(
@@ -760,6 +935,94 @@ mod tests {
         assert!(matvec_acc(&r, 4, 0, &[1.0; 5], &mut y).is_err());
         assert!(matvec_acc(&r, 5, 0, &[1.0; 5], &mut y).is_ok());
         assert!(matvec_acc(&r, 5, 1, &[1.0; 4], &mut y[..3]).is_ok());
+    }
+
+    /// `matvec_t_acc4` against plain f64 sums, for widths that take whole
+    /// blocks, single vectors and scalar tails of both bodies (AVX-512 blocks
+    /// of 64 columns per segment, AVX2 of 24), with segments that start at
+    /// odd columns and rows wider than the segments.
+    #[test]
+    fn transposed_matvec_matches_the_plain_sums_for_blocks_vectors_and_tails() {
+        type Body = fn(&[f32], usize, &[f32], [usize; 4], [&mut [f32]; 4]);
+        let mut bodies: Vec<(&str, Body)> = vec![
+            ("plain", matvec_t_plain),
+            ("dispatched", |rt, ld, x, cols, y| {
+                matvec_t_acc4(rt, ld, x, cols, y).unwrap()
+            }),
+        ];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; the ranges below fit.
+            bodies.push(("AVX2", |rt, ld, x, cols, y| unsafe {
+                matvec_t_avx2(rt, ld, x, cols, y)
+            }));
+        }
+        for (body, f) in bodies {
+            for (n, k) in [
+                (1, 1),
+                (7, 3),
+                (8, 5),
+                (16, 9),
+                (24, 4),
+                (40, 6),
+                (64, 8),
+                (100, 17),
+                (131, 2),
+            ] {
+                let ld = 4 * n + 5;
+                let cols = [1, n + 2, 2 * n + 3, 3 * n + 5];
+                let rt: Vec<f32> = (0..k * ld)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+                    .collect();
+                let x: Vec<f32> = (0..k).map(|i| ((i * 13 % 7) as f32 - 3.0) / 4.0).collect();
+                let mut ys: Vec<Vec<f32>> = (0..4).map(|s| vec![s as f32 * 0.5; n]).collect();
+                let [a, b, c, d] = &mut ys[..] else {
+                    unreachable!()
+                };
+                f(&rt, ld, &x, cols, [a, b, c, d]);
+                for (s, y) in ys.iter().enumerate() {
+                    for (j, &got) in y.iter().enumerate() {
+                        let want = s as f64 * 0.5
+                            + (0..k)
+                                .map(|q| f64::from(rt[q * ld + cols[s] + j]) * f64::from(x[q]))
+                                .sum::<f64>();
+                        assert!(
+                            (f64::from(got) - want).abs() < 1e-4,
+                            "{body}: n {n} k {k} segment {s} column {j}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_matvec_rejects_columns_outside_the_matrix() {
+        let rt = vec![0f32; 3 * 10];
+        let (mut a, mut b, mut c, mut d) = ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
+        let ok = |cols, k: usize, rt: &[f32], y: [&mut [f32]; 4]| {
+            matvec_t_acc4(rt, 10, &vec![1.0; k], cols, y).is_ok()
+        };
+        assert!(ok([0, 2, 4, 8], 3, &rt, [&mut a, &mut b, &mut c, &mut d]));
+        // A segment past the row's end, a row past the matrix's end.
+        assert!(!ok([0, 2, 4, 9], 3, &rt, [&mut a, &mut b, &mut c, &mut d]));
+        assert!(!ok([0, 2, 4, 8], 4, &rt, [&mut a, &mut b, &mut c, &mut d]));
+        assert!(!ok(
+            [0, 2, 4, 8],
+            3,
+            &rt[..29],
+            [&mut a, &mut b, &mut c, &mut d]
+        ));
+        // Segments of different lengths.
+        assert!(!ok(
+            [0, 2, 4, 8],
+            3,
+            &rt,
+            [&mut a, &mut b, &mut c, &mut d[..1]]
+        ));
+        // Nothing to do is fine, even with columns out of range.
+        assert!(ok([0, 2, 4, 8], 0, &rt, [&mut a, &mut b, &mut c, &mut d]));
     }
 
     #[test]
