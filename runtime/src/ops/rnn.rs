@@ -167,13 +167,15 @@ trait Real: GemmElem + WithDType + Send + Sync + std::ops::Neg<Output = Self> {
         x: &[Self],
         y: &mut [Self],
     ) -> Result<(), OpError>;
-    /// `y[s][j] += Σ_k rt[k * ld + cols[s] + j] · x[k]` (see `simd::matvec_t_acc4`).
+    /// `y[s][j] += Σ_k rt[k * ld + cols[s] + j] · x[k]`, summed over k
+    /// backwards if `reverse` (see `simd::matvec_t_acc4`).
     fn matvec_t_acc4(
         rt: &[Self],
         ld: usize,
         x: &[Self],
         cols: [usize; 4],
         y: [&mut [Self]; 4],
+        reverse: bool,
     ) -> Result<(), OpError>;
 }
 
@@ -222,8 +224,9 @@ macro_rules! real {
                 x: &[Self],
                 cols: [usize; 4],
                 y: [&mut [Self]; 4],
+                reverse: bool,
             ) -> Result<(), OpError> {
-                $matvec_t(rt, ld, x, cols, y)
+                $matvec_t(rt, ld, x, cols, y, reverse)
             }
         }
     };
@@ -272,6 +275,7 @@ fn matvec_t_acc4_f64(
     x: &[f64],
     cols: [usize; 4],
     y: [&mut [f64]; 4],
+    _reverse: bool,
 ) -> Result<(), OpError> {
     for (ys, c) in y.into_iter().zip(cols) {
         for (j, o) in ys.iter_mut().enumerate() {
@@ -619,12 +623,22 @@ impl<'a, T: Real> RecurWeights<'a, T> {
     }
 
     /// Adds `h_prev` Rᵀ to an LSTM's gate pre-activations for hidden units
-    /// `k0..k0 + n` (`gates[g][..n]` gets gate g's units).
-    fn add_lstm_units(self, h_prev: &[T], k0: usize, gates: [&mut [T]; 4]) -> Result<(), OpError> {
+    /// `k0..k0 + n` (`gates[g][..n]` gets gate g's units), at step `step`.
+    ///
+    /// Design: a transposed R is read forwards at even steps and backwards at
+    /// odd ones, so each step starts on the rows the last one ended on, which
+    /// are still in L1 (the step is bound by streaming R from L2).
+    fn add_lstm_units(
+        self,
+        h_prev: &[T],
+        k0: usize,
+        gates: [&mut [T]; 4],
+        step: usize,
+    ) -> Result<(), OpError> {
         let hidden = h_prev.len();
         if self.transposed {
             let cols = [0, 1, 2, 3].map(|g| g * hidden + k0);
-            return T::matvec_t_acc4(self.data, 4 * hidden, h_prev, cols, gates);
+            return T::matvec_t_acc4(self.data, 4 * hidden, h_prev, cols, gates, step % 2 == 1);
         }
         for (gate, dst) in gates.into_iter().enumerate() {
             T::matvec_acc(self.data, hidden, gate * hidden + k0, h_prev, dst)?;
@@ -650,6 +664,7 @@ fn gate_slices_mut<T>(pre: &mut [T], hidden: usize) -> [&mut [T]; 4] {
 /// into each gate's pre-activations, then runs the cell, writing `h_next`.
 fn lstm_units<T: Real>(
     r: RecurWeights<'_, T>,
+    step: usize,
     h_prev: &[T],
     k0: usize,
     gates: [&mut [T]; 4],
@@ -665,6 +680,7 @@ fn lstm_units<T: Real>(
         h_prev,
         k0,
         [&mut i[..n], &mut o[..n], &mut f[..n], &mut g[..n]],
+        step,
     )?;
     T::lstm_cell([i, o, f, g], c, h_next);
     Ok(())
@@ -801,7 +817,7 @@ impl<'a, T: Real> Half<'a, T> {
         h_prev: &mut [T],
     ) -> Result<(), OpError> {
         read_into(&shared.h[step % 2], h_prev);
-        lstm_units(r, h_prev, self.k0, gates, self.c, y)?;
+        lstm_units(r, step, h_prev, self.k0, gates, self.c, y)?;
         write_from(y, &shared.h[(step + 1) % 2][self.k0..]);
         Ok(())
     }
@@ -900,7 +916,7 @@ impl<T: Real> Run<T> {
                 let pre = &mut self.gx[t * batch * gh..(t + 1) * batch * gh];
                 if batch == 1 {
                     dir.r
-                        .add_lstm_units(&self.h, 0, gate_slices_mut(pre, hidden))?;
+                        .add_lstm_units(&self.h, 0, gate_slices_mut(pre, hidden), step)?;
                 } else {
                     let h_in = MatRef::rows(&self.h, hidden);
                     let rt = dir.r.operand(hidden);

@@ -223,6 +223,7 @@ pub(crate) fn matvec_t_acc4(
     x: &[f32],
     cols: [usize; 4],
     y: [&mut [f32]; 4],
+    reverse: bool,
 ) -> Result<(), OpError> {
     let n = y[0].len();
     let fits = y.iter().all(|s| s.len() == n)
@@ -245,17 +246,27 @@ pub(crate) fn matvec_t_acc4(
     if n == 0 || x.is_empty() {
         return Ok(());
     }
-    matvec_t_dispatch(rt, ld, x, cols, y);
+    matvec_t_dispatch(rt, ld, x, cols, y, reverse);
     Ok(())
 }
 
-/// The baseline body of [`matvec_t_acc4`].
-fn matvec_t_plain(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], y: [&mut [f32]; 4]) {
+/// The baseline body of [`matvec_t_acc4`] (rows in reverse order if `reverse`).
+fn matvec_t_plain(
+    rt: &[f32],
+    ld: usize,
+    x: &[f32],
+    cols: [usize; 4],
+    y: [&mut [f32]; 4],
+    reverse: bool,
+) {
     for (s, ys) in y.into_iter().enumerate() {
         for (j, o) in ys.iter_mut().enumerate() {
             let mut acc = 0.0f32;
-            for (k, &xk) in x.iter().enumerate() {
-                acc = rt[k * ld + cols[s] + j].mul_add(xk, acc);
+            let mut add = |k: usize| acc = rt[k * ld + cols[s] + j].mul_add(x[k], acc);
+            if reverse {
+                (0..x.len()).rev().for_each(&mut add);
+            } else {
+                (0..x.len()).for_each(&mut add);
             }
             *o += acc;
         }
@@ -263,9 +274,10 @@ fn matvec_t_plain(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], y: [&mut [
 }
 
 /// Defines one `std::arch` body of [`matvec_t_acc4`] for a vector width:
-/// `$block::<W>` runs `W` vectors of every segment from column offset `j`
-/// over all of `x`; `$name` covers the segments with blocks of `$w` vectors,
-/// then single vectors, then the last `n % lanes` columns plainly.
+/// `$block::<W, REV>` runs `W` vectors of every segment from column offset `j`
+/// over all of `x` (rows in reverse order if `REV`); `$name` covers the
+/// segments with blocks of `$w` vectors, then single vectors, then the last
+/// `n % lanes` columns plainly, or all of that in reverse order.
 macro_rules! matvec_t_kernel {
     (
         $(#[$doc:meta])*
@@ -282,7 +294,7 @@ macro_rules! matvec_t_kernel {
         /// ([`matvec_t_acc4`] checked the whole ranges).
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        unsafe fn $block<const W: usize>(
+        unsafe fn $block<const W: usize, const REV: bool>(
             rt: &[f32],
             ld: usize,
             x: &[f32],
@@ -293,12 +305,14 @@ macro_rules! matvec_t_kernel {
             const L: usize = $lanes;
             let mut acc = [[$zero(); W]; 4];
             let p = cols.map(|c| rt.as_ptr().wrapping_add(c + j));
+            let k = x.len();
             // SAFETY (loads and stores): within the ranges the caller
             // guaranteed; loadu/storeu have no alignment requirement.
             unsafe {
-                for (k, &xk) in x.iter().enumerate() {
-                    let xb = $set1(xk);
-                    let off = k * ld;
+                for i in 0..k {
+                    let row = if REV { k - 1 - i } else { i };
+                    let xb = $set1(*x.as_ptr().add(row));
+                    let off = row * ld;
                     for s in 0..4 {
                         for w in 0..W {
                             let v = $load(p[s].add(off + w * L));
@@ -319,25 +333,50 @@ macro_rules! matvec_t_kernel {
         $(#[$doc])*
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
-        fn $name(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], mut y: [&mut [f32]; 4]) {
+        fn $name(
+            rt: &[f32],
+            ld: usize,
+            x: &[f32],
+            cols: [usize; 4],
+            mut y: [&mut [f32]; 4],
+            reverse: bool,
+        ) {
             const L: usize = $lanes;
             let n = y[0].len();
-            let mut j = 0;
-            // SAFETY: matvec_t_acc4 checked columns cols[s]..cols[s] + n of
-            // every row; each block stays below n.
-            unsafe {
-                while j + $w * L <= n {
-                    $block::<$w>(rt, ld, x, cols, j, &mut y);
-                    j += $w * L;
+            let blocks = n / ($w * L);
+            let singles = (n - blocks * $w * L) / L;
+            let vec_end = blocks * $w * L + singles * L;
+            // Part i of the vectors: a block of $w, or (past the blocks) one.
+            let part = |i: usize, y: &mut [&mut [f32]; 4]| {
+                // SAFETY: matvec_t_acc4 checked columns cols[s]..cols[s] + n
+                // of every row; each part ends at or below vec_end <= n.
+                unsafe {
+                    match (i < blocks, reverse) {
+                        (true, false) => $block::<$w, false>(rt, ld, x, cols, i * $w * L, y),
+                        (true, true) => $block::<$w, true>(rt, ld, x, cols, i * $w * L, y),
+                        (false, rev) => {
+                            let j = blocks * $w * L + (i - blocks) * L;
+                            if rev {
+                                $block::<1, true>(rt, ld, x, cols, j, y)
+                            } else {
+                                $block::<1, false>(rt, ld, x, cols, j, y)
+                            }
+                        }
+                    }
                 }
-                while j + L <= n {
-                    $block::<1>(rt, ld, x, cols, j, &mut y);
-                    j += L;
+            };
+            let tail = |y: &mut [&mut [f32]; 4]| {
+                if vec_end < n {
+                    let rest = y.each_mut().map(|s| &mut s[vec_end..]);
+                    matvec_t_plain(rt, ld, x, cols.map(|c| c + vec_end), rest, reverse);
                 }
-            }
-            if j < n {
-                let tail = y.each_mut().map(|s| &mut s[j..]);
-                matvec_t_plain(rt, ld, x, cols.map(|c| c + j), tail);
+            };
+            if reverse {
+                tail(&mut y);
+                (0..blocks + singles).rev().for_each(|i| part(i, &mut y));
+            } else {
+                (0..blocks + singles).for_each(|i| part(i, &mut y));
+                tail(&mut y);
             }
         }
     };
@@ -364,20 +403,27 @@ matvec_t_kernel! {
 }
 
 /// Calls the best [`matvec_t_acc4`] body the CPU runs.
-fn matvec_t_dispatch(rt: &[f32], ld: usize, x: &[f32], cols: [usize; 4], y: [&mut [f32]; 4]) {
+fn matvec_t_dispatch(
+    rt: &[f32],
+    ld: usize,
+    x: &[f32],
+    cols: [usize; 4],
+    y: [&mut [f32]; 4],
+    reverse: bool,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has AVX-512F, the feature the body is compiled with.
-            return unsafe { matvec_t_avx512(rt, ld, x, cols, y) };
+            return unsafe { matvec_t_avx512(rt, ld, x, cols, y, reverse) };
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA, the features the body is compiled with.
-            return unsafe { matvec_t_avx2(rt, ld, x, cols, y) };
+            return unsafe { matvec_t_avx2(rt, ld, x, cols, y, reverse) };
         }
     }
-    matvec_t_plain(rt, ld, x, cols, y)
+    matvec_t_plain(rt, ld, x, cols, y, reverse)
 }
 
 /// The LSTM cell body: `fastmath::lstm_cell`, inlined into each copy.
@@ -943,22 +989,25 @@ mod tests {
     /// odd columns and rows wider than the segments.
     #[test]
     fn transposed_matvec_matches_the_plain_sums_for_blocks_vectors_and_tails() {
-        type Body = fn(&[f32], usize, &[f32], [usize; 4], [&mut [f32]; 4]);
+        type Body = fn(&[f32], usize, &[f32], [usize; 4], [&mut [f32]; 4], bool);
         let mut bodies: Vec<(&str, Body)> = vec![
             ("plain", matvec_t_plain),
-            ("dispatched", |rt, ld, x, cols, y| {
-                matvec_t_acc4(rt, ld, x, cols, y).unwrap()
+            ("dispatched", |rt, ld, x, cols, y, reverse| {
+                matvec_t_acc4(rt, ld, x, cols, y, reverse).unwrap()
             }),
         ];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has AVX2 and FMA; the ranges below fit.
-            bodies.push(("AVX2", |rt, ld, x, cols, y| unsafe {
-                matvec_t_avx2(rt, ld, x, cols, y)
+            bodies.push(("AVX2", |rt, ld, x, cols, y, reverse| unsafe {
+                matvec_t_avx2(rt, ld, x, cols, y, reverse)
             }));
         }
-        for (body, f) in bodies {
+        let runs = bodies
+            .iter()
+            .flat_map(|&(b, f)| [(b, f, false), (b, f, true)]);
+        for (body, f, reverse) in runs {
             for (n, k) in [
                 (1, 1),
                 (7, 3),
@@ -980,7 +1029,7 @@ mod tests {
                 let [a, b, c, d] = &mut ys[..] else {
                     unreachable!()
                 };
-                f(&rt, ld, &x, cols, [a, b, c, d]);
+                f(&rt, ld, &x, cols, [a, b, c, d], reverse);
                 for (s, y) in ys.iter().enumerate() {
                     for (j, &got) in y.iter().enumerate() {
                         let want = s as f64 * 0.5
@@ -989,7 +1038,7 @@ mod tests {
                                 .sum::<f64>();
                         assert!(
                             (f64::from(got) - want).abs() < 1e-4,
-                            "{body}: n {n} k {k} segment {s} column {j}: {got} vs {want}"
+                            "{body} (reverse {reverse}): n {n} k {k} segment {s} column {j}: {got} vs {want}"
                         );
                     }
                 }
@@ -1002,7 +1051,7 @@ mod tests {
         let rt = vec![0f32; 3 * 10];
         let (mut a, mut b, mut c, mut d) = ([0f32; 2], [0f32; 2], [0f32; 2], [0f32; 2]);
         let ok = |cols, k: usize, rt: &[f32], y: [&mut [f32]; 4]| {
-            matvec_t_acc4(rt, 10, &vec![1.0; k], cols, y).is_ok()
+            matvec_t_acc4(rt, 10, &vec![1.0; k], cols, y, false).is_ok()
         };
         assert!(ok([0, 2, 4, 8], 3, &rt, [&mut a, &mut b, &mut c, &mut d]));
         // A segment past the row's end, a row past the matrix's end.
