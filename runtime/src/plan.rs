@@ -488,9 +488,10 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// - the W of an `LSTM`, `GRU` or `RNN` ([dirs, gates * hidden, input]) becomes
 ///   [dirs, input, gates * hidden], marked with [`W_TRANSPOSED`], so the input
 ///   projection of all steps reads it row by row;
-/// - the R of an `LSTM` ([dirs, 4 * hidden, hidden]) becomes
-///   [dirs, hidden, 4 * hidden], marked with [`R_TRANSPOSED`], so each batch-1
-///   step's product is a sum of rows of it (no horizontal sums).
+/// - the R of an `LSTM` ([dirs, 4 * hidden, hidden]) becomes Rᵀ packed in
+///   panels of 64 hidden units (`ops::pack_recurrent`), marked with
+///   [`R_TRANSPOSED`], so each batch-1 step's product is a sum of rows of it
+///   (no horizontal sums) read as one stream per panel.
 ///
 /// A weight shared by several such inputs is transposed once. An original no
 /// step and no graph output reads any more is released (its slot holds
@@ -498,7 +499,8 @@ fn declared_elem(v: &crate::onnx::ValueInfoProto) -> Option<ElemType> {
 /// reads the original by name reads it through its node's implicit inputs, so
 /// the original is kept then.
 fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs: &[(String, Src)]) {
-    let mut transposed: HashMap<usize, usize> = HashMap::new();
+    // (original constant, packed as an LSTM's R) -> the new constant
+    let mut transposed: HashMap<(usize, bool), usize> = HashMap::new();
     for step in steps.iter_mut() {
         // (input, rank it must have, rows it needs (the second-to-last dim),
         // the attribute that marks the new layout)
@@ -514,7 +516,9 @@ fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs:
             let Some(Some(Src::Const(c))) = step.inputs.get(input).copied() else {
                 continue;
             };
-            let t_index = match transposed.get(&c) {
+            // An LSTM's R is packed in panels, not only transposed.
+            let packed = mark.0 == R_TRANSPOSED;
+            let t_index = match transposed.get(&(c, packed)) {
                 Some(&t) => t,
                 None => {
                     let Some(Value::Tensor(w)) = constants.get(c) else {
@@ -523,16 +527,18 @@ fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs:
                     if w.rank() != rank || w.shape()[rank - 2] < min_rows {
                         continue;
                     }
-                    let Ok(t) = w
-                        .candle()
-                        .transpose(rank - 2, rank - 1)
-                        .and_then(|t| t.contiguous())
-                        .and_then(|t| w.with_data(t))
-                    else {
+                    let t = if packed {
+                        ops::pack_recurrent(w.candle())
+                    } else {
+                        w.candle()
+                            .transpose(rank - 2, rank - 1)
+                            .and_then(|t| t.contiguous())
+                    };
+                    let Ok(t) = t.and_then(|t| w.with_data(t)) else {
                         continue;
                     };
                     constants.push(Value::Tensor(t));
-                    transposed.insert(c, constants.len() - 1);
+                    transposed.insert((c, packed), constants.len() - 1);
                     constants.len() - 1
                 }
             };
@@ -552,7 +558,7 @@ fn pretranspose_weights(steps: &mut [Step], constants: &mut Vec<Value>, outputs:
             Src::Slot(_) => None,
         })
         .collect();
-    for original in transposed.keys() {
+    for (original, _) in transposed.keys() {
         if !read.contains(original) {
             if let Some(v) = constants.get_mut(*original) {
                 *v = Value::None;

@@ -63,7 +63,7 @@ use std::fmt;
 
 pub(crate) use attrs::{Attr, Attrs};
 pub(crate) use fused::{Activation, FUSED_ACTIVATION, FUSED_MAX_POOL, NARROW_GEMM};
-pub(crate) use rnn::{R_TRANSPOSED, W_TRANSPOSED};
+pub(crate) use rnn::{pack_recurrent, R_TRANSPOSED, W_TRANSPOSED};
 
 use crate::tensor::Tensor;
 use crate::value::Value;
