@@ -9,6 +9,7 @@ test_data_set_0/output_J.pb), which `flotilla-agent conformance` can also run.
 
     gen_models.py bench OUT      # benchmark sizes
     gen_models.py fixtures OUT   # small sizes, for runtime/tests/fixtures
+    gen_models.py layers OUT     # single layers the bench models lack (depthwise)
 
 Outputs are recorded from ONNX Runtime (one thread, CPU provider). Needs `onnx`
 and `onnxruntime` from PyPI; the Rust tests that read
@@ -117,6 +118,24 @@ def cnn(batch, side, channels, classes=10, seed=2):
     return m, {"x": (batch, 3, side, side)}
 
 
+def depthwise(batch, channels, side, k=3, seed=5):
+    """One depthwise Conv (group = channels, k x k, pad k // 2) + Relu, as in
+    MobileNet's blocks."""
+    g = Graph(seed)
+    w = g.weight((channels, 1, k, k), k * k)
+    b = g.weight((channels,), k * k, "b")
+    h = g.op("Conv", ["x", w, b], kernel_shape=[k, k], pads=[k // 2] * 4, group=channels)
+    g.op("Relu", [h])
+    g.nodes[-1].output[0] = "y"
+    shape = (batch, channels, side, side)
+    m = g.model(
+        "depthwise",
+        [helper.make_tensor_value_info("x", FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", FLOAT, list(shape))],
+    )
+    return m, {"x": shape}
+
+
 def lstm(seq, batch, inp, hidden, layers=2, seed=3):
     """A stacked unidirectional LSTM as PyTorch exports it: LSTM, Squeeze, LSTM."""
     g = Graph(seed)
@@ -193,6 +212,13 @@ BENCH = {
     "encoder": lambda: encoder(1, 64, 128, 4, 512),
 }
 
+# Single layers that the bench models do not cover (`gen_models.py layers OUT`).
+LAYERS = {
+    "dw32_112": lambda: depthwise(1, 32, 112),
+    "dw128_28": lambda: depthwise(1, 128, 28),
+    "dw512_14": lambda: depthwise(1, 512, 14),
+}
+
 # The same shapes scaled down so that all fixtures together stay well under 1 MiB.
 FIXTURES = {
     "mlp": lambda: mlp(4, [64, 64, 32, 10]),
@@ -226,10 +252,11 @@ def write(out_dir, name, build):
 
 
 def main():
-    if len(sys.argv) != 3 or sys.argv[1] not in ("bench", "fixtures"):
-        sys.exit("usage: gen_models.py bench|fixtures OUT_DIR")
+    tables = {"bench": BENCH, "fixtures": FIXTURES, "layers": LAYERS}
+    if len(sys.argv) != 3 or sys.argv[1] not in tables:
+        sys.exit("usage: gen_models.py bench|fixtures|layers OUT_DIR")
     kind, out_dir = sys.argv[1], sys.argv[2]
-    table = BENCH if kind == "bench" else FIXTURES
+    table = tables[kind]
     for name, build in table.items():
         write(out_dir, name, build)
         print(f"wrote {os.path.join(out_dir, name)}")

@@ -426,6 +426,152 @@ fn matvec_t_dispatch(
     matvec_t_plain(rt, ld, x, cols, y, reverse)
 }
 
+/// A depthwise (one input channel) 2-D stride-1 convolution of one output
+/// channel: `y[oy * ow + ox] = bias + Σ taps[ki * kw + kj] ·
+/// p[(oy + ki * dh) * pw + ox + kj * dw]` over a zero-padded input plane `p`
+/// of row stride `pw`, then Relu'd if `relu`. Only for CPUs with AVX-512 ([`depthwise_available`]);
+/// elsewhere callers keep their general path.
+///
+/// `p` must hold `oh + (kh - 1) * dh` rows of at least
+/// `ow.next_multiple_of(16) + (kw - 1) * dw` values: the kernel reads whole
+/// vectors of 16 from each row and masks only the stores of the last partial
+/// vector.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_plane(
+    p: &[f32],
+    pw: usize,
+    (oh, ow): (usize, usize),
+    taps: &[f32],
+    (kh, kw): (usize, usize),
+    (dh, dw): (usize, usize),
+    (bias, relu): (f32, bool),
+    y: &mut [f32],
+) -> Result<(), OpError> {
+    if oh == 0 || ow == 0 {
+        return Ok(());
+    }
+    let rows = oh - 1 + (kh.max(1) - 1) * dh + 1;
+    let fits = taps.len() == kh * kw
+        && kh > 0
+        && kw > 0
+        && y.len() == oh * ow
+        && ow.next_multiple_of(16) + (kw - 1) * dw <= pw
+        && rows.checked_mul(pw).is_some_and(|n| n <= p.len());
+    if !fits {
+        return Err(OpError::new(format!(
+            "internal: depthwise plane {oh}x{ow} from {} values at stride {pw} with a {kh}x{kw} kernel",
+            p.len()
+        )));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        let args = (p, pw, (oh, ow), taps, (kh, kw), (dh, dw), bias, y);
+        // SAFETY: the CPU has AVX-512F; the ranges were checked above.
+        unsafe {
+            match (kh, kw, relu) {
+                (3, 3, true) => depthwise_avx512::<true, true>(args),
+                (3, 3, false) => depthwise_avx512::<true, false>(args),
+                (_, _, true) => depthwise_avx512::<false, true>(args),
+                (_, _, false) => depthwise_avx512::<false, false>(args),
+            }
+        }
+        return Ok(());
+    }
+    Err(OpError::new("internal: the depthwise kernel needs AVX-512"))
+}
+
+/// Whether this CPU runs [`depthwise_plane`].
+pub(crate) fn depthwise_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`depthwise_plane`]'s operands: plane, row stride, output size, taps,
+/// kernel size, dilations, bias, output.
+#[cfg(target_arch = "x86_64")]
+type DepthwiseArgs<'a> = (
+    &'a [f32],
+    usize,
+    (usize, usize),
+    &'a [f32],
+    (usize, usize),
+    (usize, usize),
+    f32,
+    &'a mut [f32],
+);
+
+/// [`depthwise_plane`] with AVX-512: per output row, vectors of 16 outputs,
+/// each the bias plus every tap times the input vector under it, Relu'd in
+/// register when `RELU`. `K3` is the 3x3 kernel: its nine weights stay in
+/// registers and each tap row sums into its own accumulator (three chains of
+/// three multiply-adds instead of one of nine).
+///
+/// # Safety
+/// The CPU has AVX-512F and [`depthwise_plane`]'s checks passed (`K3` only
+/// for a 3x3 kernel).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_avx512<const K3: bool, const RELU: bool>(args: DepthwiseArgs<'_>) {
+    use std::arch::x86_64::*;
+    let (p, pw, (oh, ow), taps, (kh, kw), (dh, dw), bias, y) = args;
+    let (pp, yp) = (p.as_ptr(), y.as_mut_ptr());
+    let b = _mm512_set1_ps(bias);
+    let w3: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(taps[t % taps.len()]));
+    for oy in 0..oh {
+        let mut ox = 0;
+        while ox < ow {
+            let left = ow - ox;
+            let at = |ki: usize, kj: usize| {
+                // SAFETY: row oy + ki * dh < oh + (kh - 1) * dh rows, and
+                // ox + kj * dw + 16 <= ow.next_multiple_of(16) + (kw - 1) *
+                // dw <= pw, so the vector lies in `p`.
+                unsafe { _mm512_loadu_ps(pp.add((oy + ki * dh) * pw + ox + kj * dw)) }
+            };
+            let mut acc = if K3 {
+                // -0.0, not 0.0: x + -0.0 is x for every x, -0.0 included.
+                let neg0 = _mm512_set1_ps(-0.0);
+                let mut r = [b, neg0, neg0];
+                for (ki, acc) in r.iter_mut().enumerate() {
+                    for kj in 0..3 {
+                        *acc = _mm512_fmadd_ps(at(ki, kj), w3[ki * 3 + kj], *acc);
+                    }
+                }
+                _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2])
+            } else {
+                let mut acc = b;
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        let w = _mm512_set1_ps(taps[ki * kw + kj]);
+                        acc = _mm512_fmadd_ps(at(ki, kj), w, acc);
+                    }
+                }
+                acc
+            };
+            if RELU {
+                // max returns its second operand for NaN and for equal
+                // values, so NaN and -0.0 pass as `Activation::Relu` leaves them.
+                acc = _mm512_max_ps(_mm512_setzero_ps(), acc);
+            }
+            // SAFETY: outputs oy * ow + ox .. + min(16, left) lie in `y`.
+            unsafe {
+                let out = yp.add(oy * ow + ox);
+                if left >= 16 {
+                    _mm512_storeu_ps(out, acc);
+                } else {
+                    _mm512_mask_storeu_ps(out, ((1u32 << left) - 1) as u16, acc);
+                }
+            }
+            ox += 16;
+        }
+    }
+}
+
 /// The LSTM cell body: `fastmath::lstm_cell`, inlined into each copy.
 #[inline(always)]
 fn lstm_cell_body<const FMA: bool>(
