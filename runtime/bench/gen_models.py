@@ -118,20 +118,28 @@ def cnn(batch, side, channels, classes=10, seed=2):
     return m, {"x": (batch, 3, side, side)}
 
 
-def depthwise(batch, channels, side, k=3, seed=5):
-    """One depthwise Conv (group = channels, k x k, pad k // 2) + Relu, as in
-    MobileNet's blocks."""
+def depthwise(batch, channels, side, k=3, stride=1, seed=5):
+    """One depthwise Conv (group = channels, k x k, pad k // 2, stride) + Relu,
+    as in MobileNet's blocks."""
     g = Graph(seed)
     w = g.weight((channels, 1, k, k), k * k)
     b = g.weight((channels,), k * k, "b")
-    h = g.op("Conv", ["x", w, b], kernel_shape=[k, k], pads=[k // 2] * 4, group=channels)
+    h = g.op(
+        "Conv",
+        ["x", w, b],
+        kernel_shape=[k, k],
+        pads=[k // 2] * 4,
+        strides=[stride, stride],
+        group=channels,
+    )
     g.op("Relu", [h])
     g.nodes[-1].output[0] = "y"
     shape = (batch, channels, side, side)
+    out = (side + 2 * (k // 2) - k) // stride + 1
     m = g.model(
         "depthwise",
         [helper.make_tensor_value_info("x", FLOAT, list(shape))],
-        [helper.make_tensor_value_info("y", FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", FLOAT, [batch, channels, out, out])],
     )
     return m, {"x": shape}
 
@@ -217,6 +225,9 @@ LAYERS = {
     "dw32_112": lambda: depthwise(1, 32, 112),
     "dw128_28": lambda: depthwise(1, 128, 28),
     "dw512_14": lambda: depthwise(1, 512, 14),
+    "dw96_112_s2": lambda: depthwise(1, 96, 112, stride=2),
+    "dw144_56_s2": lambda: depthwise(1, 144, 56, stride=2),
+    "dw576_14_s2": lambda: depthwise(1, 576, 14, stride=2),
 }
 
 # The same shapes scaled down so that all fixtures together stay well under 1 MiB.

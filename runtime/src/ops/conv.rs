@@ -694,12 +694,12 @@ impl ConvGeometry<'_> {
     }
 
     /// Whether [`Self::depthwise_image`] computes this conv: one input channel
-    /// per group, two spatial dims at stride 1, no fused pool, no direct plan,
-    /// and a CPU with AVX-512.
+    /// per group, two spatial dims, a column stride of 1 or 2, no fused pool,
+    /// no direct plan, and a CPU with AVX-512.
     fn depthwise(&self) -> bool {
         self.cg == 1
             && self.spatial.len() == 2
-            && self.win.strides == [1, 1]
+            && matches!(self.win.strides[..], [sh, 1 | 2] if sh > 0)
             && !self.pooled
             && self.direct.is_none()
             && self.win.out.iter().all(|&o| o > 0)
@@ -723,14 +723,17 @@ impl ConvGeometry<'_> {
         threads: usize,
     ) -> Result<(), OpError> {
         let (ih, iw) = (self.spatial[0], self.spatial[1]);
-        let (oh, ow) = (self.win.out[0], self.win.out[1]);
-        let (kh, kw) = (self.win.kernel[0], self.win.kernel[1]);
-        let (dh, dw) = (self.win.dilations[0], self.win.dilations[1]);
-        let (pt, pl) = (self.win.pad_begin[0], self.win.pad_begin[1]);
-        let ksz = kh * kw;
+        let win = self.win;
+        let geometry = simd::DepthwiseGeometry {
+            out: (win.out[0], win.out[1]),
+            kernel: (win.kernel[0], win.kernel[1]),
+            strides: (win.strides[0], win.strides[1]),
+            dilations: (win.dilations[0], win.dilations[1]),
+        };
+        let (pt, pl) = (win.pad_begin[0], win.pad_begin[1]);
+        let ksz = win.kernel[0] * win.kernel[1];
         // Rows the outputs read, and a row stride with room for whole vectors.
-        let prows = oh + kh.saturating_sub(1) * dh;
-        let pw = ow.next_multiple_of(16) + kw.saturating_sub(1) * dw;
+        let (prows, pw) = geometry.plane();
         let channel = |o: usize, yo: &mut [f32], plane: &mut Vec<f32>| -> Result<(), OpError> {
             let xs = &x[(o / self.mg) * self.isz..(o / self.mg + 1) * self.isz];
             let buf = grown(plane, prows * pw);
@@ -756,16 +759,7 @@ impl ConvGeometry<'_> {
             // turn a -0.0 sum into 0.0).
             let bias = self.bias.map_or(-0.0, |b| b[o]);
             let relu = self.act == Activation::Relu;
-            simd::depthwise_plane(
-                buf,
-                pw,
-                (oh, ow),
-                taps,
-                (kh, kw),
-                (dh, dw),
-                (bias, relu),
-                yo,
-            )
+            simd::depthwise_plane(buf, pw, geometry, taps, (bias, relu), yo)
         };
         let osz = self.osz;
         if threads > 1 && self.g * self.mg > 1 {
@@ -1569,6 +1563,42 @@ mod tests {
                 vec![1, 1],
                 true,
                 true,
+            ),
+            // Depthwise at column stride 2 (each tap's inputs picked out of
+            // two vectors): 3x3 stride 2 with a partial last vector, a
+            // dilated kernel at strides (1, 2) over a batch, and 5x5 at (3, 2).
+            (
+                vec![1, 4, 15, 37],
+                4,
+                4,
+                vec![3, 3],
+                vec![2, 2],
+                vec![1, 1, 1, 1],
+                vec![1, 1],
+                true,
+                true,
+            ),
+            (
+                vec![2, 3, 10, 33],
+                6,
+                3,
+                vec![3, 3],
+                vec![1, 2],
+                vec![0, 1, 1, 0],
+                vec![1, 2],
+                false,
+                false,
+            ),
+            (
+                vec![1, 2, 9, 70],
+                2,
+                2,
+                vec![5, 5],
+                vec![3, 2],
+                vec![2, 2, 2, 2],
+                vec![1, 1],
+                true,
+                false,
             ),
             // Weights past CHANNEL_SPLIT_WEIGHTS: threads share the output
             // channels instead of the rows.

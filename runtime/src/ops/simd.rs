@@ -426,53 +426,81 @@ fn matvec_t_dispatch(
     matvec_t_plain(rt, ld, x, cols, y, reverse)
 }
 
-/// A depthwise (one input channel) 2-D stride-1 convolution of one output
-/// channel: `y[oy * ow + ox] = bias + Σ taps[ki * kw + kj] ·
-/// p[(oy + ki * dh) * pw + ox + kj * dw]` over a zero-padded input plane `p`
-/// of row stride `pw`, then Relu'd if `relu`. Only for CPUs with AVX-512 ([`depthwise_available`]);
-/// elsewhere callers keep their general path.
+/// The shape of one depthwise plane's convolution (see [`depthwise_plane`]):
+/// output size, kernel size, strides (the column stride 1 or 2) and
+/// dilations, each (rows, columns).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DepthwiseGeometry {
+    pub(crate) out: (usize, usize),
+    pub(crate) kernel: (usize, usize),
+    pub(crate) strides: (usize, usize),
+    pub(crate) dilations: (usize, usize),
+}
+
+impl DepthwiseGeometry {
+    /// The rows of the padded input plane the outputs read, and the least row
+    /// stride the kernel needs (it reads whole vectors past the last output).
+    pub(crate) fn plane(&self) -> (usize, usize) {
+        let ((oh, ow), (kh, kw)) = (self.out, self.kernel);
+        let ((sh, sw), (dh, dw)) = (self.strides, self.dilations);
+        let rows = oh.saturating_sub(1) * sh + kh.saturating_sub(1) * dh + 1;
+        let width = sw * ow.next_multiple_of(16) + kw.saturating_sub(1) * dw;
+        (rows, width)
+    }
+}
+
+/// A depthwise (one input channel) 2-D convolution of one output channel:
+/// `y[oy * ow + ox] = bias + Σ taps[ki * kw + kj] · p[(oy * sh + ki * dh) *
+/// pw + ox * sw + kj * dw]` over a zero-padded input plane `p` of row stride
+/// `pw`, then Relu'd if `relu`; the column stride `sw` is 1 or 2. Only for
+/// CPUs with AVX-512 ([`depthwise_available`]); elsewhere callers keep their
+/// general path.
 ///
-/// `p` must hold `oh + (kh - 1) * dh` rows of at least
-/// `ow.next_multiple_of(16) + (kw - 1) * dw` values: the kernel reads whole
-/// vectors of 16 from each row and masks only the stores of the last partial
-/// vector.
-#[allow(clippy::too_many_arguments)]
+/// `p` must hold the rows and row stride [`DepthwiseGeometry::plane`] gives:
+/// the kernel reads whole vectors past the last output and masks only the
+/// stores of the last partial vector.
 pub(crate) fn depthwise_plane(
     p: &[f32],
     pw: usize,
-    (oh, ow): (usize, usize),
+    geometry: DepthwiseGeometry,
     taps: &[f32],
-    (kh, kw): (usize, usize),
-    (dh, dw): (usize, usize),
     (bias, relu): (f32, bool),
     y: &mut [f32],
 ) -> Result<(), OpError> {
+    let ((oh, ow), (kh, kw)) = (geometry.out, geometry.kernel);
     if oh == 0 || ow == 0 {
         return Ok(());
     }
-    let rows = oh - 1 + (kh.max(1) - 1) * dh + 1;
+    let (rows, width) = geometry.plane();
     let fits = taps.len() == kh * kw
         && kh > 0
         && kw > 0
+        && geometry.strides.0 > 0
+        && matches!(geometry.strides.1, 1 | 2)
         && y.len() == oh * ow
-        && ow.next_multiple_of(16) + (kw - 1) * dw <= pw
+        && width <= pw
         && rows.checked_mul(pw).is_some_and(|n| n <= p.len());
     if !fits {
         return Err(OpError::new(format!(
-            "internal: depthwise plane {oh}x{ow} from {} values at stride {pw} with a {kh}x{kw} kernel",
+            "internal: depthwise plane {geometry:?} from {} values at row stride {pw}",
             p.len()
         )));
     }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        let args = (p, pw, (oh, ow), taps, (kh, kw), (dh, dw), bias, y);
+        let args = (p, pw, geometry, taps, bias, y);
+        let k3 = (kh, kw) == (3, 3);
         // SAFETY: the CPU has AVX-512F; the ranges were checked above.
         unsafe {
-            match (kh, kw, relu) {
-                (3, 3, true) => depthwise_avx512::<true, true>(args),
-                (3, 3, false) => depthwise_avx512::<true, false>(args),
-                (_, _, true) => depthwise_avx512::<false, true>(args),
-                (_, _, false) => depthwise_avx512::<false, false>(args),
+            match (k3, relu, geometry.strides.1 == 2) {
+                (true, true, false) => depthwise_avx512::<true, true, false>(args),
+                (true, false, false) => depthwise_avx512::<true, false, false>(args),
+                (false, true, false) => depthwise_avx512::<false, true, false>(args),
+                (false, false, false) => depthwise_avx512::<false, false, false>(args),
+                (true, true, true) => depthwise_avx512::<true, true, true>(args),
+                (true, false, true) => depthwise_avx512::<true, false, true>(args),
+                (false, true, true) => depthwise_avx512::<false, true, true>(args),
+                (false, false, true) => depthwise_avx512::<false, false, true>(args),
             }
         }
         return Ok(());
@@ -492,16 +520,14 @@ pub(crate) fn depthwise_available() -> bool {
     }
 }
 
-/// [`depthwise_plane`]'s operands: plane, row stride, output size, taps,
-/// kernel size, dilations, bias, output.
+/// [`depthwise_plane`]'s operands: plane, row stride, geometry, taps, bias,
+/// output.
 #[cfg(target_arch = "x86_64")]
 type DepthwiseArgs<'a> = (
     &'a [f32],
     usize,
-    (usize, usize),
+    DepthwiseGeometry,
     &'a [f32],
-    (usize, usize),
-    (usize, usize),
     f32,
     &'a mut [f32],
 );
@@ -510,28 +536,48 @@ type DepthwiseArgs<'a> = (
 /// each the bias plus every tap times the input vector under it, Relu'd in
 /// register when `RELU`. `K3` is the 3x3 kernel: its nine weights stay in
 /// registers and each tap row sums into its own accumulator (three chains of
-/// three multiply-adds instead of one of nine).
+/// three multiply-adds instead of one of nine). `S2` is column stride 2: a
+/// tap's 16 inputs are the even elements of the 32 from its first, picked
+/// out of two loads by one permute.
 ///
 /// # Safety
 /// The CPU has AVX-512F and [`depthwise_plane`]'s checks passed (`K3` only
-/// for a 3x3 kernel).
+/// for a 3x3 kernel, `S2` only for column stride 2, else stride 1).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn depthwise_avx512<const K3: bool, const RELU: bool>(args: DepthwiseArgs<'_>) {
+unsafe fn depthwise_avx512<const K3: bool, const RELU: bool, const S2: bool>(
+    args: DepthwiseArgs<'_>,
+) {
     use std::arch::x86_64::*;
-    let (p, pw, (oh, ow), taps, (kh, kw), (dh, dw), bias, y) = args;
+    let (p, pw, geometry, taps, bias, y) = args;
+    let ((oh, ow), (kh, kw)) = (geometry.out, geometry.kernel);
+    let ((sh, _), (dh, dw)) = (geometry.strides, geometry.dilations);
+    let sw = if S2 { 2 } else { 1 };
     let (pp, yp) = (p.as_ptr(), y.as_mut_ptr());
     let b = _mm512_set1_ps(bias);
     let w3: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(taps[t % taps.len()]));
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     for oy in 0..oh {
         let mut ox = 0;
         while ox < ow {
             let left = ow - ox;
             let at = |ki: usize, kj: usize| {
-                // SAFETY: row oy + ki * dh < oh + (kh - 1) * dh rows, and
-                // ox + kj * dw + 16 <= ow.next_multiple_of(16) + (kw - 1) *
-                // dw <= pw, so the vector lies in `p`.
-                unsafe { _mm512_loadu_ps(pp.add((oy + ki * dh) * pw + ox + kj * dw)) }
+                // SAFETY: row oy * sh + ki * dh is below the plane's rows,
+                // and the 16 * sw values from column ox * sw + kj * dw end
+                // at or before sw * ow.next_multiple_of(16) + (kw - 1) * dw
+                // <= pw, so every load lies in `p`.
+                unsafe {
+                    let v = pp.add((oy * sh + ki * dh) * pw + ox * sw + kj * dw);
+                    if S2 {
+                        _mm512_permutex2var_ps(
+                            _mm512_loadu_ps(v),
+                            evens,
+                            _mm512_loadu_ps(v.add(16)),
+                        )
+                    } else {
+                        _mm512_loadu_ps(v)
+                    }
+                }
             };
             let mut acc = if K3 {
                 // -0.0, not 0.0: x + -0.0 is x for every x, -0.0 included.
