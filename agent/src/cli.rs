@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_net::signal::shutdown_signal;
 
 use crate::conformance::{self, Floor, Tolerance};
 
@@ -507,30 +508,6 @@ fn load_bundle_here(
     // The model is in memory now; the staged files are not needed.
     let _ = std::fs::remove_dir_all(&work);
     loaded
-}
-
-/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when
-/// this is called, not when the future is first polled: call it before
-/// announcing readiness, so that a signal sent right after the announcement is
-/// a clean shutdown rather than the default kill.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate()).ok();
-    let int = signal(SignalKind::interrupt()).ok();
-    async move {
-        let recv = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = recv(term) => {},
-            () = recv(int) => {},
-        }
-    }
 }
 
 fn run_conformance(args: &ConformanceArgs) -> anyhow::Result<ExitCode> {

@@ -19,6 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use anyhow::Context;
+pub use flotilla_net::signal::shutdown_signal;
 
 use crate::api::{self, types::Role, AppState};
 use crate::audit::AuditDraft;
@@ -230,30 +231,5 @@ impl Hub {
         served?;
         tracing::info!("hub stopped");
         Ok(())
-    }
-}
-
-/// Completes on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when
-/// this is called, not when the future is first polled: call it before
-/// announcing readiness, so that a signal sent right after the announcement is
-/// a clean shutdown rather than the default kill (a test that sent SIGTERM as
-/// soon as the hub printed its addresses saw the process killed).
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate()).ok();
-    let int = signal(SignalKind::interrupt()).ok();
-    async move {
-        let recv = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = recv(term) => {},
-            () = recv(int) => {},
-        }
     }
 }

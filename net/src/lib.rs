@@ -20,6 +20,7 @@
 pub mod backoff;
 pub mod framed;
 pub mod rate;
+pub mod signal;
 pub mod tls;
 pub mod udp;
 
