@@ -695,7 +695,7 @@ impl ConvGeometry<'_> {
 
     /// Whether [`Self::depthwise_image`] computes this conv: one input channel
     /// per group, two spatial dims, a column stride of 1 or 2, no fused pool,
-    /// no direct plan, and a CPU with AVX-512.
+    /// no direct plan, and a CPU with AVX-512 or AVX2 and FMA.
     fn depthwise(&self) -> bool {
         self.cg == 1
             && self.spatial.len() == 2

@@ -453,8 +453,8 @@ impl DepthwiseGeometry {
 /// `y[oy * ow + ox] = bias + Σ taps[ki * kw + kj] · p[(oy * sh + ki * dh) *
 /// pw + ox * sw + kj * dw]` over a zero-padded input plane `p` of row stride
 /// `pw`, then Relu'd if `relu`; the column stride `sw` is 1 or 2. Only for
-/// CPUs with AVX-512 ([`depthwise_available`]); elsewhere callers keep their
-/// general path.
+/// CPUs with AVX-512 or AVX2 and FMA ([`depthwise_available`]); elsewhere
+/// callers keep their general path.
 ///
 /// `p` must hold the rows and row stride [`DepthwiseGeometry::plane`] gives:
 /// the kernel reads whole vectors past the last output and masks only the
@@ -487,32 +487,50 @@ pub(crate) fn depthwise_plane(
         )));
     }
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    {
         let args = (p, pw, geometry, taps, bias, y);
-        let k3 = (kh, kw) == (3, 3);
-        // SAFETY: the CPU has AVX-512F; the ranges were checked above.
-        unsafe {
-            match (k3, relu, geometry.strides.1 == 2) {
-                (true, true, false) => depthwise_avx512::<true, true, false>(args),
-                (true, false, false) => depthwise_avx512::<true, false, false>(args),
-                (false, true, false) => depthwise_avx512::<false, true, false>(args),
-                (false, false, false) => depthwise_avx512::<false, false, false>(args),
-                (true, true, true) => depthwise_avx512::<true, true, true>(args),
-                (true, false, true) => depthwise_avx512::<true, false, true>(args),
-                (false, true, true) => depthwise_avx512::<false, true, true>(args),
-                (false, false, true) => depthwise_avx512::<false, false, true>(args),
-            }
+        let variant = ((kh, kw) == (3, 3), relu, geometry.strides.1 == 2);
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F; the ranges were checked above.
+            unsafe { depthwise_variant!(depthwise_avx512, variant, args) };
+            return Ok(());
         }
-        return Ok(());
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; the ranges were checked above.
+            unsafe { depthwise_variant!(depthwise_avx2, variant, args) };
+            return Ok(());
+        }
     }
-    Err(OpError::new("internal: the depthwise kernel needs AVX-512"))
+    Err(OpError::new(
+        "internal: the depthwise kernel needs AVX2 and FMA",
+    ))
 }
+
+/// Calls the instantiation of body `$f` for `(K3, RELU, S2)` = `$v`.
+macro_rules! depthwise_variant {
+    ($f:ident, $v:expr, $args:expr) => {
+        match $v {
+            (true, true, false) => $f::<true, true, false>($args),
+            (true, false, false) => $f::<true, false, false>($args),
+            (false, true, false) => $f::<false, true, false>($args),
+            (false, false, false) => $f::<false, false, false>($args),
+            (true, true, true) => $f::<true, true, true>($args),
+            (true, false, true) => $f::<true, false, true>($args),
+            (false, true, true) => $f::<false, true, true>($args),
+            (false, false, true) => $f::<false, false, true>($args),
+        }
+    };
+}
+use depthwise_variant;
 
 /// Whether this CPU runs [`depthwise_plane`].
 pub(crate) fn depthwise_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
+            || (std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma"))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -532,89 +550,139 @@ type DepthwiseArgs<'a> = (
     &'a mut [f32],
 );
 
-/// [`depthwise_plane`] with AVX-512: per output row, vectors of 16 outputs,
-/// each the bias plus every tap times the input vector under it, Relu'd in
-/// register when `RELU`. `K3` is the 3x3 kernel: its nine weights stay in
-/// registers and each tap row sums into its own accumulator (three chains of
-/// three multiply-adds instead of one of nine). `S2` is column stride 2: a
-/// tap's 16 inputs are the even elements of the 32 from its first, picked
-/// out of two loads by one permute.
-///
-/// # Safety
-/// The CPU has AVX-512F and [`depthwise_plane`]'s checks passed (`K3` only
-/// for a 3x3 kernel, `S2` only for column stride 2, else stride 1).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn depthwise_avx512<const K3: bool, const RELU: bool, const S2: bool>(
-    args: DepthwiseArgs<'_>,
-) {
-    use std::arch::x86_64::*;
-    let (p, pw, geometry, taps, bias, y) = args;
-    let ((oh, ow), (kh, kw)) = (geometry.out, geometry.kernel);
-    let ((sh, _), (dh, dw)) = (geometry.strides, geometry.dilations);
-    let sw = if S2 { 2 } else { 1 };
-    let (pp, yp) = (p.as_ptr(), y.as_mut_ptr());
-    let b = _mm512_set1_ps(bias);
-    let w3: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(taps[t % taps.len()]));
-    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    for oy in 0..oh {
-        let mut ox = 0;
-        while ox < ow {
-            let left = ow - ox;
-            let at = |ki: usize, kj: usize| {
-                // SAFETY: row oy * sh + ki * dh is below the plane's rows,
-                // and the 16 * sw values from column ox * sw + kj * dw end
-                // at or before sw * ow.next_multiple_of(16) + (kw - 1) * dw
-                // <= pw, so every load lies in `p`.
-                unsafe {
-                    let v = pp.add((oy * sh + ki * dh) * pw + ox * sw + kj * dw);
-                    if S2 {
-                        _mm512_permutex2var_ps(
-                            _mm512_loadu_ps(v),
-                            evens,
-                            _mm512_loadu_ps(v.add(16)),
-                        )
+/// Defines one `std::arch` body of [`depthwise_plane`] for a vector width:
+/// per output row, vectors of `lanes` outputs, each the bias plus every tap
+/// times the input vector under it, Relu'd in register when `RELU`. `K3` is
+/// the 3x3 kernel: its nine weights stay in registers and each tap row sums
+/// into its own accumulator (three chains of three multiply-adds instead of
+/// one of nine). `S2` is column stride 2: a tap's inputs are the even
+/// elements of twice as many from its first, picked out of two loads by
+/// `$even`. `$store_part` stores the first `left` lanes of the last vector.
+macro_rules! depthwise_kernel {
+    (
+        $(#[$doc:meta])*
+        $name:ident, $features:literal, lanes: $lanes:literal, $vec:ty,
+        load: $load:path, store: $store:path, set1: $set1:path, fmadd: $fmadd:path,
+        add: $add:path, max: $max:path, zero: $zero:path,
+        even: $even:expr, store_part: $store_part:expr
+    ) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The CPU has the features this body is compiled with and
+        /// [`depthwise_plane`]'s checks passed (`K3` only for a 3x3 kernel,
+        /// `S2` only for column stride 2, else stride 1).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const K3: bool, const RELU: bool, const S2: bool>(
+            args: DepthwiseArgs<'_>,
+        ) {
+            const L: usize = $lanes;
+            let (p, pw, geometry, taps, bias, y) = args;
+            let ((oh, ow), (kh, kw)) = (geometry.out, geometry.kernel);
+            let ((sh, _), (dh, dw)) = (geometry.strides, geometry.dilations);
+            let sw = if S2 { 2 } else { 1 };
+            let (pp, yp) = (p.as_ptr(), y.as_mut_ptr());
+            let b = $set1(bias);
+            let w3: [$vec; 9] = std::array::from_fn(|t| $set1(taps[t % taps.len()]));
+            for oy in 0..oh {
+                let mut ox = 0;
+                while ox < ow {
+                    let left = ow - ox;
+                    let at = |ki: usize, kj: usize| {
+                        // SAFETY: row oy * sh + ki * dh is below the plane's
+                        // rows, and the L * sw values from column ox * sw +
+                        // kj * dw end at or before sw * ow.next_multiple_of(16)
+                        // + (kw - 1) * dw <= pw, so every load lies in `p`.
+                        unsafe {
+                            let v = pp.add((oy * sh + ki * dh) * pw + ox * sw + kj * dw);
+                            if S2 {
+                                $even($load(v), $load(v.add(L)))
+                            } else {
+                                $load(v)
+                            }
+                        }
+                    };
+                    let mut acc = if K3 {
+                        // -0.0, not 0.0: x + -0.0 is x for every x, -0.0 included.
+                        let neg0 = $set1(-0.0);
+                        let mut r = [b, neg0, neg0];
+                        for (ki, acc) in r.iter_mut().enumerate() {
+                            for kj in 0..3 {
+                                *acc = $fmadd(at(ki, kj), w3[ki * 3 + kj], *acc);
+                            }
+                        }
+                        $add($add(r[0], r[1]), r[2])
                     } else {
-                        _mm512_loadu_ps(v)
+                        let mut acc = b;
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                acc = $fmadd(at(ki, kj), $set1(taps[ki * kw + kj]), acc);
+                            }
+                        }
+                        acc
+                    };
+                    if RELU {
+                        // max returns its second operand for NaN and for equal
+                        // values, so NaN and -0.0 pass as `Activation::Relu`
+                        // leaves them.
+                        acc = $max($zero(), acc);
                     }
-                }
-            };
-            let mut acc = if K3 {
-                // -0.0, not 0.0: x + -0.0 is x for every x, -0.0 included.
-                let neg0 = _mm512_set1_ps(-0.0);
-                let mut r = [b, neg0, neg0];
-                for (ki, acc) in r.iter_mut().enumerate() {
-                    for kj in 0..3 {
-                        *acc = _mm512_fmadd_ps(at(ki, kj), w3[ki * 3 + kj], *acc);
+                    // SAFETY: outputs oy * ow + ox .. + min(L, left) lie in `y`.
+                    unsafe {
+                        let out = yp.add(oy * ow + ox);
+                        if left >= L {
+                            $store(out, acc);
+                        } else {
+                            $store_part(out, acc, left);
+                        }
                     }
-                }
-                _mm512_add_ps(_mm512_add_ps(r[0], r[1]), r[2])
-            } else {
-                let mut acc = b;
-                for ki in 0..kh {
-                    for kj in 0..kw {
-                        let w = _mm512_set1_ps(taps[ki * kw + kj]);
-                        acc = _mm512_fmadd_ps(at(ki, kj), w, acc);
-                    }
-                }
-                acc
-            };
-            if RELU {
-                // max returns its second operand for NaN and for equal
-                // values, so NaN and -0.0 pass as `Activation::Relu` leaves them.
-                acc = _mm512_max_ps(_mm512_setzero_ps(), acc);
-            }
-            // SAFETY: outputs oy * ow + ox .. + min(16, left) lie in `y`.
-            unsafe {
-                let out = yp.add(oy * ow + ox);
-                if left >= 16 {
-                    _mm512_storeu_ps(out, acc);
-                } else {
-                    _mm512_mask_storeu_ps(out, ((1u32 << left) - 1) as u16, acc);
+                    ox += L;
                 }
             }
-            ox += 16;
         }
+    };
+}
+
+depthwise_kernel! {
+    /// [`depthwise_plane`] with AVX-512 (16 lanes; the masked store writes
+    /// the last partial vector).
+    depthwise_avx512, "avx512f", lanes: 16, std::arch::x86_64::__m512,
+    load: std::arch::x86_64::_mm512_loadu_ps, store: std::arch::x86_64::_mm512_storeu_ps,
+    set1: std::arch::x86_64::_mm512_set1_ps, fmadd: std::arch::x86_64::_mm512_fmadd_ps,
+    add: std::arch::x86_64::_mm512_add_ps, max: std::arch::x86_64::_mm512_max_ps,
+    zero: std::arch::x86_64::_mm512_setzero_ps,
+    even: |a, b| {
+        use std::arch::x86_64::*;
+        let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        _mm512_permutex2var_ps(a, evens, b)
+    },
+    store_part: |out: *mut f32, v, left: usize| {
+        std::arch::x86_64::_mm512_mask_storeu_ps(out, ((1u32 << left) - 1) as u16, v)
+    }
+}
+
+depthwise_kernel! {
+    /// [`depthwise_plane`] with AVX2 and FMA (8 lanes; `maskstore` writes
+    /// the last partial vector).
+    depthwise_avx2, "avx2,fma", lanes: 8, std::arch::x86_64::__m256,
+    load: std::arch::x86_64::_mm256_loadu_ps, store: std::arch::x86_64::_mm256_storeu_ps,
+    set1: std::arch::x86_64::_mm256_set1_ps, fmadd: std::arch::x86_64::_mm256_fmadd_ps,
+    add: std::arch::x86_64::_mm256_add_ps, max: std::arch::x86_64::_mm256_max_ps,
+    zero: std::arch::x86_64::_mm256_setzero_ps,
+    even: |a, b| {
+        use std::arch::x86_64::*;
+        // [a0 a2 b0 b2 | a4 a6 b4 b6], then its 64-bit lanes as 0, 2, 1, 3.
+        let t = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(t)))
+    },
+    store_part: |out: *mut f32, v, left: usize| {
+        use std::arch::x86_64::*;
+        let mask = _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(left as i32),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        );
+        _mm256_maskstore_ps(out, mask, v)
     }
 }
 
@@ -1264,6 +1332,83 @@ mod tests {
         ));
         // Nothing to do is fine, even with columns out of range.
         assert!(ok([0, 2, 4, 8], 0, &rt, [&mut a, &mut b, &mut c, &mut d]));
+    }
+
+    /// Every depthwise body (the dispatched one, and AVX2 on its own where
+    /// the CPU has it) against plain sums: 3x3 and 5x3 kernels, column
+    /// strides 1 and 2, row stride 2, dilations, partial last vectors, Relu.
+    #[test]
+    fn depthwise_bodies_match_the_plain_sums() {
+        type Body = fn(DepthwiseArgs<'_>, bool);
+        let mut bodies: Vec<(&str, Body)> = Vec::new();
+        if depthwise_available() {
+            bodies.push(("dispatched", |(p, pw, g, taps, bias, y), relu| {
+                depthwise_plane(p, pw, g, taps, (bias, relu), y).unwrap()
+            }));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA; the planes below are sized by
+            // DepthwiseGeometry::plane, as depthwise_plane checks.
+            bodies.push(("AVX2", |args, relu| unsafe {
+                let v = ((args.2.kernel == (3, 3)), relu, args.2.strides.1 == 2);
+                depthwise_variant!(depthwise_avx2, v, args)
+            }));
+        }
+        if bodies.is_empty() {
+            eprintln!("no AVX2+FMA on this CPU: the depthwise kernel is not used here");
+        }
+        let cases = [
+            ((5, 21), (3, 3), (1, 1), (1, 1)),
+            ((4, 7), (3, 3), (2, 2), (1, 1)),
+            ((3, 19), (5, 3), (1, 2), (2, 1)),
+            ((6, 9), (2, 3), (1, 1), (1, 2)),
+            ((2, 33), (3, 3), (3, 2), (1, 1)),
+        ];
+        for (body, f) in bodies {
+            for &(out, kernel, strides, dilations) in &cases {
+                let g = DepthwiseGeometry {
+                    out,
+                    kernel,
+                    strides,
+                    dilations,
+                };
+                let (rows, pw) = g.plane();
+                let pw = pw + 3;
+                let p: Vec<f32> = (0..rows * pw)
+                    .map(|i| ((i * 29 % 37) as f32 - 18.0) / 9.0)
+                    .collect();
+                let taps: Vec<f32> = (0..kernel.0 * kernel.1)
+                    .map(|t| (t as f32 - 4.0) / 5.0)
+                    .collect();
+                for relu in [false, true] {
+                    let mut y = vec![f32::NAN; out.0 * out.1];
+                    f((&p, pw, g, &taps, 0.25, &mut y), relu);
+                    for oy in 0..out.0 {
+                        for ox in 0..out.1 {
+                            let mut want = 0.25f32;
+                            for ki in 0..kernel.0 {
+                                for kj in 0..kernel.1 {
+                                    let at = (oy * strides.0 + ki * dilations.0) * pw
+                                        + ox * strides.1
+                                        + kj * dilations.1;
+                                    want += taps[ki * kernel.1 + kj] * p[at];
+                                }
+                            }
+                            if relu {
+                                want = want.max(0.0);
+                            }
+                            let got = y[oy * out.1 + ox];
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{body} {g:?} relu {relu} at ({oy}, {ox}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
