@@ -12,10 +12,13 @@
 //! worker 0 when no other run is in flight ([`crate::model`]'s
 //! `run_on_pool`), so a model's data stays in the caches it was left in.
 //!
-//! Pinning is skipped when the pool has more workers than the process has CPUs,
-//! when `FLOTILLA_PIN_THREADS=0`, on systems other than Linux, and when
-//! something else built rayon's global pool first (the runtime then uses that
-//! pool as it is).
+//! Pinning happens only when the pool has exactly one worker per CPU the
+//! process may use: a process given fewer threads than CPUs (say
+//! `RAYON_NUM_THREADS=2` on an 8-core node) shares the machine, and two such
+//! processes pinned to the same first CPUs would fight over them while the
+//! rest idle. It is also skipped with `FLOTILLA_PIN_THREADS=0`, on systems
+//! other than Linux, and when something else built rayon's global pool first
+//! (the runtime then uses that pool as it is).
 
 use std::sync::OnceLock;
 
@@ -27,8 +30,8 @@ pub const PIN_ENV: &str = "FLOTILLA_PIN_THREADS";
 pub enum PoolSetup {
     /// The runtime built the pool and pinned worker `i` to the `i`-th allowed CPU.
     Pinned { threads: usize },
-    /// The runtime built the pool without pinning (turned off, more workers than
-    /// CPUs, or no affinity support).
+    /// The runtime built the pool without pinning (turned off, not one worker
+    /// per allowed CPU, or no affinity support).
     Unpinned { threads: usize },
     /// Another part of the process built rayon's global pool first.
     Foreign { threads: usize },
@@ -45,13 +48,6 @@ pub fn init() -> PoolSetup {
 
 fn build() -> PoolSetup {
     let cpus = affinity::allowed_cpus().unwrap_or_default();
-    let pin_wanted = !matches!(
-        std::env::var(PIN_ENV)
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Ok("0" | "false" | "off")
-    );
     // The size rayon would pick: RAYON_NUM_THREADS, else one per CPU.
     let threads = std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -60,7 +56,7 @@ fn build() -> PoolSetup {
         .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
         .unwrap_or(1);
     let builder = rayon::ThreadPoolBuilder::new().num_threads(threads);
-    let pin = pin_wanted && !cpus.is_empty() && threads <= cpus.len();
+    let pin = pin_wanted() && threads == cpus.len();
     let builder = if pin {
         let cpus = cpus.clone();
         builder.start_handler(move |i| {
@@ -79,6 +75,16 @@ fn build() -> PoolSetup {
             threads: rayon::current_num_threads(),
         },
     }
+}
+
+/// Whether [`PIN_ENV`] leaves pinning on (anything but `0`, `false`, `off`).
+fn pin_wanted() -> bool {
+    !matches!(
+        std::env::var(PIN_ENV)
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref(),
+        Ok("0" | "false" | "off")
+    )
 }
 
 #[cfg(target_os = "linux")]
@@ -129,8 +135,14 @@ mod tests {
             PoolSetup::Foreign { .. } => return,
         }
         #[cfg(target_os = "linux")]
-        if let PoolSetup::Pinned { .. } = first {
+        {
             let cpus = affinity::allowed_cpus().expect("affinity readable");
+            if threads == cpus.len() && pin_wanted() {
+                assert!(matches!(first, PoolSetup::Pinned { .. }), "{first:?}");
+            } else {
+                assert!(matches!(first, PoolSetup::Unpinned { .. }), "{first:?}");
+                return;
+            }
             // Each worker reports the single CPU it is pinned to.
             let pinned: Vec<Vec<usize>> =
                 rayon::broadcast(|_| affinity::allowed_cpus().unwrap_or_default());
