@@ -104,33 +104,30 @@ fn run_on_pool<R: Send>(run: impl FnOnce() -> R + Send) -> R {
     }
     let alone = IN_FLIGHT.fetch_add(1, Ordering::AcqRel) == 0;
     let _flight = Flight;
-    let done = AtomicBool::new(false);
     if !alone {
-        return run_in_scope(run, &done);
+        return run_in_scope(run);
     }
     const HOME: usize = 0;
+    let done = AtomicBool::new(false);
     let run = Mutex::new(Some(run));
-    let result = Mutex::new(None);
-    rayon::broadcast(|ctx| {
+    let outs = rayon::broadcast(|ctx| {
         if ctx.index() != HOME {
-            return help_until(&done, Some(HOME));
+            help_until(&done, Some(HOME));
+            return None;
         }
         let _done = SetOnDrop(&done);
         let taken = run.lock().unwrap_or_else(PoisonError::into_inner).take();
-        if let Some(run) = taken {
-            let out = run();
-            *result.lock().unwrap_or_else(PoisonError::into_inner) = Some(out);
-        }
+        taken.map(|run| run())
     });
-    let out = result.into_inner().unwrap_or_else(PoisonError::into_inner);
-    let untaken = run.into_inner().unwrap_or_else(PoisonError::into_inner);
-    match (out, untaken) {
-        (Some(out), _) => out,
-        // Worker 0 takes part in every broadcast, so the run was taken; if it
-        // had not been, it runs here.
-        (None, Some(run)) => run_in_scope(run, &AtomicBool::new(false)),
-        // A run that panicked made `broadcast` panic above.
-        (None, None) => unreachable!("the pool's worker {HOME} took the run and did not finish it"),
+    if let Some(out) = outs.into_iter().flatten().next() {
+        return out;
+    }
+    // Worker 0 takes part in every broadcast, so the run was taken and its
+    // result returned above (a run that panicked made `broadcast` panic);
+    // were it not, it runs here.
+    match run.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(run) => run_in_scope(run),
+        None => unreachable!("the pool's worker {HOME} took the run and did not finish it"),
     }
 }
 
@@ -145,7 +142,9 @@ impl Drop for SetOnDrop<'_> {
 }
 
 /// [`run_on_pool`] on whichever worker takes it, the others helping.
-fn run_in_scope<R: Send>(run: impl FnOnce() -> R + Send, done: &AtomicBool) -> R {
+fn run_in_scope<R: Send>(run: impl FnOnce() -> R + Send) -> R {
+    let done = AtomicBool::new(false);
+    let done = &done;
     rayon::scope(|s| {
         let runner = rayon::current_thread_index();
         for _ in 1..rayon::current_num_threads() {

@@ -734,8 +734,18 @@ impl ConvGeometry<'_> {
         let ksz = win.kernel[0] * win.kernel[1];
         // Rows the outputs read, and a row stride with room for whole vectors.
         let (prows, pw) = geometry.plane();
-        let channel = |o: usize, yo: &mut [f32], plane: &mut Vec<f32>| -> Result<(), OpError> {
-            let xs = &x[(o / self.mg) * self.isz..(o / self.mg + 1) * self.isz];
+        let osz = self.osz;
+        // Output channels per task: a group's (its plane is padded once for
+        // all of them), or with one group a share of its channels per thread.
+        let per = if self.g > 1 || threads <= 1 {
+            self.mg
+        } else {
+            self.mg.div_ceil(threads)
+        };
+        // Output channels o0.. (one group's) into `ys`.
+        let channels = |o0: usize, ys: &mut [f32], plane: &mut Vec<f32>| -> Result<(), OpError> {
+            let gi = o0 / self.mg;
+            let xs = &x[gi * self.isz..(gi + 1) * self.isz];
             let buf = grown(plane, prows * pw);
             // Zero only the border: the rows above and below the input's,
             // and each input row's columns left and right of it. Input rows
@@ -752,25 +762,28 @@ impl ConvGeometry<'_> {
                 row[left..left + n].copy_from_slice(&src[..n]);
                 row[left + n..].fill(0.0);
             }
-            let taps = w
-                .get(o * ksz..(o + 1) * ksz)
-                .ok_or_else(|| OpError::new("internal: depthwise weights"))?;
-            // No bias adds -0.0, which leaves every sum as it is (0.0 would
-            // turn a -0.0 sum into 0.0).
-            let bias = self.bias.map_or(-0.0, |b| b[o]);
             let relu = self.act == Activation::Relu;
-            simd::depthwise_plane(buf, pw, geometry, taps, (bias, relu), yo)
+            for (j, yo) in ys.chunks_mut(osz).enumerate() {
+                let o = o0 + j;
+                let taps = w
+                    .get(o * ksz..(o + 1) * ksz)
+                    .ok_or_else(|| OpError::new("internal: depthwise weights"))?;
+                // No bias adds -0.0, which leaves every sum as it is (0.0
+                // would turn a -0.0 sum into 0.0).
+                let bias = self.bias.map_or(-0.0, |b| b[o]);
+                simd::depthwise_plane(buf, pw, geometry, taps, (bias, relu), yo)?;
+            }
+            Ok(())
         };
-        let osz = self.osz;
-        if threads > 1 && self.g * self.mg > 1 {
-            y.par_chunks_mut(osz)
+        if threads > 1 && y.len() > per * osz {
+            y.par_chunks_mut(per * osz)
                 .enumerate()
-                .try_for_each(|(o, yo)| with_scratch(|s| channel(o, yo, &mut s.padded)))
+                .try_for_each(|(c, ys)| with_scratch(|s| channels(c * per, ys, &mut s.padded)))
         } else {
             with_scratch(|s| {
-                y.chunks_mut(osz)
+                y.chunks_mut(per * osz)
                     .enumerate()
-                    .try_for_each(|(o, yo)| channel(o, yo, &mut s.padded))
+                    .try_for_each(|(c, ys)| channels(c * per, ys, &mut s.padded))
             })
         }
     }
@@ -1560,6 +1573,19 @@ mod tests {
                 vec![1, 1],
                 vec![1, 1],
                 vec![0, 0, 0, 0],
+                vec![1, 1],
+                true,
+                true,
+            ),
+            // One input channel, one group, five outputs: threads share the
+            // group's output channels, each padding the plane once.
+            (
+                vec![1, 1, 10, 20],
+                5,
+                1,
+                vec![3, 3],
+                vec![1, 1],
+                vec![1, 1, 1, 1],
                 vec![1, 1],
                 true,
                 true,
