@@ -393,4 +393,38 @@ mod tests {
         );
         writer.await.unwrap();
     }
+
+    /// Path-MTU discovery on loopback must reach the GSO-safe bound: with a
+    /// bound whose 10-packet GSO batches exceed 64 KiB, the kernel refused
+    /// every batch of probe-sized packets, quinn counted them lost and fell
+    /// back to 1200-byte packets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bulk_transfer_on_loopback_uses_large_packets_without_loss() {
+        let (_s, _c, client, server) = pair().await;
+        let payload = vec![7u8; 1 << 20];
+        let writer = tokio::spawn(async move {
+            let (mut send, _recv) = server.accept_bi().await.unwrap();
+            for _ in 0..48 {
+                send.write_all(&payload).await.unwrap();
+            }
+            send.finish().unwrap();
+            let _ = send.stopped().await;
+            server
+        });
+        let (mut send, mut recv) = client.open_bi().await.unwrap();
+        send.write_all(b"go").await.unwrap();
+        let mut got = 0usize;
+        while let Some(c) = recv.read_chunk(1 << 20, true).await.unwrap() {
+            got += c.bytes.len();
+        }
+        let server = writer.await.unwrap();
+        assert_eq!(got, 48 << 20);
+        let path = server.stats().path;
+        assert_eq!(
+            path.current_mtu,
+            crate::tls::MAX_GSO_UDP_PAYLOAD,
+            "the sender's path MTU after 48 MiB: {path:?}"
+        );
+        assert_eq!(path.lost_packets, 0, "{path:?}");
+    }
 }

@@ -46,6 +46,16 @@ pub trait DeviceCheck: Send + Sync + std::fmt::Debug {
     fn check(&self, cert_der: &[u8]) -> Result<(), String>;
 }
 
+/// The largest UDP payload a QUIC endpoint may use while sending with
+/// segmentation offload: quinn hands the kernel up to 10 packets of one size
+/// in a single `sendmsg` (UDP GSO), and the kernel refuses a batch over
+/// 64 KiB (`EMSGSIZE`), which quinn takes for a failed path-MTU probe.
+/// With a larger bound, every probe past this size was silently dropped on
+/// loopback and the connection fell back to 1200-byte packets; with this
+/// bound it settles here, and a 1 GiB fetch over loopback needs about
+/// 166,000 packets instead of 740,000 (docs/benchmarks.md, issue 4).
+pub const MAX_GSO_UDP_PAYLOAD: u16 = 6500;
+
 /// QUIC transport settings shared by both ends.
 #[derive(Debug, Clone, Copy)]
 pub struct TransportSettings {
@@ -63,12 +73,10 @@ pub struct TransportSettings {
     /// this is memory held per fetching agent (quinn keeps unacknowledged
     /// stream data); 8 MiB covers a 100 ms, 600 Mbit/s path.
     pub send_window: u32,
-    /// Largest UDP payload path-MTU discovery may probe for (quinn's default,
-    /// 1452, fits Ethernet). With the default socket buffers, 65527 on
-    /// loopback stalled a 1 GiB transfer after 40 MB; with the larger buffers
-    /// of [`crate::udp`] it completes, but 8952, 16384 and 65527 all measured
-    /// within noise of 1452 (the fetch is bound by the agent's storage, not by
-    /// packet count), so it stays at the Ethernet size.
+    /// Largest UDP payload path-MTU discovery may probe for; see
+    /// [`MAX_GSO_UDP_PAYLOAD`] for why it is not larger. On Ethernet the
+    /// probes above the path's MTU fail and the connection stays at what the
+    /// path carries (about 1452).
     pub max_udp_payload: u16,
 }
 
@@ -81,7 +89,7 @@ impl Default for TransportSettings {
             stream_window: 8 << 20,
             connection_window: 32 << 20,
             send_window: 8 << 20,
-            max_udp_payload: 1452,
+            max_udp_payload: MAX_GSO_UDP_PAYLOAD,
         }
     }
 }
