@@ -399,7 +399,7 @@ mod tests {
     /// every batch of probe-sized packets, quinn counted them lost and fell
     /// back to 1200-byte packets.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bulk_transfer_on_loopback_uses_large_packets_without_loss() {
+    async fn bulk_transfer_on_loopback_uses_large_packets() {
         let (_s, _c, client, server) = pair().await;
         let payload = vec![7u8; 1 << 20];
         let writer = tokio::spawn(async move {
@@ -425,6 +425,9 @@ mod tests {
             crate::tls::MAX_GSO_UDP_PAYLOAD,
             "the sender's path MTU after 48 MiB: {path:?}"
         );
-        assert_eq!(path.lost_packets, 0, "{path:?}");
+        // Some loss is legitimate on a loaded machine (the receiver's socket
+        // buffer overruns while it is descheduled); the bug's mark was a
+        // black hole: every batch of large packets lost.
+        assert_eq!(path.black_holes_detected, 0, "{path:?}");
     }
 }
