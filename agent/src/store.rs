@@ -10,20 +10,22 @@
 //!   `state`, changed together by [`AgentStore::apply_outbox`].
 //!
 //! Beside it, in `DATA/chunks/`, the content-addressed chunk store (SHA-256
-//! digest → bytes), shared by every version of every deployment: one file per
-//! chunk ([`chunks`] says why not redb values). This type owns both; the redb
-//! file's lock keeps a second agent out of both.
+//! digest → bytes), shared by every version of every deployment: append-only
+//! pack files with an index rebuilt at open ([`chunks`] says why neither redb
+//! values nor a file per chunk). This type owns both; the redb file's lock
+//! keeps a second agent out of both.
 //!
 //! Design: chunk writes are not fsynced one by one. [`AgentStore::save_record`]
 //! (the driver's `Persist`) first makes every chunk written so far durable (one
-//! `syncfs`), then commits the record durably; the reconciler emits a `Persist`
+//! `fdatasync` per pack written), then commits the record durably; the reconciler emits a `Persist`
 //! after a fetch's `WriteChunk`s and before any record that relies on those
 //! chunks surviving a crash (a `staged`, `active` or `previous` slot, whose
 //! chunks must all be in the store). Reads in this process see chunks at once,
 //! so `Stage` may run before that `Persist`. A crash before it loses at most
 //! chunks of a fetch still `pending` in the last durable record, which the
 //! restored reconciler asks the store about again. A data dir from before the
-//! chunk files (chunks in a redb table) is migrated at open.
+//! chunk packs (chunks in a redb table) is migrated at open, and so is
+//! one with a file per chunk.
 //!
 //! It does not verify chunk bytes against their digests (the reconciler does that
 //! before it asks for a write, and staging checks again on the way out), decode
@@ -31,14 +33,14 @@
 
 use std::path::{Path, PathBuf};
 
-use flotilla_protocol::digest::Sha256Digest;
+use flotilla_protocol::digest::{HashedBytes, Sha256Digest};
 use flotilla_protocol::reconcile::{AgentRecord, ReconcileError};
 use flotilla_protocol::telemetry::{OutboxChange, OutboxMeta};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 mod chunks;
 
-use chunks::ChunkFiles;
+use chunks::ChunkPacks;
 
 /// redb's page cache for the agent's file. redb's default (1 GiB) keeps
 /// every chunk of a fetch resident; chunks are written once and read once
@@ -153,7 +155,7 @@ pub enum StoreError {
 pub struct AgentStore {
     db: Database,
     path: PathBuf,
-    chunks: ChunkFiles,
+    chunks: ChunkPacks,
 }
 
 impl AgentStore {
@@ -183,7 +185,7 @@ impl AgentStore {
                 },
             })?;
         let chunk_dir = data_dir.join(CHUNKS_DIR);
-        let chunks = ChunkFiles::open(&chunk_dir).map_err(|source| StoreError::Chunk {
+        let chunks = ChunkPacks::open(&chunk_dir).map_err(|source| StoreError::Chunk {
             path: chunk_dir.clone(),
             op: "open",
             source,
@@ -210,7 +212,8 @@ impl AgentStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Chunk`].
+    /// None today (the index is in memory); kept fallible for stores that ask
+    /// the disk.
     pub fn has_chunks(
         &self,
         digests: &[Sha256Digest],
@@ -218,11 +221,7 @@ impl AgentStore {
         let mut present = Vec::new();
         let mut absent = Vec::new();
         for d in digests {
-            if self
-                .chunks
-                .contains(d)
-                .map_err(self.chunk_err("query chunks"))?
-            {
+            if self.chunks.contains(d) {
                 present.push(*d);
             } else {
                 absent.push(*d);
@@ -251,6 +250,28 @@ impl AgentStore {
         for (digest, data) in chunks {
             self.chunks
                 .put(digest, data)
+                .map_err(self.chunk_err("write chunk"))?;
+        }
+        Ok(())
+    }
+
+    /// Stores several chunks as received (written from their pieces, not
+    /// gathered first), without fsync. On an error the chunks before the
+    /// failed one are stored.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Chunk`].
+    pub fn put_hashed_chunks(
+        &self,
+        chunks: &[(Sha256Digest, HashedBytes)],
+    ) -> Result<(), StoreError> {
+        let mut pieces: Vec<&[u8]> = Vec::new();
+        for (digest, bytes) in chunks {
+            pieces.clear();
+            pieces.extend(bytes.pieces().iter().map(|p| &p[..]));
+            self.chunks
+                .put_pieces(digest, &pieces)
                 .map_err(self.chunk_err("write chunk"))?;
         }
         Ok(())

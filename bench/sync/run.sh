@@ -10,7 +10,9 @@
 # Usage: bench/sync/run.sh [ROUNDS] [SWARM]
 # BENCH_BIN=DIR uses prebuilt binaries from DIR instead of building.
 # With PERF=FILE, `perf record -a -g` profiles the whole machine during the
-# first round's agent fetch into FILE (read it with `perf report -i FILE`).
+# first round's agent run into FILE (read it with `perf report -i FILE`);
+# with PERFSECS=S as well, only S seconds from PERFDELAY (default 0.6)
+# seconds after the agent starts, so inside the fetch.
 set -euo pipefail
 ROUNDS=${1:-3}
 SWARM=${2:-50}
@@ -82,11 +84,16 @@ for r in $(seq "$ROUNDS"); do
   CF+=("$cf")
   D="$W/agent-big-$r"; enrol "$D" big
   PP=""
-  if [ -n "${PERF:-}" ] && [ "$r" -eq 1 ]; then
+  if [ -n "${PERF:-}" ] && [ "$r" -eq 1 ] && [ -z "${PERFSECS:-}" ]; then
     perf record -a -g -o "$PERF" >/dev/null 2>&1 & PP=$!
     sleep 0.5
   fi
   "$T/flotilla-agent" run --data-dir "$D" --listen 127.0.0.1:0 >/dev/null 2>"$D.log" & A=$!; PIDS+=("$A")
+  if [ -n "${PERF:-}" ] && [ "$r" -eq 1 ] && [ -n "${PERFSECS:-}" ]; then
+    # Only a window inside the fetch: PERFDELAY seconds after the agent
+    # starts, for PERFSECS seconds.
+    (sleep "${PERFDELAY:-0.6}"; exec perf record -a -g -o "$PERF" -- sleep "$PERFSECS") >/dev/null 2>&1 &
+  fi
   f=""
   # Wait with a cheap grep on the status file (starting `flotilla-agent
   # status` and python every 0.2 s took ~6% of the CPU the fetch runs on).

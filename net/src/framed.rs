@@ -100,8 +100,9 @@ impl FramedRecv<ChunkFrame> {
     /// The next frame of a chunk stream, like [`FramedRecv::next`], but a
     /// `ChunkData` frame laid out as the hub sends it
     /// ([`flotilla_protocol::wire::chunk_data_head`]) is taken apart as it
-    /// arrives: its bytes are copied once, from the transport's buffers into
-    /// the chunk, and hashed on the way. Through [`FramedRecv::next`] the
+    /// arrives: its bytes stay in the transport's buffers (the pieces of a
+    /// [`HashedBytes`]), hashed as each arrives, and are not copied until they
+    /// are written to the store. Through [`FramedRecv::next`] the
     /// same bytes were copied three times (read buffer, frame buffer, decoded
     /// frame) and hashed afterwards, which cost the agent's fetch about a
     /// tenth of its CPU. Any other frame, or one over the limits, goes
@@ -127,7 +128,8 @@ impl FramedRecv<ChunkFrame> {
                     self.pending.pos += here;
                     while chunk.len() < len {
                         match self.recv.read_chunk(len - chunk.len(), true).await? {
-                            Some(c) => chunk.extend(&c.bytes),
+                            // Kept as quinn hands it over (hashed, not copied).
+                            Some(c) => chunk.push(c.bytes),
                             None => {
                                 return Err(WireError::Truncated {
                                     buffered: head_len + chunk.len(),
@@ -354,8 +356,10 @@ mod tests {
         while let Some(item) = rx.next_chunk().await.unwrap() {
             seen.push(match item {
                 ChunkItem::Data(d, b) => {
-                    assert_eq!(b.sha256(), Sha256Digest::of(b.as_slice()));
-                    (true, d, b.into_vec())
+                    let sha = b.sha256();
+                    let v = b.into_vec();
+                    assert_eq!(sha, Sha256Digest::of(&v));
+                    (true, d, v)
                 }
                 ChunkItem::Frame(ChunkFrame::ChunkMissing { digest }) => (false, digest, vec![]),
                 ChunkItem::Frame(other) => panic!("unexpected {other:?}"),

@@ -7,6 +7,12 @@
 //! its rate. Both ends therefore ask for [`SOCKET_BUFFER`] bytes each way; the
 //! kernel caps the request at `net.core.{r,w}mem_max` (4 MiB here), and a
 //! refused request only costs speed, never correctness.
+//!
+//! A process with `CAP_NET_ADMIN` (an agent or hub running as root, as on
+//! most appliances) gets the whole [`SOCKET_BUFFER`] past that cap
+//! (`SO_RCVBUFFORCE`, as quic-go does): at the cap, a 1 GiB loopback fetch
+//! still overran the agent's receive buffer about 15 times, each a congestion
+//! event on the hub; at 8 MiB none did (docs/benchmarks.md).
 
 use std::net::{SocketAddr, UdpSocket};
 
@@ -41,9 +47,37 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
             tracing::debug!(error = %e, "could not size the UDP {what} buffer");
         }
     }
+    force_buffers(&socket);
     socket.bind(&addr.into())?;
     Ok(socket.into())
 }
+
+/// Raises the buffers past `net.core.{r,w}mem_max` where the process may
+/// (`CAP_NET_ADMIN`); Linux reports twice the size asked for, so a reported
+/// size below that means the cap applied.
+#[cfg(target_os = "linux")]
+fn force_buffers(socket: &socket2::Socket) {
+    use rustix::net::sockopt;
+    if socket
+        .recv_buffer_size()
+        .is_ok_and(|n| n < 2 * SOCKET_BUFFER)
+    {
+        if let Err(e) = sockopt::set_socket_recv_buffer_size_force(socket, SOCKET_BUFFER) {
+            tracing::debug!(error = %e, "UDP receive buffer stays at net.core.rmem_max");
+        }
+    }
+    if socket
+        .send_buffer_size()
+        .is_ok_and(|n| n < 2 * SOCKET_BUFFER)
+    {
+        if let Err(e) = sockopt::set_socket_send_buffer_size_force(socket, SOCKET_BUFFER) {
+            tracing::debug!(error = %e, "UDP send buffer stays at net.core.wmem_max");
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn force_buffers(_socket: &socket2::Socket) {}
 
 /// A quinn endpoint on a socket from [`bind`]: a server when `server` is
 /// given, else a client-only endpoint. Needs a tokio runtime.
@@ -78,6 +112,22 @@ mod tests {
         // Linux reports twice what it granted; the default is ~208 KiB.
         assert!(s.recv_buffer_size().unwrap() > 256 * 1024);
         assert!(s.send_buffer_size().unwrap() > 256 * 1024);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn buffers_pass_the_sysctl_cap_where_the_process_may() {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let may =
+            rustix::net::sockopt::set_socket_recv_buffer_size_force(&probe, SOCKET_BUFFER).is_ok();
+        let s = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let s = socket2::SockRef::from(&s);
+        if may {
+            assert!(s.recv_buffer_size().unwrap() >= 2 * SOCKET_BUFFER);
+            assert!(s.send_buffer_size().unwrap() >= 2 * SOCKET_BUFFER);
+        } else {
+            eprintln!("no CAP_NET_ADMIN here: buffers stay at net.core.{{r,w}}mem_max");
+        }
     }
 
     #[tokio::test]

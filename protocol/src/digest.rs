@@ -41,9 +41,15 @@ impl Sha256Digest {
 /// [`HashedBytes::sha256`] with an expected digest without hashing again (a
 /// receiver hashes on whichever thread read the bytes, and the code that
 /// decides still does the comparing).
-#[derive(Clone, PartialEq, Eq)]
+///
+/// The bytes are kept as the pieces they arrived in ([`bytes::Bytes`], shared,
+/// not copied): a chunk received over QUIC is the transport's decrypted
+/// packet payloads, hashed in place and written from there
+/// ([`HashedBytes::pieces`]), never gathered into one buffer on the way.
+#[derive(Clone)]
 pub struct HashedBytes {
-    bytes: Vec<u8>,
+    pieces: Vec<bytes::Bytes>,
+    len: usize,
     sha256: Sha256Digest,
 }
 
@@ -51,73 +57,109 @@ impl HashedBytes {
     /// Hashes `bytes`.
     pub fn new(bytes: Vec<u8>) -> Self {
         let sha256 = Sha256Digest::of(&bytes);
-        Self { bytes, sha256 }
+        let len = bytes.len();
+        Self {
+            pieces: vec![bytes::Bytes::from(bytes)],
+            len,
+            sha256,
+        }
     }
 
-    /// The SHA-256 of [`HashedBytes::as_slice`].
+    /// The SHA-256 of the bytes.
     pub fn sha256(&self) -> Sha256Digest {
         self.sha256
     }
 
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        &self.bytes
+    /// The bytes, in order, as the pieces they arrived in.
+    pub fn pieces(&self) -> &[bytes::Bytes] {
+        &self.pieces
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     /// Whether there are no bytes.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len == 0
     }
 
-    /// Gives the bytes back.
+    /// The bytes in one buffer (without a copy when they are one unshared
+    /// piece).
     pub fn into_vec(self) -> Vec<u8> {
-        self.bytes
+        if self.pieces.len() == 1 {
+            if let Some(one) = self.pieces.into_iter().next() {
+                return Vec::from(one);
+            }
+            return Vec::new();
+        }
+        let mut v = Vec::with_capacity(self.len);
+        for p in &self.pieces {
+            v.extend_from_slice(p);
+        }
+        v
     }
 }
 
+// Equal digests and lengths are equal bytes, however they are split.
+impl PartialEq for HashedBytes {
+    fn eq(&self, other: &Self) -> bool {
+        self.sha256 == other.sha256 && self.len == other.len
+    }
+}
+
+impl Eq for HashedBytes {}
+
 /// Builds a [`HashedBytes`] from pieces, hashing each piece as it is
-/// appended (while it is still in cache), so a receiver copies the bytes it
-/// reads once and hashes them on the way.
+/// appended (while it is still in cache).
 #[derive(Default)]
 pub struct HashedBytesBuilder {
-    bytes: Vec<u8>,
+    pieces: Vec<bytes::Bytes>,
+    len: usize,
     hasher: Sha256Hasher,
 }
 
 impl HashedBytesBuilder {
-    /// An empty builder with room for `n` bytes.
+    /// An empty builder expecting about `n` bytes.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            bytes: Vec::with_capacity(n),
+            // Pieces are packet payloads: a few KiB each.
+            pieces: Vec::with_capacity((n / 4096).clamp(1, 1024)),
+            len: 0,
             hasher: Sha256Hasher::default(),
         }
     }
 
-    /// Appends (and hashes) `data`.
+    /// Appends (and hashes) a copy of `data`.
     pub fn extend(&mut self, data: &[u8]) {
-        self.bytes.extend_from_slice(data);
-        self.hasher.update(data);
+        if !data.is_empty() {
+            self.push(bytes::Bytes::copy_from_slice(data));
+        }
+    }
+
+    /// Appends (and hashes) `piece` without copying it.
+    pub fn push(&mut self, piece: bytes::Bytes) {
+        self.hasher.update(&piece);
+        self.len += piece.len();
+        self.pieces.push(piece);
     }
 
     /// Bytes appended so far.
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.len
     }
 
     /// Whether nothing was appended.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.len == 0
     }
 
     /// The bytes with their digest.
     pub fn finish(self) -> HashedBytes {
         HashedBytes {
-            bytes: self.bytes,
+            pieces: self.pieces,
+            len: self.len,
             sha256: self.hasher.finish(),
         }
     }
@@ -125,19 +167,14 @@ impl HashedBytesBuilder {
 
 impl fmt::Debug for HashedBytesBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "HashedBytesBuilder({} bytes)", self.bytes.len())
+        write!(f, "HashedBytesBuilder({} bytes)", self.len)
     }
 }
 
 // A chunk is megabytes; show its length and digest only.
 impl fmt::Debug for HashedBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "HashedBytes({} bytes, {})",
-            self.bytes.len(),
-            self.sha256
-        )
+        write!(f, "HashedBytes({} bytes, {})", self.len, self.sha256)
     }
 }
 
@@ -213,5 +250,33 @@ impl<'de> Deserialize<'de> for Sha256Digest {
         } else {
             d.deserialize_bytes(V)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_are_kept_as_given_and_hash_like_the_whole() {
+        let whole = b"the quick brown fox jumps over the lazy dog".to_vec();
+        let piece = bytes::Bytes::from(whole[10..].to_vec());
+        let mut b = HashedBytesBuilder::with_capacity(whole.len());
+        b.extend(&whole[..10]);
+        b.push(piece.clone());
+        assert_eq!(b.len(), whole.len());
+        let h = b.finish();
+        assert_eq!(h.sha256(), Sha256Digest::of(&whole));
+        assert_eq!(h.len(), whole.len());
+        assert_eq!(h.pieces().len(), 2);
+        assert_eq!(
+            h.pieces()[1].as_ptr(),
+            piece.as_ptr(),
+            "a pushed piece is shared, not copied"
+        );
+        assert_eq!(h, HashedBytes::new(whole.clone()), "equal however split");
+        assert_eq!(h.into_vec(), whole);
+        assert!(HashedBytesBuilder::default().finish().is_empty());
+        assert_eq!(HashedBytes::new(whole.clone()).into_vec(), whole);
     }
 }

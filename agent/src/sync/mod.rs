@@ -779,7 +779,7 @@ impl Agent {
     /// [`ChunkWriter`], flushed before any action that reads the store or
     /// persists the record.
     async fn perform(&mut self) -> anyhow::Result<()> {
-        let mut writes: Vec<(Sha256Digest, Vec<u8>)> = Vec::new();
+        let mut writes: Vec<(Sha256Digest, HashedBytes)> = Vec::new();
         // Versions made active by this batch: a version on trial is served
         // once its trial passes (the trial loads it); any other is loaded now.
         let mut activated: Vec<(DeploymentKey, String)> = Vec::new();

@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use flotilla_protocol::digest::Sha256Digest;
+use flotilla_protocol::digest::{HashedBytes, Sha256Digest};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::store::AgentStore;
@@ -24,7 +24,7 @@ use crate::store::AgentStore;
 /// Most chunk bytes queued for the writer thread at once.
 pub(crate) const QUEUED_BYTES: usize = 64 << 20;
 
-type Batch = Vec<(Sha256Digest, Vec<u8>)>;
+type Batch = Vec<(Sha256Digest, HashedBytes)>;
 
 enum Msg {
     Write(Batch, u32),
@@ -112,13 +112,10 @@ fn run(store: &AgentStore, mut rx: mpsc::UnboundedReceiver<Msg>, room: &Semaphor
             }
         }
         if !batch.is_empty() {
-            let refs: Vec<(Sha256Digest, &[u8])> =
-                batch.iter().map(|(d, b)| (*d, b.as_slice())).collect();
-            if let Err(e) = store.put_chunks(&refs) {
+            if let Err(e) = store.put_hashed_chunks(&batch) {
                 tracing::error!(error = %e, chunks = batch.len(), "writing chunks failed");
                 failed.get_or_insert_with(|| e.to_string());
             }
-            drop(refs);
             drop(batch);
             room.add_permits(permits as usize);
         }
@@ -139,8 +136,8 @@ mod tests {
         let w = ChunkWriter::start(Arc::clone(&store)).unwrap();
         let mut all = Vec::new();
         for i in 0..50u32 {
-            let bytes = vec![i as u8; 1000 + i as usize];
-            let d = Sha256Digest::of(&bytes);
+            let bytes = HashedBytes::new(vec![i as u8; 1000 + i as usize]);
+            let d = bytes.sha256();
             all.push(d);
             let mut batch = vec![(d, bytes)];
             w.write(&mut batch).await.unwrap();
@@ -162,8 +159,8 @@ mod tests {
         let w = ChunkWriter::start(Arc::clone(&store)).unwrap();
         let mut batch: Batch = (0..3u8)
             .map(|i| {
-                let b = vec![i; QUEUED_BYTES / 2];
-                (Sha256Digest::of(&b), b)
+                let b = HashedBytes::new(vec![i; QUEUED_BYTES / 2]);
+                (b.sha256(), b)
             })
             .collect();
         let digests: Vec<_> = batch.iter().map(|(d, _)| *d).collect();

@@ -31,8 +31,8 @@ pub enum Action {
     WriteChunk {
         /// Their digest, checked.
         digest: Sha256Digest,
-        /// The bytes.
-        bytes: Vec<u8>,
+        /// The bytes, with the digest they were hashed to.
+        bytes: crate::digest::HashedBytes,
     },
     /// Materialise `slot`'s bundle from the store next to the active version,
     /// without touching what serves. Every chunk is in the store.

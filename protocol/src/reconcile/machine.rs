@@ -119,7 +119,6 @@ impl Reconciler {
             return Ok(false);
         };
         let actual = bytes.sha256();
-        let bytes = bytes.into_vec();
         if bytes.len() != expected_len as usize || actual != digest {
             self.fetch.requeue(&digest);
             self.fill_requests(now);

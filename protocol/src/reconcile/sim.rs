@@ -323,8 +323,9 @@ impl Agent {
             }
             Action::FetchChunks { digests } => self.hub_queue.extend(digests),
             Action::WriteChunk { digest, bytes } => {
-                assert_eq!(Sha256Digest::of(bytes), *digest);
-                self.store.insert(*digest, bytes.clone());
+                let bytes = bytes.clone().into_vec();
+                assert_eq!(Sha256Digest::of(&bytes), *digest);
+                self.store.insert(*digest, bytes);
             }
             Action::Stage { slot, .. } => self.assert_complete(fleet, slot.target()),
             Action::Activate { key, target } => {
