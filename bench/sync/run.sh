@@ -92,7 +92,7 @@ for r in $(seq "$ROUNDS"); do
   if [ -n "${PERF:-}" ] && [ "$r" -eq 1 ] && [ -n "${PERFSECS:-}" ]; then
     # Only a window inside the fetch: PERFDELAY seconds after the agent
     # starts, for PERFSECS seconds.
-    (sleep "${PERFDELAY:-0.6}"; exec perf record -a -g -o "$PERF" -- sleep "$PERFSECS") >/dev/null 2>&1 &
+    (sleep "${PERFDELAY:-0.6}"; exec perf record -a -g ${PERFEVENTS:+-e "$PERFEVENTS"} -o "$PERF" -- sleep "$PERFSECS") >/dev/null 2>&1 &
   fi
   f=""
   # Wait with a cheap grep on the status file (starting `flotilla-agent
