@@ -130,7 +130,7 @@ impl ChunkPacks {
             let name = name.to_string_lossy();
             if let Some(seq) = name
                 .strip_suffix(PACK_SUFFIX)
-                .filter(|s| s.len() == 8)
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u32>().ok())
             {
                 seqs.push(seq);
