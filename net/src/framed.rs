@@ -128,7 +128,8 @@ impl FramedRecv<ChunkFrame> {
                     self.pending.pos += here;
                     while chunk.len() < len {
                         match self.recv.read_chunk(len - chunk.len(), true).await? {
-                            // Kept as quinn hands it over (hashed, not copied).
+                            // Hashed, and kept as quinn hands it over unless
+                            // short (`MIN_SHARED_PIECE`).
                             Some(c) => chunk.push(c.bytes),
                             None => {
                                 return Err(WireError::Truncated {

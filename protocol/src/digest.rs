@@ -88,11 +88,13 @@ impl HashedBytes {
     /// The bytes in one buffer (without a copy when they are one unshared
     /// piece).
     pub fn into_vec(self) -> Vec<u8> {
-        if self.pieces.len() == 1 {
-            if let Some(one) = self.pieces.into_iter().next() {
-                return Vec::from(one);
-            }
-            return Vec::new();
+        if self.pieces.len() <= 1 {
+            return self
+                .pieces
+                .into_iter()
+                .next()
+                .map(Vec::from)
+                .unwrap_or_default();
         }
         let mut v = Vec::with_capacity(self.len);
         for p in &self.pieces {
@@ -111,11 +113,25 @@ impl PartialEq for HashedBytes {
 
 impl Eq for HashedBytes {}
 
+/// Shortest piece [`HashedBytesBuilder::push`] keeps as it is; shorter ones
+/// are copied.
+///
+/// Design: a piece shares the transport's receive buffer (quinn copies each
+/// receive batch, up to 64 KiB, into one allocation and hands out slices of
+/// it), so keeping a piece keeps its whole batch alive. Copying short
+/// pieces bounds what a peer sending tiny stream frames can pin to 16x the
+/// chunk's bytes (64 KiB / 4 KiB), and the piece list to one entry per
+/// 4 KiB; packets of a 6500-byte path keep their pieces, a 1500-byte path's
+/// are copied, as every chunk was before.
+pub const MIN_SHARED_PIECE: usize = 4096;
+
 /// Builds a [`HashedBytes`] from pieces, hashing each piece as it is
 /// appended (while it is still in cache).
 #[derive(Default)]
 pub struct HashedBytesBuilder {
     pieces: Vec<bytes::Bytes>,
+    /// Copied bytes not yet a piece.
+    tail: Vec<u8>,
     len: usize,
     hasher: Sha256Hasher,
 }
@@ -124,24 +140,28 @@ impl HashedBytesBuilder {
     /// An empty builder expecting about `n` bytes.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            // Pieces are packet payloads: a few KiB each.
-            pieces: Vec::with_capacity((n / 4096).clamp(1, 1024)),
-            len: 0,
-            hasher: Sha256Hasher::default(),
+            pieces: Vec::with_capacity((n / MIN_SHARED_PIECE).clamp(1, 1024)),
+            ..Self::default()
         }
     }
 
     /// Appends (and hashes) a copy of `data`.
     pub fn extend(&mut self, data: &[u8]) {
-        if !data.is_empty() {
-            self.push(bytes::Bytes::copy_from_slice(data));
-        }
+        self.hasher.update(data);
+        self.len += data.len();
+        self.tail.extend_from_slice(data);
     }
 
-    /// Appends (and hashes) `piece` without copying it.
+    /// Appends (and hashes) `piece`, shared rather than copied when it is at
+    /// least [`MIN_SHARED_PIECE`] bytes.
     pub fn push(&mut self, piece: bytes::Bytes) {
+        if piece.len() < MIN_SHARED_PIECE {
+            self.extend(&piece);
+            return;
+        }
         self.hasher.update(&piece);
         self.len += piece.len();
+        self.end_tail();
         self.pieces.push(piece);
     }
 
@@ -156,11 +176,20 @@ impl HashedBytesBuilder {
     }
 
     /// The bytes with their digest.
-    pub fn finish(self) -> HashedBytes {
+    pub fn finish(mut self) -> HashedBytes {
+        self.end_tail();
         HashedBytes {
             pieces: self.pieces,
             len: self.len,
             sha256: self.hasher.finish(),
+        }
+    }
+
+    /// Makes the copied bytes so far a piece.
+    fn end_tail(&mut self) {
+        if !self.tail.is_empty() {
+            self.pieces
+                .push(bytes::Bytes::from(std::mem::take(&mut self.tail)));
         }
     }
 }
@@ -259,7 +288,7 @@ mod tests {
 
     #[test]
     fn pieces_are_kept_as_given_and_hash_like_the_whole() {
-        let whole = b"the quick brown fox jumps over the lazy dog".to_vec();
+        let whole: Vec<u8> = (0..10 + MIN_SHARED_PIECE).map(|i| i as u8).collect();
         let piece = bytes::Bytes::from(whole[10..].to_vec());
         let mut b = HashedBytesBuilder::with_capacity(whole.len());
         b.extend(&whole[..10]);
@@ -278,5 +307,20 @@ mod tests {
         assert_eq!(h.into_vec(), whole);
         assert!(HashedBytesBuilder::default().finish().is_empty());
         assert_eq!(HashedBytes::new(whole.clone()).into_vec(), whole);
+    }
+
+    #[test]
+    fn short_pieces_are_copied_into_one() {
+        let mut b = HashedBytesBuilder::default();
+        let mut whole = Vec::new();
+        for i in 0..100u8 {
+            let p = vec![i; 1000];
+            whole.extend_from_slice(&p);
+            b.push(bytes::Bytes::from(p));
+        }
+        let h = b.finish();
+        assert_eq!(h.pieces().len(), 1, "100 short pieces pin nothing");
+        assert_eq!(h.sha256(), Sha256Digest::of(&whole));
+        assert_eq!(h.into_vec(), whole);
     }
 }

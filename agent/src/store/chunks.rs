@@ -203,9 +203,8 @@ impl ChunkPacks {
             )
         })?;
         let mut st = self.lock();
-        if st.index.contains_key(digest) {
-            self.remove_locked(&mut st, digest)?;
-        }
+        // A record already there is replaced.
+        self.remove_locked(&mut st, digest)?;
         let seq = match st.current {
             Some(seq) => seq,
             None => self.create_pack(&mut st)?,
@@ -397,8 +396,20 @@ impl ChunkPacks {
                 format!("{} is not a chunk pack (bad magic)", path.display()),
             ));
         }
+        let file = Arc::new(file);
+        st.packs.insert(
+            seq,
+            Pack {
+                file: Arc::clone(&file),
+                end: FILE_MAGIC.len() as u64,
+                live: 0,
+            },
+        );
+        // The pack being scanned counts as the current one, so a replacement
+        // found in it never deletes it (`remove_locked`); `open` picks the
+        // real current pack after the scan.
+        st.current = Some(seq);
         let mut offset = FILE_MAGIC.len() as u64;
-        let mut live = 0u64;
         let mut buf = [0u8; HEAD_LEN as usize];
         while offset < size {
             let whole = size - offset >= HEAD_LEN && file.read_exact_at(&mut buf, offset).is_ok();
@@ -412,23 +423,8 @@ impl ChunkPacks {
                 break;
             };
             if state == LIVE {
-                if let Some(old) = st.index.get(&digest).copied() {
-                    // Written again later (a replacement): the later one counts.
-                    let older = st.packs.get_mut(&old.pack).map(|p| &mut p.file);
-                    let f = match older {
-                        Some(f) => Arc::clone(f),
-                        None => Arc::new(file.try_clone()?),
-                    };
-                    f.write_all_at(&[REMOVED], old.offset + STATE_AT)?;
-                    self.punch(&f, old.offset + HEAD_LEN, u64::from(old.len));
-                    st.bytes = st.bytes.saturating_sub(u64::from(old.len));
-                    if let Some(p) = st.packs.get_mut(&old.pack) {
-                        p.live = p.live.saturating_sub(1);
-                    } else {
-                        live = live.saturating_sub(1);
-                    }
-                    st.dirty.insert(old.pack);
-                }
+                // Written again later (a replacement): the later one counts.
+                self.remove_locked(st, &digest)?;
                 st.index.insert(
                     digest,
                     Loc {
@@ -438,18 +434,15 @@ impl ChunkPacks {
                     },
                 );
                 st.bytes += u64::from(len);
-                live += 1;
+                if let Some(p) = st.packs.get_mut(&seq) {
+                    p.live += 1;
+                }
             }
             offset += HEAD_LEN + u64::from(len);
         }
-        st.packs.insert(
-            seq,
-            Pack {
-                file: Arc::new(file),
-                end: offset.min(size),
-                live,
-            },
-        );
+        if let Some(p) = st.packs.get_mut(&seq) {
+            p.end = offset.min(size);
+        }
         Ok(())
     }
 
@@ -730,6 +723,38 @@ mod tests {
         let c = ChunkPacks::open(dir.path()).unwrap();
         assert_eq!(c.totals(), (1, 9));
         assert_eq!(c.get(&d(1)).unwrap().unwrap(), b"repaired!");
+    }
+
+    #[test]
+    fn a_replacement_whose_removal_mark_was_lost_still_wins_at_open() {
+        // A crash can persist the new record but not the old one's removed
+        // byte; the scan then finds two live records of one digest, in one
+        // pack (a large target) or in two (a target of ~2 records).
+        let first_state_byte = FILE_MAGIC.len() as u64 + STATE_AT;
+        for target in [PACK_TARGET, 120] {
+            let dir = tempfile::tempdir().unwrap();
+            let c = ChunkPacks::open_with_target(dir.path(), target).unwrap();
+            c.put(&d(1), b"damaged").unwrap();
+            c.put(&d(2), b"x").unwrap();
+            c.put(&d(3), b"yy").unwrap();
+            c.put(&d(1), b"repaired!").unwrap();
+            let packs = packs_in(dir.path()).len();
+            drop(c);
+            let first = packs_in(dir.path()).remove(0);
+            File::options()
+                .write(true)
+                .open(&first)
+                .unwrap()
+                .write_all_at(&[LIVE], first_state_byte)
+                .unwrap();
+            for round in 0..2 {
+                let c = ChunkPacks::open_with_target(dir.path(), target).unwrap();
+                assert_eq!(c.totals(), (3, 12), "target {target}, open {round}");
+                assert_eq!(c.get(&d(1)).unwrap().unwrap(), b"repaired!");
+                assert_eq!(c.get(&d(3)).unwrap().unwrap(), b"yy");
+                assert_eq!(packs_in(dir.path()).len(), packs, "target {target}");
+            }
+        }
     }
 
     #[test]
