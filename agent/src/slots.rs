@@ -24,7 +24,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use flotilla_protocol::digest::{Sha256Digest, Sha256Hasher};
+use flotilla_protocol::digest::{AnyDigest, Sha256Digest, Sha256Hasher};
 use flotilla_protocol::manifest::{BundleManifest, ManifestFile};
 use flotilla_protocol::reconcile::{DeploymentKey, Slot};
 
@@ -58,7 +58,8 @@ pub enum SlotError {
         /// The chunk.
         digest: Sha256Digest,
     },
-    /// A stored chunk does not hash to its address or has the wrong length.
+    /// A stored chunk does not match its signed entry (length, and BLAKE3
+    /// where the manifest lists one, else SHA-256).
     #[error("chunk {digest} of bundle file {path} is corrupt in the chunk store: {actual_len} bytes hashing to {actual}, expected {expected_len} bytes")]
     CorruptChunk {
         /// The file it belongs to.
@@ -69,8 +70,8 @@ pub enum SlotError {
         expected_len: u32,
         /// Bytes found.
         actual_len: usize,
-        /// Their digest.
-        actual: Sha256Digest,
+        /// Their digest, of the kind checked.
+        actual: AnyDigest,
     },
     /// An assembled file does not have the size and SHA-256 the manifest signs.
     #[error("bundle file {path} assembled to {actual_len} bytes hashing to {actual}, the manifest says {expected_len} bytes hashing to {expected}")]
@@ -283,8 +284,7 @@ fn write_file(path: &Path, file: &ManifestFile, store: &AgentStore) -> Result<()
                 path: file.path.clone(),
                 digest: c.digest,
             })?;
-        let actual = Sha256Digest::of(&bytes);
-        if actual != c.digest || bytes.len() != c.size as usize {
+        if let Err(actual) = c.verify_slice(&bytes) {
             // Dropped so that the next fetch of a version with this chunk
             // asks the hub for it again instead of finding it "present".
             if let Err(e) = store.remove_chunks(&[c.digest]) {
@@ -404,10 +404,7 @@ pub(crate) mod tests {
                 let start = c.offset as usize;
                 let bytes = &data[start..start + c.len as usize];
                 store.put_chunk(&c.digest, bytes).unwrap();
-                refs.push(ChunkRef {
-                    digest: c.digest,
-                    size: c.len,
-                });
+                refs.push(ChunkRef::from(c));
             }
             out.push(ManifestFile {
                 path: (*path).into(),

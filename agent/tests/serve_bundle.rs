@@ -82,13 +82,7 @@ impl Fleet {
                 path: "model.onnx".into(),
                 size: model.len() as u64,
                 sha256: Sha256Digest::of(model),
-                chunks: chunks
-                    .iter()
-                    .map(|c| ChunkRef {
-                        digest: c.digest,
-                        size: c.len,
-                    })
-                    .collect(),
+                chunks: chunks.iter().map(ChunkRef::from).collect(),
             }],
             chunking: ChunkingParams::default(),
             signature: flotilla_runtime::model_signature(model).unwrap(),

@@ -125,6 +125,7 @@ fn file(path: &str, data: &[u8], cuts: &[usize]) -> (ManifestFile, Vec<Vec<u8>>)
         refs.push(ChunkRef {
             digest: Sha256Digest::of(&bytes),
             size: u32::try_from(len).expect("small chunk"),
+            blake3: Some(flotilla_protocol::digest::Blake3Digest::of(&bytes)),
         });
         chunks.push(bytes);
     }

@@ -166,13 +166,7 @@ pub fn pack(
             path: file_name,
             size: model.len() as u64,
             sha256: Sha256Digest::of(&model),
-            chunks: chunks
-                .iter()
-                .map(|c| ChunkRef {
-                    digest: c.digest,
-                    size: c.len,
-                })
-                .collect(),
+            chunks: chunks.iter().map(ChunkRef::from).collect(),
         }],
         chunking: ChunkingParams::default(),
         signature,

@@ -9,7 +9,7 @@
 
 use std::io::Read;
 
-use crate::digest::Sha256Digest;
+use crate::digest::{Blake3Digest, Sha256Digest};
 
 /// Smallest chunk FastCDC cuts (except a file's last chunk).
 pub const MIN_CHUNK: u32 = 256 * 1024;
@@ -27,6 +27,8 @@ pub struct Chunk {
     pub len: u32,
     /// SHA-256 of the chunk's bytes.
     pub digest: Sha256Digest,
+    /// BLAKE3 of the chunk's bytes (what receivers verify it by).
+    pub blake3: Blake3Digest,
 }
 
 /// Chunking failed because the reader failed.
@@ -41,6 +43,7 @@ pub fn chunk_bytes(data: &[u8]) -> Vec<Chunk> {
             offset: c.offset as u64,
             len: c.length as u32,
             digest: Sha256Digest::of(&data[c.offset..c.offset + c.length]),
+            blake3: Blake3Digest::of(&data[c.offset..c.offset + c.length]),
         })
         .collect()
 }
@@ -61,6 +64,7 @@ pub fn chunk_stream<R: Read>(
             offset: c.offset,
             len: c.length as u32,
             digest: Sha256Digest::of(&c.data),
+            blake3: Blake3Digest::of(&c.data),
         };
         sink(&chunk, &c.data)?;
         out.push(chunk);
@@ -103,6 +107,7 @@ mod tests {
         let mut seen = Vec::new();
         let streamed = chunk_stream(&data[..], |c, bytes| {
             assert_eq!(Sha256Digest::of(bytes), c.digest);
+            assert_eq!(Blake3Digest::of(bytes), c.blake3);
             seen.extend_from_slice(bytes);
             Ok(())
         })

@@ -92,7 +92,9 @@ impl Default for Limits {
         let max_snapshot_bytes = 8 * MIB;
         let max_targets_bytes = 32 * MIB;
         let max_director_bytes = MIB;
-        let max_manifest_bytes = 16 * MIB;
+        // 256 Ki chunks at ~90 bytes each (address, size, BLAKE3, CBOR keys):
+        // ~23 MiB.
+        let max_manifest_bytes = 32 * MIB;
         let max_chunk_bytes = crate::chunking::MAX_CHUNK as u64;
         let max_roots_per_update = 4;
         // Room for field names, CBOR headers and the schema version.

@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::chunking::Chunk;
 use crate::chunking::{AVG_CHUNK, MAX_CHUNK, MIN_CHUNK};
-use crate::digest::Sha256Digest;
+use crate::digest::{AnyDigest, Blake3Digest, HashedBytes, Sha256Digest};
 use crate::limits::Limits;
 
 /// Manifest schema this code writes and reads.
@@ -73,13 +74,75 @@ pub struct ManifestFile {
     pub chunks: Vec<ChunkRef>,
 }
 
-/// A chunk as a manifest lists it: its address and length.
+/// A chunk as a manifest lists it: its address, length and (in manifests
+/// written since BLAKE3 was added) the digest it is verified by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChunkRef {
     /// SHA-256 of the chunk bytes; also the chunk's address in every store.
     pub digest: Sha256Digest,
     /// Length in bytes.
     pub size: u32,
+    /// BLAKE3 of the chunk bytes, signed with the rest of the manifest. When
+    /// present, a receiver verifies the chunk by it instead of by `digest`
+    /// (see [`crate::digest`] for why); absent in older manifests.
+    #[serde(rename = "b3", default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<Blake3Digest>,
+}
+
+impl From<&Chunk> for ChunkRef {
+    fn from(c: &Chunk) -> Self {
+        Self {
+            digest: c.digest,
+            size: c.len,
+            blake3: Some(c.blake3),
+        }
+    }
+}
+
+impl ChunkRef {
+    /// Checks that `bytes` are this chunk: its length, and its BLAKE3 where
+    /// the manifest lists one, else its SHA-256 (hashed now). On a mismatch,
+    /// returns the digest the bytes have, of the kind that was checked.
+    pub fn verify(&self, bytes: &HashedBytes) -> Result<(), AnyDigest> {
+        self.check(bytes.len(), || bytes.blake3(), || bytes.sha256())
+    }
+
+    /// [`ChunkRef::verify`] for bytes in one buffer.
+    pub fn verify_slice(&self, bytes: &[u8]) -> Result<(), AnyDigest> {
+        self.check(
+            bytes.len(),
+            || Blake3Digest::of(bytes),
+            || Sha256Digest::of(bytes),
+        )
+    }
+
+    /// Computes only the digest that is checked.
+    fn check(
+        &self,
+        len: usize,
+        blake3: impl FnOnce() -> Blake3Digest,
+        sha256: impl FnOnce() -> Sha256Digest,
+    ) -> Result<(), AnyDigest> {
+        let right_len = len == self.size as usize;
+        match self.blake3 {
+            Some(expected) => {
+                let actual = blake3();
+                if right_len && actual == expected {
+                    Ok(())
+                } else {
+                    Err(AnyDigest::Blake3(actual))
+                }
+            }
+            None => {
+                let actual = sha256();
+                if right_len && actual == self.digest {
+                    Ok(())
+                } else {
+                    Err(AnyDigest::Sha256(actual))
+                }
+            }
+        }
+    }
 }
 
 /// FastCDC parameters, recorded so that a reader knows how files were cut.
@@ -270,6 +333,9 @@ pub enum ManifestError {
         /// The limit.
         limit: u64,
     },
+    /// One chunk address is listed with two sizes or two BLAKE3 digests.
+    #[error("manifest lists chunk {0} twice with different sizes or BLAKE3 digests")]
+    InconsistentChunk(Sha256Digest),
     /// The bytes are not a CBOR manifest.
     #[error("manifest is not valid CBOR: {0}")]
     Decode(String),
@@ -378,6 +444,9 @@ impl BundleManifest {
             ));
         }
         let mut paths = BTreeSet::new();
+        // A chunk listed twice (a file repeating a block) must be listed
+        // the same way: a receiver keeps one entry per address.
+        let mut seen: BTreeMap<Sha256Digest, &ChunkRef> = BTreeMap::new();
         for f in &self.files {
             if !is_safe_relative_path(&f.path, limits) || !paths.insert(f.path.as_str()) {
                 return Err(ManifestError::BadPath(f.path.clone()));
@@ -399,6 +468,11 @@ impl BundleManifest {
                         c.size.into(),
                         limits.max_chunk_bytes,
                     ));
+                }
+                if let Some(first) = seen.insert(c.digest, c) {
+                    if first != c {
+                        return Err(ManifestError::InconsistentChunk(c.digest));
+                    }
                 }
                 total += u64::from(c.size);
             }
@@ -540,6 +614,7 @@ pub(crate) mod tests {
                 .map(|(i, s)| ChunkRef {
                     digest: Sha256Digest::of(&[i as u8]),
                     size: *s,
+                    blake3: Some(Blake3Digest::of(&[i as u8])),
                 })
                 .collect(),
         }
@@ -572,6 +647,107 @@ pub(crate) mod tests {
             m.validate(&Limits::default()),
             Err(ManifestError::BadPath(_))
         ));
+    }
+
+    #[test]
+    fn chunks_are_verified_by_blake3_where_listed_else_by_sha256() {
+        let data = b"some chunk bytes".to_vec();
+        let chunk = crate::chunking::chunk_bytes(&data).remove(0);
+        let with_b3 = ChunkRef::from(&chunk);
+        assert_eq!(with_b3.blake3, Some(Blake3Digest::of(&data)));
+        let bytes = HashedBytes::new(data.clone());
+        assert_eq!(with_b3.verify(&bytes), Ok(()));
+        assert_eq!(with_b3.verify_slice(&data), Ok(()));
+        // The BLAKE3 is what is checked: a listed BLAKE3 that does not match
+        // rejects bytes whose SHA-256 is the address.
+        let wrong_b3 = ChunkRef {
+            blake3: Some(Blake3Digest::of(b"other")),
+            ..with_b3
+        };
+        assert_eq!(
+            wrong_b3.verify(&bytes),
+            Err(AnyDigest::Blake3(Blake3Digest::of(&data)))
+        );
+        assert!(wrong_b3.verify_slice(&data).is_err());
+        // An older manifest's entry (no BLAKE3) is checked by SHA-256.
+        let legacy = ChunkRef {
+            blake3: None,
+            ..with_b3
+        };
+        assert_eq!(legacy.verify(&bytes), Ok(()));
+        let tampered = HashedBytes::new(b"some chunk bytez".to_vec());
+        assert_eq!(
+            legacy.verify(&tampered),
+            Err(AnyDigest::Sha256(Sha256Digest::of(b"some chunk bytez")))
+        );
+        assert!(legacy.verify_slice(b"some chunk bytez").is_err());
+        assert!(with_b3.verify(&tampered).is_err());
+        // The length is checked too.
+        let longer = ChunkRef {
+            size: with_b3.size + 1,
+            ..with_b3
+        };
+        assert!(longer.verify(&bytes).is_err());
+        assert!(longer.verify_slice(&data).is_err());
+    }
+
+    #[test]
+    fn manifests_without_blake3_still_decode_and_keep_it_absent() {
+        let mut m = sample(vec![file("model.onnx", &[10, 20])]);
+        for c in &mut m.files[0].chunks {
+            c.blake3 = None;
+        }
+        let bytes = m.encode();
+        let with = sample(vec![file("model.onnx", &[10, 20])]).encode();
+        assert_eq!(
+            with.len() - bytes.len(),
+            2 * (3 + 2 + 32),
+            "each chunk's BLAKE3 costs its key, a byte-string head and 32 bytes"
+        );
+        let back = BundleManifest::decode(&bytes, &Limits::default()).unwrap();
+        assert_eq!(back, m);
+        assert!(back.files[0].chunks.iter().all(|c| c.blake3.is_none()));
+    }
+
+    #[test]
+    fn a_chunk_listed_twice_differently_is_rejected() {
+        let mut m = sample(vec![file("model.onnx", &[10, 20]), file("b.bin", &[10])]);
+        // b.bin's only chunk has the same address as model.onnx's first.
+        assert_eq!(m.files[1].chunks[0], m.files[0].chunks[0]);
+        m.validate(&Limits::default()).unwrap();
+        m.files[1].chunks[0].blake3 = Some(Blake3Digest::of(b"x"));
+        assert!(matches!(
+            m.validate(&Limits::default()),
+            Err(ManifestError::InconsistentChunk(d)) if d == m.files[0].chunks[0].digest
+        ));
+        m.files[1].chunks[0] = m.files[0].chunks[0];
+        m.files[1].chunks[0].size = 11;
+        m.files[1].size = 11;
+        assert!(matches!(
+            m.validate(&Limits::default()),
+            Err(ManifestError::InconsistentChunk(_))
+        ));
+    }
+
+    #[test]
+    fn a_manifest_with_the_most_chunks_fits_the_size_limit() {
+        let limits = Limits::default();
+        let mut f = file("model.onnx", &[]);
+        f.chunks = (0..limits.max_chunks as u32)
+            .map(|i| ChunkRef {
+                digest: Sha256Digest::of(&i.to_le_bytes()),
+                size: u32::MAX,
+                blake3: Some(Blake3Digest::of(&i.to_le_bytes())),
+            })
+            .collect();
+        let m = sample(vec![f]);
+        let len = m.encode().len() as u64;
+        assert!(
+            len <= limits.max_manifest_bytes,
+            "{len} bytes for {} chunks, limit {}",
+            limits.max_chunks,
+            limits.max_manifest_bytes
+        );
     }
 
     #[test]

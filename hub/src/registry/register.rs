@@ -162,13 +162,7 @@ impl Registry {
                     path: file_name.clone(),
                     size: model.len() as u64,
                     sha256,
-                    chunks: chunks
-                        .iter()
-                        .map(|c| ChunkRef {
-                            digest: c.digest,
-                            size: c.len,
-                        })
-                        .collect(),
+                    chunks: chunks.iter().map(ChunkRef::from).collect(),
                 }],
                 chunking: ChunkingParams::default(),
                 signature: signature.clone(),

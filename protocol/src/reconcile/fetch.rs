@@ -8,14 +8,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::digest::Sha256Digest;
+use crate::manifest::ChunkRef;
 use crate::time::UtcTime;
 
 /// The wanted chunks.
 #[derive(Debug, Default)]
 pub(crate) struct ChunkFetch {
-    /// Every wanted chunk and its signed size.
+    /// Every wanted chunk as the first manifest that wants it lists it
+    /// (signed size and BLAKE3; manifests list one address one way).
     // invariant: each key is in exactly one of querying, queued, in_flight.
-    sizes: BTreeMap<Sha256Digest, u32>,
+    sizes: BTreeMap<Sha256Digest, ChunkRef>,
     /// Asked of the store, no answer yet.
     querying: BTreeSet<Sha256Digest>,
     /// Known absent from the store, not yet requested.
@@ -33,13 +35,13 @@ impl ChunkFetch {
         }
     }
 
-    /// Wants `digest`; true if it was not wanted before (ask the store).
-    pub(crate) fn want(&mut self, digest: Sha256Digest, size: u32) -> bool {
-        if self.sizes.contains_key(&digest) {
+    /// Wants `chunk`; true if it was not wanted before (ask the store).
+    pub(crate) fn want(&mut self, chunk: ChunkRef) -> bool {
+        if self.sizes.contains_key(&chunk.digest) {
             return false;
         }
-        self.sizes.insert(digest, size);
-        self.querying.insert(digest);
+        self.sizes.insert(chunk.digest, chunk);
+        self.querying.insert(chunk.digest);
         true
     }
 
@@ -53,7 +55,12 @@ impl ChunkFetch {
 
     /// The signed size of a wanted chunk.
     pub(crate) fn size(&self, digest: &Sha256Digest) -> Option<u32> {
-        self.sizes.get(digest).copied()
+        self.sizes.get(digest).map(|c| c.size)
+    }
+
+    /// A wanted chunk as its manifest lists it.
+    pub(crate) fn get(&self, digest: &Sha256Digest) -> Option<&ChunkRef> {
+        self.sizes.get(digest)
     }
 
     /// Whether `digest` is waiting for the store's answer.
@@ -135,14 +142,22 @@ mod tests {
         Sha256Digest([i; 32])
     }
 
+    fn chunk(i: u8) -> ChunkRef {
+        ChunkRef {
+            digest: d(i),
+            size: 1,
+            blake3: None,
+        }
+    }
+
     #[test]
     fn requests_respect_the_in_flight_window_and_batch_size() {
         let mut f = ChunkFetch::default();
         for i in 0..10 {
-            assert!(f.want(d(i), 1));
+            assert!(f.want(chunk(i)));
             f.absent(&d(i));
         }
-        assert!(!f.want(d(0), 1), "a chunk is wanted once");
+        assert!(!f.want(chunk(0)), "a chunk is wanted once");
         let reqs = f.next_requests(UtcTime(0), 7, 3);
         assert_eq!(reqs.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
         assert_eq!(f.in_flight(), 7);
@@ -152,7 +167,7 @@ mod tests {
     #[test]
     fn late_requests_are_sent_again() {
         let mut f = ChunkFetch::default();
-        f.want(d(1), 1);
+        f.want(chunk(1));
         f.absent(&d(1));
         f.next_requests(UtcTime(10), 8, 8);
         assert_eq!(f.next_deadline(30), Some(UtcTime(40)));

@@ -107,24 +107,25 @@ impl Reconciler {
     /// Chunk bytes from the hub, hashed by whoever read them
     /// ([`HashedBytes::new`]). Returns `Ok(true)` when they were wanted and
     /// verified (an [`Action::WriteChunk`] follows), `Ok(false)` for a chunk
-    /// nobody wants any more (dropped). Bytes that do not hash to `digest` or
-    /// lack its signed length are rejected and the chunk is requested again.
+    /// nobody wants any more (dropped). Bytes that do not match the signed
+    /// manifest's entry for `digest` ([`crate::manifest::ChunkRef::verify`]: length, and
+    /// BLAKE3 where listed, else SHA-256) are rejected and the chunk is
+    /// requested again.
     pub fn handle_chunk(
         &mut self,
         digest: Sha256Digest,
         bytes: HashedBytes,
         now: UtcTime,
     ) -> Result<bool, ReconcileError> {
-        let Some(expected_len) = self.fetch.size(&digest) else {
+        let Some(expected) = self.fetch.get(&digest).copied() else {
             return Ok(false);
         };
-        let actual = bytes.sha256();
-        if bytes.len() != expected_len as usize || actual != digest {
+        if let Err(actual) = expected.verify(&bytes) {
             self.fetch.requeue(&digest);
             self.fill_requests(now);
             return Err(ReconcileError::ChunkRejected {
                 digest,
-                expected_len,
+                expected_len: expected.size,
                 actual_len: bytes.len(),
                 actual,
             });
@@ -407,7 +408,7 @@ impl Reconciler {
                 pending.have += u64::from(c.size);
             } else {
                 pending.missing.insert(c.digest);
-                if self.fetch.want(c.digest, c.size) {
+                if self.fetch.want(c) {
                     query.push(c.digest);
                 }
             }

@@ -152,8 +152,8 @@ pub enum ReconcileError {
         expected_len: u32,
         /// Bytes received.
         actual_len: usize,
-        /// Their digest.
-        actual: Sha256Digest,
+        /// Their digest, of the kind checked.
+        actual: crate::digest::AnyDigest,
     },
     /// An input names a deployment the reconciler does not have.
     #[error("no deployment {0}")]

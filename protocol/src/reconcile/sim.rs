@@ -74,13 +74,25 @@ impl Fleet {
     /// Registers model `name` version `version` made of `data`; returns its
     /// target path.
     pub(super) fn add_model(&mut self, name: &str, version: u64, data: &[u8]) -> String {
+        self.add_model_edited(name, version, data, |_| {})
+    }
+
+    /// [`Fleet::add_model`], with `edit` applied to the manifest before it
+    /// is signed (the hub signs whatever it lists).
+    pub(super) fn add_model_edited(
+        &mut self,
+        name: &str,
+        version: u64,
+        data: &[u8],
+        edit: impl FnOnce(&mut BundleManifest),
+    ) -> String {
         let cut = chunk_bytes(data);
         for c in &cut {
             let at = c.offset as usize;
             self.chunks
                 .insert(c.digest, data[at..at + c.len as usize].to_vec());
         }
-        let m = BundleManifest {
+        let mut m = BundleManifest {
             schema_version: MANIFEST_SCHEMA_VERSION,
             name: name.into(),
             version,
@@ -90,13 +102,7 @@ impl Fleet {
                 path: "model.onnx".into(),
                 size: data.len() as u64,
                 sha256: Sha256Digest::of(data),
-                chunks: cut
-                    .iter()
-                    .map(|c| ChunkRef {
-                        digest: c.digest,
-                        size: c.len,
-                    })
-                    .collect(),
+                chunks: cut.iter().map(ChunkRef::from).collect(),
             }],
             chunking: ChunkingParams::default(),
             signature: ModelSignature::default(),
@@ -109,6 +115,7 @@ impl Fleet {
             lineage: Lineage::default(),
             tags: BTreeMap::new(),
         };
+        edit(&mut m);
         let raw = m.encode();
         let target = m.target_path();
         self.targets

@@ -4,6 +4,7 @@
 
 use super::sim::*;
 use super::*;
+use crate::digest::AnyDigest;
 use crate::wire::DeploymentState;
 
 const MIB: usize = 1 << 20;
@@ -170,6 +171,56 @@ fn a_wrong_chunk_is_rejected_and_fetched_again() {
         agent.store[&bad], fleet.chunks[&bad],
         "only the good bytes were written"
     );
+}
+
+#[test]
+fn chunks_are_checked_by_the_blake3_the_manifest_signs() {
+    let mut fleet = Fleet::new();
+    let data = model_bytes(3 * MIB, 6);
+    // The hub signs a manifest whose second chunk lists another BLAKE3: the
+    // true bytes (whose SHA-256 is the address) must not be accepted.
+    let mut listed = None;
+    let v1 = fleet.add_model_edited("fraud", 1, &data, |m| {
+        let c = &mut m.files[0].chunks[1];
+        c.blake3 = Some(crate::digest::Blake3Digest::of(b"not these bytes"));
+        listed = Some(c.digest);
+    });
+    let odd = listed.unwrap();
+    let mut agent = Agent::new();
+    let desired = fleet.desired(1, &[("fraud", "blue", &v1)]);
+    agent.rec.handle_desired(desired, agent.now).unwrap();
+    for _ in 0..200 {
+        agent.tick(&mut fleet);
+    }
+    assert!(!agent.errors.is_empty());
+    assert!(agent.errors.iter().all(|e| matches!(
+        e,
+        ReconcileError::ChunkRejected { digest, actual: AnyDigest::Blake3(_), .. } if *digest == odd
+    )));
+    assert!(!agent.store.contains_key(&odd), "never written");
+    assert_eq!(agent.serving.get(&key()), None, "never activated");
+}
+
+#[test]
+fn a_manifest_without_blake3_is_checked_by_sha256() {
+    let mut fleet = Fleet::new();
+    let v1 = fleet.add_model_edited("fraud", 1, &model_bytes(3 * MIB, 7), |m| {
+        for c in &mut m.files[0].chunks {
+            c.blake3 = None;
+        }
+    });
+    let bad = fleet.chunks_of(&v1)[0].digest;
+    fleet.corrupt_once.insert(bad);
+    let mut agent = Agent::new();
+    let desired = fleet.desired(1, &[("fraud", "blue", &v1)]);
+    agent.rec.handle_desired(desired, agent.now).unwrap();
+    agent.run(&mut fleet);
+    assert!(matches!(
+        agent.errors[..],
+        [ReconcileError::ChunkRejected { digest, actual: AnyDigest::Sha256(_), .. }] if digest == bad
+    ));
+    assert_eq!(agent.serving.get(&key()), Some(&v1));
+    assert_eq!(agent.store[&bad], fleet.chunks[&bad]);
 }
 
 #[test]

@@ -100,13 +100,7 @@ pub fn manifest_for(name: &str, version: u64, data: &[u8]) -> BundleManifest {
             path: "model.onnx".into(),
             size: data.len() as u64,
             sha256: Sha256Digest::of(data),
-            chunks: chunks
-                .iter()
-                .map(|c| ChunkRef {
-                    digest: c.digest,
-                    size: c.len,
-                })
-                .collect(),
+            chunks: chunks.iter().map(ChunkRef::from).collect(),
         }],
         chunking: ChunkingParams::default(),
         signature: ModelSignature::default(),
