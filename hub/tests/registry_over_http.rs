@@ -62,6 +62,18 @@ fn a_registered_model_is_signed_searchable_and_downloads_intact() {
         flotilla_protocol::manifest::BundleManifest::decode(&manifest, &Default::default())
             .unwrap();
     assert_eq!(manifest.files[0].sha256, Sha256Digest::of(&m));
+    // Every chunk lists the BLAKE3 agents verify it by, of its own bytes.
+    let mut at = 0usize;
+    for c in &manifest.files[0].chunks {
+        let bytes = &m[at..at + c.size as usize];
+        assert_eq!(c.digest, Sha256Digest::of(bytes));
+        assert_eq!(
+            c.blake3,
+            Some(flotilla_protocol::digest::Blake3Digest::of(bytes))
+        );
+        at += c.size as usize;
+    }
+    assert_eq!(at, m.len());
     assert_eq!(manifest.lineage.source_run.as_deref(), Some("run-1"));
 }
 
