@@ -313,6 +313,24 @@ fn gemm_f32(
         act.apply_in_place(&mut out);
         return Ok(Some(Tensor::from_f32(&[m, n], out)?));
     }
+    if m == 1 && !tb && n >= 4 && (1..=ONE_CHAIN_K).contains(&k) {
+        // One row times a row-major [K, N] B (the planner's layout for a
+        // Gemm weight): the sum of B's rows weighted by the row, four column
+        // segments at a time with accumulators in registers
+        // (`simd::matvec_t_acc4`). The `gemm` crate took ~4 µs of the MLP
+        // benchmark's 5 µs at batch 1 for its two 256-wide layers; this
+        // takes ~1.5. Up to `ONE_CHAIN_K` both sum each output in one chain
+        // of multiply-adds, so a row scores the same bytes alone as in a
+        // batch (which the `gemm` crate computes).
+        with_f32(a.candle(), |av| {
+            let av = av
+                .get(..k)
+                .ok_or_else(|| OpError::new("internal: Gemm A shorter than K"))?;
+            with_f32(b.candle(), |bv| row_times_rows(av, bv, n, &mut out))
+        })?;
+        act.apply_in_place(&mut out);
+        return Ok(Some(Tensor::from_f32(&[m, n], out)?));
+    }
     with_f32(a.candle(), |av| {
         with_f32(b.candle(), |bv| {
             let am = if ta {
@@ -330,6 +348,52 @@ fn gemm_f32(
     })?;
     act.apply_in_place(&mut out);
     Ok(Some(Tensor::from_f32(&[m, n], out)?))
+}
+
+/// Longest K for which one row takes [`row_times_rows`] instead of the `gemm`
+/// crate: the crate never splits K into blocks shorter than 512
+/// (`gemm_common::cache::kernel_params`), so up to this length each of its
+/// outputs is one chain of multiply-adds from zero added to C, as in
+/// [`row_times_rows`], and a row's output does not depend on the batch it is
+/// in (`a_wide_gemm_scores_each_row_the_same_alone_or_in_a_batch`).
+const ONE_CHAIN_K: usize = 512;
+
+/// `y[j] += Σ_k x[k] · b[k * n + j]` for the `n` columns of the row-major
+/// `[x.len(), n]` matrix `b`: up to 256 columns per pass as four equal
+/// segments, the last few (under four) plainly.
+fn row_times_rows(x: &[f32], b: &[f32], n: usize, y: &mut [f32]) -> Result<(), OpError> {
+    if y.len() != n || x.len().checked_mul(n).is_none_or(|len| len > b.len()) {
+        return Err(OpError::new(format!(
+            "internal: a {}-element row times a {}-element matrix of {n} columns into {}",
+            x.len(),
+            b.len(),
+            y.len()
+        )));
+    }
+    let mut c0 = 0;
+    while n - c0 >= 4 {
+        let seg = (n - c0).min(256) / 4;
+        let (s0, rest) = y[c0..c0 + 4 * seg].split_at_mut(seg);
+        let (s1, rest) = rest.split_at_mut(seg);
+        let (s2, s3) = rest.split_at_mut(seg);
+        simd::matvec_t_acc4(
+            b,
+            n,
+            x,
+            [c0, c0 + seg, c0 + 2 * seg, c0 + 3 * seg],
+            [s0, s1, s2, s3],
+            false,
+        )?;
+        c0 += 4 * seg;
+    }
+    for (j, o) in y.iter_mut().enumerate().skip(c0) {
+        let mut acc = 0f32;
+        for (kk, xv) in x.iter().enumerate() {
+            acc = b[kk * n + j].mul_add(*xv, acc);
+        }
+        *o += acc;
+    }
+    Ok(())
 }
 
 fn gemm(n: &NodeInfo, i: &Inputs<'_>) -> OpResult {
@@ -508,6 +572,69 @@ mod tests {
             let alone = score(&row);
             assert_eq!(alone, batch[r * n..(r + 1) * n], "row {r}");
         }
+    }
+
+    #[test]
+    fn a_wide_gemm_scores_each_row_the_same_alone_or_in_a_batch() {
+        // As above, for B in the planner's row-major [K, N] layout, where one
+        // row takes `row_times_rows` and a batch the `gemm` crate.
+        // K up to ONE_CHAIN_K. Past it one row takes the crate too, and the
+        // crate itself gives a row alone other last bits than in a batch
+        // (K = 1000: it was so before this path existed).
+        for (m, k, n) in [(37, 64, 256), (9, 300, 100), (4, 512, 80), (2, 1, 4)] {
+            let a = ramp(&[m, k], 21);
+            let b = ramp(&[k, n], 22);
+            let c = ramp(&[n], 23);
+            let score = |a: &Tensor| {
+                let y = gemm_f32(
+                    a,
+                    &b,
+                    Some(&c),
+                    (false, false),
+                    (1.0, 1.0),
+                    Activation::Relu,
+                );
+                y.unwrap().unwrap().to_f32_vec().unwrap()
+            };
+            let batch = score(&a);
+            let av = a.to_f32_vec().unwrap();
+            for r in [0, m / 2, m - 1] {
+                let row = Tensor::from_f32(&[1, k], av[r * k..(r + 1) * k].to_vec()).unwrap();
+                let alone = score(&row);
+                assert_eq!(alone, batch[r * n..(r + 1) * n], "{m}x{k}x{n} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_row_times_a_wide_matrix_matches_plain_sums() {
+        for (k, n) in [
+            (1, 4),
+            (7, 5),
+            (64, 63),
+            (64, 64),
+            (33, 256),
+            (20, 259),
+            (300, 515),
+        ] {
+            let x: Vec<f32> = (0..k).map(|i| (i % 13) as f32 * 0.25 - 1.5).collect();
+            let b: Vec<f32> = (0..k * n).map(|i| (i % 29) as f32 * 0.125 - 1.75).collect();
+            let mut y: Vec<f32> = (0..n).map(|j| j as f32).collect();
+            let want: Vec<f32> = (0..n)
+                .map(|j| j as f32 + (0..k).map(|kk| x[kk] * b[kk * n + j]).sum::<f32>())
+                .collect();
+            row_times_rows(&x, &b, n, &mut y).unwrap();
+            for (j, (g, w)) in y.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-3 * (1.0 + w.abs()),
+                    "{k}x{n} col {j}: {g} vs {w}"
+                );
+            }
+        }
+        // Operands that do not fit are an error, not a panic.
+        let mut y = vec![0f32; 8];
+        assert!(row_times_rows(&[1.0; 4], &[0.0; 31], 8, &mut y).is_err());
+        assert!(row_times_rows(&[1.0; 4], &[0.0; 32], 7, &mut y).is_err());
     }
 
     #[test]
