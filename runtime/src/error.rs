@@ -84,6 +84,15 @@ pub enum ModelError {
         /// The node's name (may be empty: names are optional in ONNX).
         node: String,
     },
+    /// A `Gradient` node (`ai.onnx.preview.training`) asks for a derivative
+    /// this executor cannot build at load time.
+    #[error("Gradient node {node:?}: {reason}")]
+    UnsupportedGradient {
+        /// The node's name (may be empty).
+        node: String,
+        /// What stops it.
+        reason: String,
+    },
     /// The model imports an opset version of the default domain outside what this
     /// executor implements.
     #[error("unsupported ONNX opset {opset} (supported: {min} to {max})")]

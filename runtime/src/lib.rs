@@ -31,6 +31,7 @@
 pub mod error;
 mod exec;
 pub mod generate;
+pub(crate) mod gradient;
 pub mod model;
 pub mod onnx;
 mod ops;

@@ -187,6 +187,9 @@ impl Slots<'_> {
 /// [`ModelError::Malformed`] for dangling or doubly produced values and cycles, and
 /// the tensor decoding errors of initializers and tensor attributes.
 pub(crate) fn build(graph: &GraphProto, ctx: &PlanContext<'_>) -> Result<Plan, ModelError> {
+    if let Some(expanded) = crate::gradient::expand(graph)? {
+        return build_graph(&expanded, ctx, None).map(|(plan, _)| plan);
+    }
     build_graph(graph, ctx, None).map(|(plan, _)| plan)
 }
 

@@ -164,6 +164,9 @@ pub(crate) fn lookup(domain: &str, op_type: &str) -> Option<Kernel> {
     if domain == "ai.onnx.preview" {
         return flex_attention::lookup_preview(op_type);
     }
+    if domain == crate::gradient::PRIVATE_DOMAIN {
+        return crate::gradient::lookup_private(op_type);
+    }
     if !(domain.is_empty() || domain == "ai.onnx") {
         return None;
     }
