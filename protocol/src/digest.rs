@@ -328,6 +328,9 @@ impl HashedBytesBuilder {
     /// Feeds `data` to the hasher through the batch buffer (whole batches
     /// straight from `data` when nothing is waiting).
     fn hash(&mut self, mut data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
         if self.batch.is_empty() {
             self.batch = vec![0; HASH_BATCH];
         }

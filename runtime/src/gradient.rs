@@ -160,18 +160,23 @@ impl Backward {
         if g.output.len() != xs.len() {
             return Err(self.fail(format!("{} outputs for {} xs", g.output.len(), xs.len())));
         }
-        // Values that depend on an x (in graph order: forward nodes may be
-        // listed in any order, so iterate to a fixed point).
-        let mut reach: HashSet<&str> = xs.iter().map(String::as_str).collect();
-        loop {
-            let before = reach.len();
-            for n in forward {
-                if n.input.iter().any(|i| reach.contains(i.as_str())) {
-                    reach.extend(n.output.iter().map(String::as_str));
-                }
+        // Values that depend on an x: a walk from the xs over consumers
+        // (linear in the graph, whatever order its nodes are listed in).
+        let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
+        for n in forward {
+            for i in &n.input {
+                consumers.entry(i.as_str()).or_default().push(n);
             }
-            if reach.len() == before {
-                break;
+        }
+        let mut reach: HashSet<&str> = xs.iter().map(String::as_str).collect();
+        let mut todo: Vec<&str> = reach.iter().copied().collect();
+        while let Some(v) = todo.pop() {
+            for n in consumers.get(v).into_iter().flatten() {
+                for o in &n.output {
+                    if reach.insert(o.as_str()) {
+                        todo.push(o.as_str());
+                    }
+                }
             }
         }
         // The nodes between the xs and y, producers before consumers.
@@ -387,20 +392,21 @@ mod tests {
 
     #[test]
     fn a_value_used_twice_sums_its_gradients() {
-        // y = x * x + x: dy/dx = 2x + 1.
-        let g = graph(
-            vec![
-                node("Mul", &["x", "x"], &["s"]),
-                node("Add", &["s", "x"], &["y"]),
-                node("Neg", &["y"], &["n"]),
-                gradient(&["x"], "n", &["gx"]),
-            ],
-            vec![any("x")],
-            &["gx"],
-        );
-        let m = load(g, 13).unwrap();
-        let outs = run(&m, vec![("x", floats(&[3], &[1.0, -2.0, 0.5]))]).unwrap();
-        assert_eq!(read(&outs[0]), (vec![3], vec![-3.0, 3.0, -2.0]));
+        // n = -(x * x + x): dn/dx = -(2x + 1), whatever order the nodes
+        // are listed in.
+        let mut nodes = vec![
+            node("Mul", &["x", "x"], &["s"]),
+            node("Add", &["s", "x"], &["y"]),
+            node("Neg", &["y"], &["n"]),
+            gradient(&["x"], "n", &["gx"]),
+        ];
+        for _ in 0..2 {
+            let g = graph(nodes.clone(), vec![any("x")], &["gx"]);
+            let m = load(g, 13).unwrap();
+            let outs = run(&m, vec![("x", floats(&[3], &[1.0, -2.0, 0.5]))]).unwrap();
+            assert_eq!(read(&outs[0]), (vec![3], vec![-3.0, 3.0, -2.0]));
+            nodes.reverse();
+        }
     }
 
     #[test]
