@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use flotilla_protocol::bundle::BundleWriter;
 use flotilla_protocol::chunking::chunk_bytes;
-use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::manifest::{
     Accelerator, BundleManifest, ChunkRef, ChunkingParams, Flavor, Lineage, ManifestFile,
     RuntimeRequirements, MANIFEST_SCHEMA_VERSION,
@@ -78,12 +77,11 @@ impl Fleet {
             version,
             flavor: Flavor::Onnx,
             entrypoint: "model.onnx".into(),
-            files: vec![ManifestFile {
-                path: "model.onnx".into(),
-                size: model.len() as u64,
-                sha256: Sha256Digest::of(model),
-                chunks: chunks.iter().map(ChunkRef::from).collect(),
-            }],
+            files: vec![ManifestFile::describing(
+                "model.onnx",
+                model,
+                chunks.iter().map(ChunkRef::from).collect(),
+            )],
             chunking: ChunkingParams::default(),
             signature: flotilla_runtime::model_signature(model).unwrap(),
             drift_baseline: None,

@@ -130,12 +130,7 @@ fn file(path: &str, data: &[u8], cuts: &[usize]) -> (ManifestFile, Vec<Vec<u8>>)
         chunks.push(bytes);
     }
     assert_eq!(off, data.len(), "cuts cover the file");
-    let f = ManifestFile {
-        path: path.into(),
-        size: data.len() as u64,
-        sha256: Sha256Digest::of(data),
-        chunks: refs,
-    };
+    let f = ManifestFile::describing(path, data, refs);
     (f, chunks)
 }
 

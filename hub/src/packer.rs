@@ -162,12 +162,11 @@ pub fn pack(
         version: req.version,
         flavor: Flavor::Onnx,
         entrypoint: file_name.clone(),
-        files: vec![ManifestFile {
-            path: file_name,
-            size: model.len() as u64,
-            sha256: Sha256Digest::of(&model),
-            chunks: chunks.iter().map(ChunkRef::from).collect(),
-        }],
+        files: vec![ManifestFile::describing(
+            file_name,
+            &model,
+            chunks.iter().map(ChunkRef::from).collect(),
+        )],
         chunking: ChunkingParams::default(),
         signature,
         drift_baseline: None,

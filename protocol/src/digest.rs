@@ -138,6 +138,52 @@ impl fmt::Display for AnyDigest {
     }
 }
 
+/// An incremental digest of either kind, for checking data against an
+/// [`AnyDigest`] of that kind.
+pub enum AnyHasher {
+    /// SHA-256.
+    Sha256(Box<Sha256Hasher>),
+    /// BLAKE3 (its state is about 2 KB).
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl AnyHasher {
+    /// A hasher of the kind of `d`.
+    pub fn like(d: &AnyDigest) -> Self {
+        match d {
+            AnyDigest::Sha256(_) => Self::Sha256(Box::default()),
+            AnyDigest::Blake3(_) => Self::Blake3(Box::default()),
+        }
+    }
+
+    /// Feeds more bytes (BLAKE3 is fast on long slices: 64 KiB or more).
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Sha256(h) => h.update(data),
+            Self::Blake3(h) => {
+                h.update(data);
+            }
+        }
+    }
+
+    /// Finishes and returns the digest.
+    pub fn finish(self) -> AnyDigest {
+        match self {
+            Self::Sha256(h) => AnyDigest::Sha256((*h).finish()),
+            Self::Blake3(h) => AnyDigest::Blake3(Blake3Digest(*h.finalize().as_bytes())),
+        }
+    }
+}
+
+impl fmt::Debug for AnyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Sha256(_) => "AnyHasher(sha256)",
+            Self::Blake3(_) => "AnyHasher(blake3)",
+        })
+    }
+}
+
 /// Bytes together with their BLAKE3, computed when the value is made: the
 /// only ways to get one are [`HashedBytes::new`] and [`HashedBytesBuilder`]
 /// (which hashes every byte it appends), so a holder can compare
@@ -487,6 +533,12 @@ mod tests {
         assert_eq!(AnyDigest::Blake3(b).to_string(), format!("blake3:{b}"));
         let s = Sha256Digest::of(b"abc");
         assert_eq!(AnyDigest::Sha256(s).to_string(), format!("sha256:{s}"));
+        for d in [AnyDigest::Blake3(b), AnyDigest::Sha256(s)] {
+            let mut h = AnyHasher::like(&d);
+            h.update(b"a");
+            h.update(b"bc");
+            assert_eq!(h.finish(), d, "incremental and of the same kind");
+        }
         let json = serde_json::to_string(&b).unwrap();
         assert_eq!(serde_json::from_str::<Blake3Digest>(&json).unwrap(), b);
         let mut cbor = Vec::new();

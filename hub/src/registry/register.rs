@@ -7,7 +7,7 @@
 //! files removed.
 
 use flotilla_protocol::chunking::chunk_bytes;
-use flotilla_protocol::digest::Sha256Digest;
+use flotilla_protocol::digest::{Blake3Digest, Sha256Digest};
 use flotilla_protocol::manifest::{
     Accelerator, BundleManifest, ChunkRef, ChunkingParams, Dim, Flavor, Lineage, ManifestFile,
     RuntimeRequirements, TensorSpec, MANIFEST_SCHEMA_VERSION,
@@ -162,6 +162,7 @@ impl Registry {
                     path: file_name.clone(),
                     size: model.len() as u64,
                     sha256,
+                    blake3: Some(Blake3Digest::of(&model)),
                     chunks: chunks.iter().map(ChunkRef::from).collect(),
                 }],
                 chunking: ChunkingParams::default(),

@@ -98,12 +98,11 @@ impl Fleet {
             version,
             flavor: Flavor::Onnx,
             entrypoint: "model.onnx".into(),
-            files: vec![ManifestFile {
-                path: "model.onnx".into(),
-                size: data.len() as u64,
-                sha256: Sha256Digest::of(data),
-                chunks: cut.iter().map(ChunkRef::from).collect(),
-            }],
+            files: vec![ManifestFile::describing(
+                "model.onnx",
+                data,
+                cut.iter().map(ChunkRef::from).collect(),
+            )],
             chunking: ChunkingParams::default(),
             signature: ModelSignature::default(),
             drift_baseline: None,

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use flotilla_protocol::bundle::BundleWriter;
 use flotilla_protocol::chunking::chunk_bytes;
-use flotilla_protocol::digest::Sha256Digest;
 use flotilla_protocol::manifest::*;
 use flotilla_protocol::time::UtcTime;
 use flotilla_protocol::tuf::repo::{publish, Expiries, OnlineKeys, Publication};
@@ -96,12 +95,11 @@ pub fn manifest_for(name: &str, version: u64, data: &[u8]) -> BundleManifest {
         version,
         flavor: Flavor::Onnx,
         entrypoint: "model.onnx".into(),
-        files: vec![ManifestFile {
-            path: "model.onnx".into(),
-            size: data.len() as u64,
-            sha256: Sha256Digest::of(data),
-            chunks: chunks.iter().map(ChunkRef::from).collect(),
-        }],
+        files: vec![ManifestFile::describing(
+            "model.onnx",
+            data,
+            chunks.iter().map(ChunkRef::from).collect(),
+        )],
         chunking: ChunkingParams::default(),
         signature: ModelSignature::default(),
         drift_baseline: None,
