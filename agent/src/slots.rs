@@ -277,10 +277,7 @@ fn write_file(path: &Path, file: &ManifestFile, store: &AgentStore) -> Result<()
     let mut out = File::create(path).map_err(io_err("create", path))?;
     // The file is checked by its BLAKE3 where the manifest lists one (about
     // a fifth of SHA-256's cost), else by its SHA-256.
-    let expected = match file.blake3 {
-        Some(b) => AnyDigest::Blake3(b),
-        None => AnyDigest::Sha256(file.sha256),
-    };
+    let expected = file.checked_digest();
     let mut hasher = AnyHasher::like(&expected);
     let mut written = 0u64;
     for c in &file.chunks {

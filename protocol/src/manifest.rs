@@ -80,6 +80,13 @@ pub struct ManifestFile {
 }
 
 impl ManifestFile {
+    /// The digest the whole file is checked by: its BLAKE3 where listed,
+    /// else its SHA-256.
+    pub fn checked_digest(&self) -> AnyDigest {
+        self.blake3
+            .map_or(AnyDigest::Sha256(self.sha256), AnyDigest::Blake3)
+    }
+
     /// The entry for `data` at `path`, cut into `chunks`: its size and both
     /// digests.
     pub fn describing(path: impl Into<String>, data: &[u8], chunks: Vec<ChunkRef>) -> Self {
@@ -135,6 +142,13 @@ impl ChunkRef {
         )
     }
 
+    /// The digest this chunk is checked by: its BLAKE3 where listed, else
+    /// its SHA-256.
+    pub fn checked_digest(&self) -> AnyDigest {
+        self.blake3
+            .map_or(AnyDigest::Sha256(self.digest), AnyDigest::Blake3)
+    }
+
     /// Computes only the digest that is checked.
     fn check(
         &self,
@@ -142,24 +156,15 @@ impl ChunkRef {
         blake3: impl FnOnce() -> Blake3Digest,
         sha256: impl FnOnce() -> Sha256Digest,
     ) -> Result<(), AnyDigest> {
-        let right_len = len == self.size as usize;
-        match self.blake3 {
-            Some(expected) => {
-                let actual = blake3();
-                if right_len && actual == expected {
-                    Ok(())
-                } else {
-                    Err(AnyDigest::Blake3(actual))
-                }
-            }
-            None => {
-                let actual = sha256();
-                if right_len && actual == self.digest {
-                    Ok(())
-                } else {
-                    Err(AnyDigest::Sha256(actual))
-                }
-            }
+        let expected = self.checked_digest();
+        let actual = match expected {
+            AnyDigest::Blake3(_) => AnyDigest::Blake3(blake3()),
+            AnyDigest::Sha256(_) => AnyDigest::Sha256(sha256()),
+        };
+        if len == self.size as usize && actual == expected {
+            Ok(())
+        } else {
+            Err(actual)
         }
     }
 }

@@ -93,10 +93,14 @@ pub(crate) fn expand(graph: &GraphProto) -> Result<Option<GraphProto>, ModelErro
         return Ok(None);
     }
     let forward: Vec<&NodeProto> = graph.node.iter().filter(|n| !is_gradient(n)).collect();
-    let mut producer: HashMap<&str, &NodeProto> = HashMap::new();
+    // Built once for all Gradient nodes: who makes and who reads each value.
+    let mut graph_of = Edges::default();
     for n in &forward {
         for o in n.output.iter().filter(|o| !o.is_empty()) {
-            producer.insert(o.as_str(), n);
+            graph_of.producer.insert(o.as_str(), n);
+        }
+        for i in &n.input {
+            graph_of.consumers.entry(i.as_str()).or_default().push(n);
         }
     }
     let mut out = graph.clone();
@@ -108,10 +112,17 @@ pub(crate) fn expand(graph: &GraphProto) -> Result<Option<GraphProto>, ModelErro
             nodes: Vec::new(),
             count: 0,
         };
-        b.differentiate(g, &forward, &producer)?;
+        b.differentiate(g, &graph_of)?;
         out.node.extend(b.nodes);
     }
     Ok(Some(out))
+}
+
+/// The forward graph's edges, by value name.
+#[derive(Default)]
+struct Edges<'a> {
+    producer: HashMap<&'a str, &'a NodeProto>,
+    consumers: HashMap<&'a str, Vec<&'a NodeProto>>,
 }
 
 /// The nodes one `Gradient` expands to.
@@ -134,27 +145,27 @@ impl Backward {
     fn emit(&mut self, domain: &str, op: &str, inputs: &[&str]) -> String {
         self.count += 1;
         let out = format!("{}_{}", self.prefix, self.count);
+        self.emit_to(domain, op, inputs, &out);
+        out
+    }
+
+    /// Emits `op(inputs)` writing the value `out`.
+    fn emit_to(&mut self, domain: &str, op: &str, inputs: &[&str], out: &str) {
         self.nodes.push(NodeProto {
             input: inputs.iter().map(|s| (*s).to_owned()).collect(),
-            output: vec![out.clone()],
-            name: Some(out.clone()),
+            output: vec![out.to_owned()],
+            name: Some(format!("{}_to_{out}", self.prefix)),
             op_type: Some(op.to_owned()),
             domain: Some(domain.to_owned()),
             ..Default::default()
         });
-        out
     }
 
     fn op(&mut self, op: &str, inputs: &[&str]) -> String {
         self.emit("", op, inputs)
     }
 
-    fn differentiate(
-        &mut self,
-        g: &NodeProto,
-        forward: &[&NodeProto],
-        producer: &HashMap<&str, &NodeProto>,
-    ) -> Result<(), ModelError> {
+    fn differentiate(&mut self, g: &NodeProto, edges: &Edges<'_>) -> Result<(), ModelError> {
         let xs = strings(g, "xs").ok_or_else(|| self.fail("attribute xs is required"))?;
         let y = string(g, "y").ok_or_else(|| self.fail("attribute y is required"))?;
         if g.output.len() != xs.len() {
@@ -162,16 +173,10 @@ impl Backward {
         }
         // Values that depend on an x: a walk from the xs over consumers
         // (linear in the graph, whatever order its nodes are listed in).
-        let mut consumers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
-        for n in forward {
-            for i in &n.input {
-                consumers.entry(i.as_str()).or_default().push(n);
-            }
-        }
         let mut reach: HashSet<&str> = xs.iter().map(String::as_str).collect();
         let mut todo: Vec<&str> = reach.iter().copied().collect();
         while let Some(v) = todo.pop() {
-            for n in consumers.get(v).into_iter().flatten() {
+            for n in edges.consumers.get(v).into_iter().flatten() {
                 for o in &n.output {
                     if reach.insert(o.as_str()) {
                         todo.push(o.as_str());
@@ -184,7 +189,9 @@ impl Backward {
         let mut seen: HashSet<&str> = HashSet::new();
         let mut stack: Vec<(&str, bool)> = vec![(y.as_str(), false)];
         while let Some((v, done)) = stack.pop() {
-            let Some(n) = producer.get(v) else { continue };
+            let Some(n) = edges.producer.get(v) else {
+                continue;
+            };
             if done {
                 order.push(n);
                 continue;
@@ -285,18 +292,10 @@ impl Backward {
             if out.is_empty() {
                 continue;
             }
-            let (domain, op, input) = match grads.get(x) {
-                Some(gx) => ("", "Identity", gx.clone()),
-                None => (PRIVATE_DOMAIN, "ZerosLike", x.clone()),
-            };
-            self.nodes.push(NodeProto {
-                input: vec![input],
-                output: vec![out.clone()],
-                name: Some(format!("{}_out_{out}", self.prefix)),
-                op_type: Some(op.to_owned()),
-                domain: Some(domain.to_owned()),
-                ..Default::default()
-            });
+            match grads.get(x).cloned() {
+                Some(gx) => self.emit_to("", "Identity", &[&gx], out),
+                None => self.emit_to(PRIVATE_DOMAIN, "ZerosLike", &[x], out),
+            }
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ pub(crate) struct ChunkFetch {
     /// Every wanted chunk as the first manifest that wants it lists it
     /// (signed size and BLAKE3; manifests list one address one way).
     // invariant: each key is in exactly one of querying, queued, in_flight.
-    sizes: BTreeMap<Sha256Digest, ChunkRef>,
+    wanted: BTreeMap<Sha256Digest, ChunkRef>,
     /// Asked of the store, no answer yet.
     querying: BTreeSet<Sha256Digest>,
     /// Known absent from the store, not yet requested.
@@ -29,7 +29,7 @@ pub(crate) struct ChunkFetch {
 impl ChunkFetch {
     /// Keeps only the wanted chunks `keep` says yes to.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Sha256Digest) -> bool) {
-        let drop: Vec<Sha256Digest> = self.sizes.keys().filter(|d| !keep(d)).copied().collect();
+        let drop: Vec<Sha256Digest> = self.wanted.keys().filter(|d| !keep(d)).copied().collect();
         for d in &drop {
             self.forget(d);
         }
@@ -37,17 +37,17 @@ impl ChunkFetch {
 
     /// Wants `chunk`; true if it was not wanted before (ask the store).
     pub(crate) fn want(&mut self, chunk: ChunkRef) -> bool {
-        if self.sizes.contains_key(&chunk.digest) {
+        if self.wanted.contains_key(&chunk.digest) {
             return false;
         }
-        self.sizes.insert(chunk.digest, chunk);
+        self.wanted.insert(chunk.digest, chunk);
         self.querying.insert(chunk.digest);
         true
     }
 
     /// Stops wanting `digest` (it arrived, or nobody needs it any more).
     pub(crate) fn forget(&mut self, digest: &Sha256Digest) {
-        self.sizes.remove(digest);
+        self.wanted.remove(digest);
         self.querying.remove(digest);
         self.queued.remove(digest);
         self.in_flight.remove(digest);
@@ -55,12 +55,12 @@ impl ChunkFetch {
 
     /// The signed size of a wanted chunk.
     pub(crate) fn size(&self, digest: &Sha256Digest) -> Option<u32> {
-        self.sizes.get(digest).map(|c| c.size)
+        self.wanted.get(digest).map(|c| c.size)
     }
 
     /// A wanted chunk as its manifest lists it.
     pub(crate) fn get(&self, digest: &Sha256Digest) -> Option<&ChunkRef> {
-        self.sizes.get(digest)
+        self.wanted.get(digest)
     }
 
     /// Whether `digest` is waiting for the store's answer.
@@ -77,7 +77,7 @@ impl ChunkFetch {
 
     /// Wrong bytes arrived for `digest`: request it again.
     pub(crate) fn requeue(&mut self, digest: &Sha256Digest) {
-        if self.sizes.contains_key(digest) {
+        if self.wanted.contains_key(digest) {
             self.querying.remove(digest);
             self.in_flight.remove(digest);
             self.queued.insert(*digest);
